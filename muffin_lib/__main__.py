@@ -1,0 +1,3 @@
+from muffin_lib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""``python -m muffin_lib <command>``: a thin face on the library, one sub-command per step.
+
+Each command lives beside the code it drives: module ``M`` provides ``add_<name>_arguments(parser)``
+and ``<name>_command(args) -> int``. Modules are imported only when their command runs, so ``--help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from muffin_lib.errors import MuffinError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("muffin_lib.fetch", "download the Kaggle dataset (or make the synthetic demo set)"),
+    "audit": ("muffin_lib.scan", "scan and validate a dataset folder; report counts, sizes, duplicates, rejects"),
+    "train": ("muffin_lib.train", "train one model on the train split and save a checkpoint"),
+    "predict": ("muffin_lib.predict", "classify image files or folders with a checkpoint"),
+    "bench": ("muffin_lib.bench", "measure images/s of the reference pipeline and ours"),
+    "cv": ("muffin_lib.selection", "grid search scored by K-fold cross-validation (resumable)"),
+    "run": ("muffin_lib.runner", "execute the notebook series with papermill and summarise it"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m muffin_lib", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        getattr(module, f"add_{name}_arguments")(command_parser)
+        command_parser.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    command = getattr(importlib.import_module(args._module), f"{args.command}_command")
+    try:
+        return int(command(args) or 0)
+    except MuffinError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
