@@ -1,0 +1,354 @@
+"""What the notebooks share: the Colab links, the smoke profile, prerequisites and the results files.
+
+The notebooks stay thin: each starts with :func:`start` (parameters after the profile), checks what it
+needs with :func:`require_data` / :func:`require_checkpoint` (which name the notebook to run first),
+shows and saves figures with :func:`show_figure`, and ends with :func:`save_results`, the file the
+runner's summary reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from muffin_lib.config import CLASSES, SPLITS, WorkDir
+from muffin_lib.errors import MuffinError
+
+# The one place the repository is named: badges, the Colab install cells and the launcher use it.
+# After changing it, run `python -m muffin_lib.notebook` to rewrite those cells in every notebook.
+REPO_URL = "https://github.com/muffin-lab/muffin-lab"
+REPO_BRANCH = "main"
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+PROFILES = ("full", "smoke")
+# The smoke profile caps sizes (it never makes anything bigger, so a smaller value a user passes
+# survives): small images, one epoch, two folds, short grids. Every notebook goes through this table.
+SMOKE_CAPS: dict[str, int] = {
+    "image_size": 32,
+    "epochs": 1,
+    "n_splits": 2,
+    "outer_splits": 2,
+    "inner_splits": 2,
+    "n_preview": 4,
+    "n_samples": 8,
+    "max_train_images": 400,
+}
+SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3}
+
+# Which notebook makes each thing a later notebook needs, for "run X first" messages.
+CHECKPOINT_NOTEBOOKS: dict[str, str] = {
+    "simple_cnn": "03_simple_cnn.ipynb",
+    "deeper_cnn": "04_deeper_cnn.ipynb",
+    "resnet_like": "05_resnet_like.ipynb",
+    "transfer": "08_transfer_learning.ipynb",
+}
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def colab_url(notebook_path: str, repo_url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
+    """The colab.research.google.com address that opens ``notebook_path`` (relative to the repo root)."""
+    repo = repo_url.removeprefix("https://github.com/").removesuffix(".git").strip("/")
+    return f"https://colab.research.google.com/github/{repo}/blob/{branch}/{notebook_path}"
+
+
+def colab_badge(notebook_path: str, repo_url: str = REPO_URL) -> str:
+    """Markdown of the "Open in Colab" badge for ``notebook_path`` (relative to the repo root)."""
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook_path, repo_url)})"
+
+
+def colab_install_source(repo_url: str = REPO_URL) -> str:
+    """The code cell that installs the project, only inside Colab and only when it is missing.
+
+    Plain ``pip install git+URL``: requirements.txt has no upper bounds, so Colab's torch already
+    satisfies them and is left alone.
+    """
+    return (
+        "# Inside Google Colab only: install muffin_lib from the repository if it is missing.\n"
+        "# Colab's preinstalled torch satisfies the requirements, so it is not reinstalled.\n"
+        "import importlib.util\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:\n'
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "git+{repo_url}"], check=True)'
+    )
+
+
+class Settings(dict):
+    """A notebook's parameters after the profile: ``settings.epochs`` or ``settings["epochs"]``.
+
+    Shown in a notebook as a table that marks what the smoke profile changed.
+    """
+
+    def __init__(self, name: str, profile: str, values: dict[str, Any], changed: dict[str, Any]):
+        super().__init__(values)
+        self._name = name
+        self._profile = profile
+        self._changed = changed
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"{self._name} has no parameter {key!r}") from None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def profile(self) -> str:
+        return self._profile
+
+    @property
+    def changed_by_profile(self) -> dict[str, Any]:
+        """Parameter -> the value it had before the profile changed it."""
+        return dict(self._changed)
+
+    @property
+    def workdir(self) -> WorkDir:
+        return WorkDir(self["work_dir"])
+
+    def _repr_markdown_(self) -> str:
+        rows = ["| parameter | value |", "|---|---|"]
+        for key, value in self.items():
+            note = f" (profile {self._profile}; was `{self._changed[key]!r}`)" if key in self._changed else ""
+            rows.append(f"| `{key}` | `{value!s}`{note} |")
+        return f"**{self._name}** parameters, profile **{self._profile}**\n\n" + "\n".join(rows)
+
+
+def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
+    """The parameters ``params`` of notebook ``name`` under ``profile`` ("full" or "smoke").
+
+    "full" keeps them; "smoke" caps sizes by :data:`SMOKE_CAPS` and shortens lists by
+    :data:`SMOKE_LIST_LENGTHS`. ``data_dir`` and ``work_dir`` become absolute paths.
+    """
+    if profile not in PROFILES:
+        raise MuffinError(f"{name}: profile must be one of {PROFILES}, got {profile!r}; set the 'profile' parameter")
+    values = dict(params)
+    for key in ("data_dir", "work_dir"):
+        if key in values:
+            values[key] = Path(values[key]).expanduser().resolve()
+    changed: dict[str, Any] = {}
+    if profile == "smoke":
+        for key, cap in SMOKE_CAPS.items():
+            if isinstance(values.get(key), int) and values[key] > cap:
+                changed[key], values[key] = values[key], cap
+        for key, length in SMOKE_LIST_LENGTHS.items():
+            if isinstance(values.get(key), (list, tuple)) and len(values[key]) > length:
+                changed[key], values[key] = values[key], list(values[key])[:length]
+    return Settings(name, profile, values, changed)
+
+
+def _show_muffin_errors_briefly() -> None:
+    """In IPython, a MuffinError shows its message instead of a long traceback (still a cell error)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def brief(shell, etype, value, tb, tb_offset=None):
+        message = f"{etype.__name__}: {value}"
+        shell._showtraceback(etype, value, [message])
+        return [message]
+
+    shell.set_custom_exc((MuffinError,), brief)
+
+
+def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
+    """First call of every notebook: the profile applied (see :func:`apply_profile`), brief errors."""
+    _show_muffin_errors_briefly()
+    return apply_profile(profile, name, params)
+
+
+def require_data(data_dir: str | Path) -> bool:
+    """Check the dataset is there (else say: run 00_setup); returns whether it is the synthetic set.
+
+    Shows a loud banner when the data are synthetic, so no one mistakes its numbers for the study's.
+    """
+    data_dir = Path(data_dir)
+    missing = [f"{split}/{cls}" for split in SPLITS for cls in CLASSES if not _has_class_dir(data_dir / split, cls)]
+    if missing:
+        raise MuffinError(
+            f"no dataset in {data_dir} (missing folders: {', '.join(missing)}). "
+            "Run notebooks/00_setup.ipynb first (it downloads the Kaggle data or makes the synthetic set), "
+            "or set the data_dir parameter to a folder with train|test/muffin|chihuahua/*.jpg."
+        )
+    from muffin_lib.synthetic import is_synthetic
+
+    synthetic = is_synthetic(data_dir)
+    if synthetic:
+        display_markdown(synthetic_banner(data_dir))
+    return synthetic
+
+
+def _has_class_dir(split_dir: Path, class_name: str) -> bool:
+    return split_dir.is_dir() and any(p.is_dir() and p.name.lower() == class_name for p in split_dir.iterdir())
+
+
+def synthetic_banner(data_dir: str | Path) -> str:
+    return (
+        f"> **⚠️ SYNTHETIC DATA** in `{data_dir}`: generated shapes, not muffin or Chihuahua photos. "
+        "Every number below only shows that the pipeline runs; none of it is a finding about the real "
+        "dataset. Run `00_setup` with Kaggle access (or set `data_dir`) for the real study."
+    )
+
+
+def checkpoint_path(work_dir: str | Path, model: str) -> Path:
+    """Where the training notebooks keep the checkpoint of ``model``."""
+    return WorkDir(work_dir).checkpoints_dir / f"{model}.pt"
+
+
+def require_checkpoint(work_dir: str | Path, model: str) -> Path:
+    """The checkpoint of ``model``, or a MuffinError naming the notebook that trains it."""
+    path = checkpoint_path(work_dir, model)
+    if not path.is_file():
+        maker = CHECKPOINT_NOTEBOOKS.get(model, "the training notebook of this model")
+        raise MuffinError(f"no checkpoint {path}: run notebooks/{maker} first (same work_dir), then this one.")
+    return path
+
+
+def require_results(work_dir: str | Path, notebook: str) -> dict:
+    """The results another notebook saved, or a MuffinError saying to run it first."""
+    path = results_path(work_dir, notebook)
+    if not path.is_file():
+        raise MuffinError(f"no results {path}: run notebooks/{notebook}.ipynb first (same work_dir), then this one.")
+    return json.loads(path.read_text())
+
+
+def results_path(work_dir: str | Path, notebook: str) -> Path:
+    return WorkDir(work_dir).results_dir / f"{notebook}.json"
+
+
+def _to_json(value: Any) -> Any:
+    """JSON-friendly copy: numpy/torch scalars and arrays, paths, tuples; NaN becomes null."""
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _to_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def save_results(settings: Settings, results: dict[str, Any]) -> Path:
+    """Write ``results`` to ``work_dir/results/<notebook>.json`` for the runner's summary.
+
+    Conventions the summary reads: ``models`` maps a model name to its numbers
+    (``test_zero_one_loss``, ``test_ci``, ``cv_risk``, ``cv_ci``, ...) and ``findings`` is a list of
+    sentences computed from the results. The notebook name, profile, parameters and time are added.
+    """
+    payload = {
+        "notebook": settings.name,
+        "profile": settings.profile,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "parameters": dict(settings),
+        **results,
+    }
+    path = results_path(settings.work_dir, settings.name)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_to_json(payload), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_all_results(work_dir: str | Path) -> dict[str, dict]:
+    """Every notebook's results file in ``work_dir``, by notebook name, in name order."""
+    results = {}
+    for path in sorted(WorkDir(work_dir).results_dir.glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise MuffinError(f"{path} is not valid JSON ({error}); delete it and re-run {path.stem}.ipynb") from None
+    return results
+
+
+def display_markdown(text: str) -> None:
+    """Show ``text`` as Markdown in a notebook; print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        print(text)
+        return
+    if get_ipython() is None:
+        print(text)
+    else:
+        display(Markdown(text))
+
+
+def show_figure(fig, settings: Settings, name: str) -> Path:
+    """Save ``fig`` as ``figures/<notebook-number>_<name>.png`` under work_dir, show it inline, close it."""
+    import matplotlib.pyplot as plt
+
+    from muffin_lib.plots import save_figure
+
+    path = save_figure(fig, settings.work_dir, f"{settings.name[:2]}_{name}")
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    except ImportError:
+        pass
+    plt.close(fig)
+    return path
+
+
+def format_ci(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
+    """``0.123 [0.101, 0.145]``; the interval is left out where it is unknown."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+COLAB_INSTALL_TAG = "colab-install"
+
+
+def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
+    """Rewrite the badge (first line of the first cell) and the cell tagged ``colab-install`` of each
+    notebook from :data:`REPO_URL`; returns the notebooks that changed. Default: the repo's notebooks."""
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    if paths is None:
+        paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb"))
+    changed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        relative = path.resolve().relative_to(root).as_posix()
+        before = nbformat.writes(nb)
+        first_lines = nb.cells[0].source.split("\n")
+        if first_lines[0].startswith("[![Open In Colab]"):
+            nb.cells[0].source = "\n".join([colab_badge(relative, repo_url), *first_lines[1:]])
+        for cell in nb.cells:
+            if COLAB_INSTALL_TAG in cell.metadata.get("tags", []):
+                cell.source = colab_install_source(repo_url)
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for changed_path in sync_colab_cells():
+        print(f"updated {changed_path}")
