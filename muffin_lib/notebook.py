@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from muffin_lib.config import CLASSES, SPLITS, WorkDir
+from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
 
 # The one place the repository is named: badges, the Colab install cells and the launcher use it.
@@ -149,7 +149,7 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
     return Settings(name, profile, values, changed)
 
 
-def _show_muffin_errors_briefly() -> None:
+def show_errors_briefly() -> None:
     """In IPython, a MuffinError shows its message instead of a long traceback (still a cell error)."""
     try:
         from IPython import get_ipython
@@ -169,7 +169,7 @@ def _show_muffin_errors_briefly() -> None:
 
 def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
     """First call of every notebook: the profile applied (see :func:`apply_profile`), brief errors."""
-    _show_muffin_errors_briefly()
+    show_errors_briefly()
     return apply_profile(profile, name, params)
 
 
@@ -178,24 +178,19 @@ def require_data(data_dir: str | Path) -> bool:
 
     Shows a loud banner when the data are synthetic, so no one mistakes its numbers for the study's.
     """
-    data_dir = Path(data_dir)
-    missing = [f"{split}/{cls}" for split in SPLITS for cls in CLASSES if not _has_class_dir(data_dir / split, cls)]
-    if missing:
-        raise MuffinError(
-            f"no dataset in {data_dir} (missing folders: {', '.join(missing)}). "
-            "Run notebooks/00_setup.ipynb first (it downloads the Kaggle data or makes the synthetic set), "
-            "or set the data_dir parameter to a folder with train|test/muffin|chihuahua/*.jpg."
-        )
+    from muffin_lib.extract import is_complete
     from muffin_lib.synthetic import is_synthetic
 
+    if not is_complete(data_dir):
+        raise MuffinError(
+            f"no complete dataset in {data_dir} (it needs train|test/muffin|chihuahua/ with images). "
+            "Run notebooks/00_setup.ipynb first (it downloads the Kaggle data or makes the synthetic set), "
+            "or set the data_dir parameter to the dataset folder."
+        )
     synthetic = is_synthetic(data_dir)
     if synthetic:
         display_markdown(synthetic_banner(data_dir))
     return synthetic
-
-
-def _has_class_dir(split_dir: Path, class_name: str) -> bool:
-    return split_dir.is_dir() and any(p.is_dir() and p.name.lower() == class_name for p in split_dir.iterdir())
 
 
 def synthetic_banner(data_dir: str | Path) -> str:
@@ -295,13 +290,13 @@ def display_markdown(text: str) -> None:
         display(Markdown(text))
 
 
-def show_figure(fig, settings: Settings, name: str) -> Path:
+def show_figure(fig, settings: Settings, name: str) -> None:
     """Save ``fig`` as ``figures/<notebook-number>_<name>.png`` under work_dir, show it inline, close it."""
     import matplotlib.pyplot as plt
 
     from muffin_lib.plots import save_figure
 
-    path = save_figure(fig, settings.work_dir, f"{settings.name[:2]}_{name}")
+    save_figure(fig, settings.work_dir, f"{settings.name[:2]}_{name}")
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -311,7 +306,6 @@ def show_figure(fig, settings: Settings, name: str) -> Path:
     except ImportError:
         pass
     plt.close(fig)
-    return path
 
 
 def format_ci(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
@@ -322,16 +316,42 @@ def format_ci(value: float, low: float | None, high: float | None, digits: int =
 
 
 COLAB_INSTALL_TAG = "colab-install"
+COLAB_CLONE_TAG = "colab-clone"
+# Where the Colab launcher clones the repository.
+COLAB_REPO_DIR = "/content/muffin-lab"
+
+
+def colab_clone_source(repo_url: str = REPO_URL) -> str:
+    """The launcher's cell that clones (or updates) the repository and installs it in editable mode."""
+    return (
+        "# Get the project: clone the repository (the notebooks come with it) and install it.\n"
+        "# Colab's preinstalled torch satisfies the requirements, so it is not reinstalled.\n"
+        "import subprocess\n"
+        "import sys\n"
+        "from pathlib import Path\n"
+        "\n"
+        f'REPO_URL = "{repo_url}"\n'
+        f'REPO_DIR = Path("{COLAB_REPO_DIR}")\n'
+        "if (REPO_DIR / \".git\").is_dir():\n"
+        '    subprocess.run(["git", "-C", str(REPO_DIR), "pull", "--ff-only"], check=False)\n'
+        "else:\n"
+        '    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(REPO_DIR)], check=True)\n'
+        'subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(REPO_DIR)], check=True)\n'
+        "# this kernel started before the install: make the clone importable here too\n"
+        "if str(REPO_DIR) not in sys.path:\n"
+        "    sys.path.insert(0, str(REPO_DIR))"
+    )
 
 
 def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
-    """Rewrite the badge (first line of the first cell) and the cell tagged ``colab-install`` of each
-    notebook from :data:`REPO_URL`; returns the notebooks that changed. Default: the repo's notebooks."""
+    """Rewrite the badge (first line of the first cell) and the cells tagged ``colab-install`` /
+    ``colab-clone`` of each notebook from :data:`REPO_URL`; returns the notebooks that changed.
+    Default: the series and the Colab launcher."""
     import nbformat
 
     root = Path(__file__).resolve().parents[1]
     if paths is None:
-        paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb"))
+        paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb")) + sorted(root.glob("colab/*.ipynb"))
     changed = []
     for path in map(Path, paths):
         nb = nbformat.read(path, as_version=4)
@@ -341,8 +361,11 @@ def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) 
         if first_lines[0].startswith("[![Open In Colab]"):
             nb.cells[0].source = "\n".join([colab_badge(relative, repo_url), *first_lines[1:]])
         for cell in nb.cells:
-            if COLAB_INSTALL_TAG in cell.metadata.get("tags", []):
+            tags = cell.metadata.get("tags", [])
+            if COLAB_INSTALL_TAG in tags:
                 cell.source = colab_install_source(repo_url)
+            if COLAB_CLONE_TAG in tags:
+                cell.source = colab_clone_source(repo_url)
         if nbformat.writes(nb) != before:
             nbformat.write(nb, path)
             changed.append(path)

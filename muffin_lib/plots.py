@@ -34,6 +34,9 @@ def save_figure(fig: Figure, work_dir: str | Path, name: str, dpi: int = 110) ->
 def _to_display_array(image) -> np.ndarray:
     """H x W (grey) or H x W x 3 uint8 from a PIL image, a C x H x W tensor/array or an H x W x C array."""
     if isinstance(image, Image.Image):
+        if max(image.size) > 512:  # a 4,600 px original would be slow to draw in a 2-inch cell
+            image = image.copy()
+            image.thumbnail((512, 512))
         array = np.asarray(image)
     else:
         array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
