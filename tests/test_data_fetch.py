@@ -1,0 +1,223 @@
+"""extract + fetch: safe zips, atomic installs, Kaggle paths up to the network boundary, synthetic fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from muffin_lib import cli, config, fetch
+from muffin_lib.errors import MuffinError
+from muffin_lib.extract import is_complete, safe_extract_zip
+from muffin_lib.synthetic import is_synthetic, make_synthetic_dataset
+
+JPEG = None
+
+
+def _jpeg_bytes() -> bytes:
+    global JPEG
+    if JPEG is None:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 12), (180, 120, 60)).save(buffer, "JPEG")
+        JPEG = buffer.getvalue()
+    return JPEG
+
+
+LAYOUT = [f"{split}/{name}/img_{i}.jpg" for split in config.SPLITS for name in config.CLASSES for i in range(2)]
+
+
+def _make_zip(path: Path, prefix: str = "", extra: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in LAYOUT:
+            archive.writestr(prefix + name, _jpeg_bytes())
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("prefix", ["", "muffin-vs-chihuahua/"])
+def test_zip_is_extracted_into_the_kaggle_layout_and_rerun_is_a_noop(tmp_path, prefix):
+    archive = _make_zip(tmp_path / "archive.zip", prefix, extra={"__MACOSX/._junk": b"x"})
+    dest = tmp_path / "data"
+    safe_extract_zip(archive, dest)
+    assert is_complete(dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.jpg")) == sorted(LAYOUT)
+    assert not (dest / "__MACOSX").exists() and _leftovers(tmp_path) == []
+
+    sentinel = dest / "train" / "muffin" / "mine.txt"
+    sentinel.write_text("kept")
+    safe_extract_zip(archive, dest)  # complete already: nothing is touched
+    assert sentinel.read_text() == "kept"
+
+
+def test_zip_with_parent_path_member_is_refused_by_name(tmp_path):
+    archive = _make_zip(tmp_path / "evil.zip", extra={"../evil.jpg": b"x", "train/../../evil2.jpg": b"x"})
+    with pytest.raises(MuffinError, match=r"\.\./evil\.jpg") as info:
+        safe_extract_zip(archive, tmp_path / "data")
+    assert "evil2.jpg" in str(info.value)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "evil.jpg").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_zip_with_absolute_path_and_symlink_is_refused(tmp_path):
+    archive = _make_zip(tmp_path / "evil.zip", extra={"/tmp/absolute_evil.jpg": b"x"})
+    with zipfile.ZipFile(archive, "a") as zf:
+        link = zipfile.ZipInfo("train/muffin/link.jpg")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(MuffinError) as info:
+        safe_extract_zip(archive, tmp_path / "data")
+    message = str(info.value)
+    assert "absolute_evil.jpg (absolute path)" in message and "link.jpg (symlink)" in message
+    assert not (tmp_path / "data").exists() and _leftovers(tmp_path) == []
+
+
+def test_truncated_zip_gives_clear_error_and_leaves_nothing(tmp_path):
+    archive = _make_zip(tmp_path / "full.zip")
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(MuffinError, match="not a complete zip archive.*download it again"):
+        safe_extract_zip(cut, tmp_path / "data")
+    assert not (tmp_path / "data").exists() and _leftovers(tmp_path) == []
+
+
+def test_zip_without_train_folder_is_refused(tmp_path):
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cats/a.jpg", _jpeg_bytes())
+    with pytest.raises(MuffinError, match="no train/ folder"):
+        safe_extract_zip(archive, tmp_path / "data")
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def no_credentials(tmp_path, monkeypatch):
+    """No Kaggle credentials anywhere: env cleared and HOME pointed at an empty folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """kagglehub as it behaves without a network."""
+    import kagglehub
+
+    def refuse(*args, **kwargs):
+        raise requests.ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", refuse)
+
+
+def test_offline_without_credentials_gives_one_actionable_message(tmp_path, no_credentials, offline, capsys):
+    with pytest.raises(fetch.KaggleUnavailable) as info:
+        fetch.fetch_dataset(tmp_path / "data", "kaggle", quiet=True)
+    message = str(info.value)
+    assert "kagglehub: no connection" in message and "no Kaggle credentials found" in message
+    assert "KAGGLE_USERNAME" in message and "--zip" in message and fetch.KAGGLE_URL in message
+    captured = capsys.readouterr()
+    assert "Authentication required" not in captured.out + captured.err  # the kaggle banner stays hidden
+    assert not (tmp_path / "data").exists()
+
+
+def test_kaggle_package_failure_with_bad_credentials_is_caught(tmp_path, no_credentials, offline, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+    def fail(self, *args, **kwargs):
+        raise SystemExit(1)
+
+    monkeypatch.setattr(KaggleApi, "authenticate", fail)
+    with pytest.raises(fetch.KaggleUnavailable, match="were not accepted"):
+        fetch.fetch_dataset(tmp_path / "data", "kaggle", quiet=True)
+    assert "not-a-real-key" not in capsys.readouterr().out
+
+
+def test_kagglehub_folder_is_copied_into_the_layout(tmp_path, no_credentials, monkeypatch):
+    import kagglehub
+
+    download = tmp_path / "kagglehub-cache" / "versions" / "1"
+    for name in LAYOUT:
+        (download / "muffin-vs-chihuahua" / name).parent.mkdir(parents=True, exist_ok=True)
+        (download / "muffin-vs-chihuahua" / name).write_bytes(_jpeg_bytes())
+    calls = []
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **kw: calls.append(handle) or str(download))
+
+    result = fetch.fetch_dataset(tmp_path / "data", "auto", quiet=True)
+    assert calls == [config.KAGGLE_DATASET]
+    assert result.source_used == "kaggle" and not result.synthetic and is_complete(result.data_dir)
+    again = fetch.fetch_dataset(tmp_path / "data", "auto", quiet=True)
+    assert again.source_used == "existing" and calls == [config.KAGGLE_DATASET]  # no second download
+
+
+def test_kaggle_package_zip_is_used_when_kagglehub_fails(tmp_path, no_credentials, offline, monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+    def download(self, dataset, path=None, **kwargs):
+        assert dataset == config.KAGGLE_DATASET
+        _make_zip(Path(path) / "muffin-vs-chihuahua-image-classification.zip")
+
+    monkeypatch.setattr(KaggleApi, "authenticate", lambda self: None)
+    monkeypatch.setattr(KaggleApi, "dataset_download_files", download)
+    result = fetch.fetch_dataset(tmp_path / "data", "kaggle", quiet=True)
+    assert result.source_used == "kaggle" and is_complete(tmp_path / "data")
+    assert _leftovers(tmp_path) == []
+
+
+def test_auto_offline_falls_back_to_synthetic_with_banner_and_is_idempotent(tmp_path, no_credentials, offline, capsys):
+    data = tmp_path / "data"
+    result = fetch.fetch_dataset(data, "auto")
+    out = capsys.readouterr().out
+    assert result.synthetic and result.source_used == "synthetic" and is_synthetic(data) and is_complete(data)
+    banner = [line for line in out.splitlines() if line.startswith("!")]
+    assert len(banner) > 5 and banner[0] == "!" * len(banner[0])
+    assert "SYNTHETIC" in out and "--zip" in out and "no connection" in out
+    marker = json.loads((data / config.SYNTHETIC_MARKER).read_text())
+    assert marker["seed"] == 0 and marker["counts"] == {"train": 240, "test": 60}
+
+    first_mtime = (data / config.SYNTHETIC_MARKER).stat().st_mtime_ns
+    again = fetch.fetch_dataset(data, "auto", quiet=True)
+    assert again.synthetic and (data / config.SYNTHETIC_MARKER).stat().st_mtime_ns == first_mtime
+
+
+def test_real_data_replaces_synthetic_but_synthetic_never_replaces_real(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_test=4, image_size=16)
+    fetch.fetch_from_zip(_make_zip(tmp_path / "a.zip"), data, quiet=True)
+    assert not is_synthetic(data) and is_complete(data)
+    with pytest.raises(MuffinError, match="holds real data"):
+        fetch.fetch_dataset(data, "synthetic", quiet=True)
+
+
+def test_cli_fetch_auto_offline_makes_synthetic(tmp_path, no_credentials, offline, capsys, monkeypatch):
+    monkeypatch.setenv("MUFFIN_PROGRESS", "off")
+    assert cli.main(["fetch", "--data-dir", str(tmp_path / "data"), "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["synthetic"] is True and last["source"] == "synthetic"
+
+
+def test_cli_fetch_zip_refuses_evil_archive(tmp_path, capsys):
+    archive = _make_zip(tmp_path / "evil.zip", extra={"../evil.jpg": b"x"})
+    assert cli.main(["fetch", "--zip", str(archive), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "../evil.jpg" in capsys.readouterr().err
+    assert cli.main(["fetch", "--zip", str(_make_zip(tmp_path / "ok.zip")), "--data-dir", str(tmp_path / "d")]) == 0
+    assert is_complete(tmp_path / "d")
