@@ -89,11 +89,16 @@ def misclassified_grid(images: Sequence, true_labels: Sequence[int], predicted: 
 
 
 def learning_curves(history, *, title: str | None = None) -> Figure:
-    """Per-epoch curves: every ``*loss`` column on the left, every ``*error``/``*zero_one*`` on the right.
+    """Per-epoch curves: cross-entropy (``*_loss``) on the left, zero-one loss on the right.
 
-    ``history`` is a DataFrame or a list of per-epoch dicts; ``epoch`` is the x axis when present.
+    ``history`` is a DataFrame or a list of per-epoch dicts (``engine.fit``'s history); ``*_accuracy``
+    columns are shown as zero-one loss (1 - accuracy); ``epoch`` is the x axis when present.
     """
-    frame = pd.DataFrame(history)
+    frame = pd.DataFrame(history).dropna(axis=1, how="all")
+    for column in [c for c in frame.columns if c.endswith("_accuracy")]:
+        zero_one = column.removesuffix("_accuracy") + "_zero_one_loss"
+        if zero_one not in frame:
+            frame[zero_one] = 1.0 - frame[column]
     x = frame["epoch"] if "epoch" in frame else pd.Series(range(1, len(frame) + 1))
     loss_columns = [c for c in frame.columns if c.endswith("loss") and "zero_one" not in c]
     error_columns = [c for c in frame.columns if c.endswith("error") or "zero_one" in c]

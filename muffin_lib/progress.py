@@ -25,6 +25,10 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kw
     if mode == "text":
         from tqdm.std import tqdm
 
+        # A transient bar (leave=False, e.g. the batches inside an epoch) can only be erased with cursor
+        # codes, which plain text (executed notebooks, logs) shows as garbage such as "[A".
+        if kwargs.get("leave") is False:
+            kwargs["disable"] = True
         kwargs.setdefault("file", sys.stdout)
         kwargs.setdefault("mininterval", 2.0)
         kwargs.setdefault("ascii", True)
