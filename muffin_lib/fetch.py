@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +52,14 @@ class KaggleUnavailable(MuffinError):
 def how_to_get_real_data(data_dir: str | os.PathLike) -> str:
     return (
         "To get the real photos, either\n"
-        "  - set Kaggle credentials (https://www.kaggle.com/settings -> API -> Create New Token): "
-        "export KAGGLE_USERNAME=... and KAGGLE_KEY=... (or KAGGLE_API_TOKEN=...), or save kaggle.json "
-        "in ~/.kaggle/; on Colab add them as notebook secrets (key icon). Then run "
-        f"`python -m muffin_lib fetch --source kaggle --data-dir {data_dir}`; or\n"
-        f"  - download the zip by hand from {KAGGLE_URL} (Download button) and run "
-        f"`python -m muffin_lib fetch --zip PATH/TO/archive.zip --data-dir {data_dir}`."
+        "  1. create a Kaggle API token (https://www.kaggle.com/settings -> API -> Create New Token) and "
+        "either export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or save kaggle.json in "
+        "~/.kaggle/, or on Colab add KAGGLE_USERNAME and KAGGLE_KEY as notebook secrets (key icon); then run\n"
+        f"       python -m muffin_lib fetch --source kaggle --data-dir {data_dir}\n"
+        "  2. or download the zip by hand (Download button) from\n"
+        f"       {KAGGLE_URL}\n"
+        "     and run\n"
+        f"       python -m muffin_lib fetch --zip PATH/TO/archive.zip --data-dir {data_dir}"
     )
 
 
@@ -93,9 +96,9 @@ def kaggle_credentials_source() -> str | None:
     return None
 
 
-def _short(error: BaseException) -> str:
+def _short(error: BaseException, limit: int = 100) -> str:
     text = f"{type(error).__name__}: {error}".splitlines()[0]
-    return text if len(text) < 160 else text[:157] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _download_with_kagglehub(data_dir: Path) -> None:
@@ -105,7 +108,7 @@ def _download_with_kagglehub(data_dir: Path) -> None:
     try:
         folder = kagglehub.dataset_download(config.KAGGLE_DATASET)
     except requests.ConnectionError as error:
-        raise KaggleUnavailable(f"kagglehub: no connection to Kaggle ({_short(error)})") from None
+        raise KaggleUnavailable(f"kagglehub: no connection to Kaggle - offline? ({_short(error, 60)})") from None
     except Exception as error:  # kagglehub raises its own and requests' errors for HTTP/auth problems
         raise KaggleUnavailable(f"kagglehub: {_short(error)}") from None
     copy_layout(folder, data_dir)
@@ -154,7 +157,7 @@ def download_from_kaggle(data_dir: str | os.PathLike, *, quiet: bool = False) ->
             failures.append(f"{name}: not installed (pip install {name})")
             continue
         if not quiet:
-            print(f"downloading {config.KAGGLE_DATASET} with {name} ...", flush=True)
+            print(f"trying to download {config.KAGGLE_DATASET} with {name} ...", flush=True)
         try:
             attempt(data_dir)
             return data_dir
@@ -166,17 +169,30 @@ def download_from_kaggle(data_dir: str | os.PathLike, *, quiet: bool = False) ->
     raise KaggleUnavailable(summary, how_to_get_real_data(data_dir))
 
 
-def synthetic_banner(data_dir: str | os.PathLike, reason: str) -> str:
-    lines = [
-        "USING A SYNTHETIC DATASET - these are drawn shapes, NOT the Kaggle muffin/chihuahua photos.",
-        "Every accuracy you see on it says nothing about real images.",
+def synthetic_banner(data_dir: str | os.PathLike, reason: str, width: int = 96) -> str:
+    """A multi-line, ``!``-framed warning that the data is synthetic, why, and how to get the real data."""
+    paragraphs = [
+        "USING A SYNTHETIC DATASET: drawn shapes, NOT the Kaggle muffin/chihuahua photos.",
+        "Accuracies measured on it say nothing about real images.",
         f"Data folder: {data_dir}",
         "",
         *reason.splitlines(),
         "",
         *how_to_get_real_data(data_dir).splitlines(),
     ]
-    width = max(len(line) for line in lines) + 4
+    lines = []
+    for paragraph in paragraphs:
+        indent = " " * (len(paragraph) - len(paragraph.lstrip()))
+        wrapped = textwrap.wrap(
+            paragraph.lstrip(),
+            width - 4,
+            initial_indent=indent,
+            subsequent_indent=indent + "   ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        lines += wrapped or [""]
+    width = max(width, max(len(line) for line in lines) + 4)  # a long path or URL stays whole
     frame = "!" * width
     return "\n".join([frame, *(f"! {line.ljust(width - 4)} !" for line in lines), frame])
 

@@ -51,7 +51,7 @@ def describe_decode_error(error: BaseException, data: bytes | None = None) -> st
         return f"image too large for Pillow's decompression-bomb guard ({error})"
     if isinstance(error, UnidentifiedImageError):
         if data is not None and _looks_like_text(data):
-            head = data[:40].decode("utf-8", errors="replace").strip().splitlines()[0][:30]
+            head = (data[:60].decode("utf-8", errors="replace").strip().splitlines() or [""])[0][:30]
             return f"not an image: the file holds text (starts with {head!r})"
         return "not an image: Pillow does not recognise the content as JPEG, PNG or another image format"
     message = str(error) or type(error).__name__
@@ -61,20 +61,25 @@ def describe_decode_error(error: BaseException, data: bytes | None = None) -> st
 
 
 def _looks_like_text(data: bytes) -> bool:
-    head = data[:512]
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    text = data[:512].decode("utf-8", errors="ignore")  # "ignore": a character cut at byte 512
+    return len(text) >= min(len(data), 512) // 2 and all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
-def _open(source: str | os.PathLike | bytes) -> Image.Image:
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+def _open(data: bytes) -> Image.Image:
     with warnings.catch_warnings():
         # Oversized-but-allowed images only warn; the hard limit still raises DecompressionBombError.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(stream)
+        return Image.open(io.BytesIO(data))
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes (decoding from memory leaves no file handle open when Pillow fails)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UnreadableImage(path, "no such file") from None
+    except OSError as error:
+        raise UnreadableImage(path, f"cannot read the file ({error.strerror or error})") from None
 
 
 def _to_rgb_or_l(image: Image.Image) -> Image.Image:
@@ -122,35 +127,24 @@ def _high_depth_to_uint8(image: Image.Image, mode: str) -> np.ndarray:
     return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
-def _decode(source: str | os.PathLike | bytes, path_for_errors, draft_mode: str | None, draft_size: int | None):
-    """Open, optionally JPEG-draft, fully decode, EXIF-rotate; returns (image, original mode, format)."""
+def _decode(path: Path, draft_mode: str | None, draft_size: int | None) -> Image.Image:
+    """Read, optionally JPEG-draft, fully decode and EXIF-rotate the image at ``path``."""
+    data = _read(path)
     try:
-        image = _open(source)
-        original_mode, image_format = image.mode, image.format
+        image = _open(data)
         if draft_size is not None and image.format in ("JPEG", "MPO"):
             # DCT-domain downscaling: decodes at 1/2, 1/4 or 1/8 size, never below draft_size per side.
             image.draft(draft_mode, (draft_size, draft_size))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-        data = source if isinstance(source, bytes) else None
-        if data is None and path_for_errors is not None and Path(path_for_errors).is_file():
-            if Path(path_for_errors).stat().st_size == 0:
-                data = b""
-            else:
-                with open(path_for_errors, "rb") as handle:
-                    data = handle.read(512)
-        raise UnreadableImage(path_for_errors, describe_decode_error(error, data)) from None
-    return image, original_mode, image_format
+        raise UnreadableImage(path, describe_decode_error(error, data)) from None
+    return image
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """The image at ``path``, upright (EXIF), as "RGB" or "L" (greyscale stays "L")."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnreadableImage(path, "no such file")
-    image, _, _ = _decode(path, path, None, None)
-    return _to_rgb_or_l(image)
+    return _to_rgb_or_l(_decode(Path(path), None, None))
 
 
 def _square(image: Image.Image, image_size: int) -> Image.Image:
@@ -171,12 +165,8 @@ def preprocess_array(path_or_image, image_size: int, color_mode: str) -> np.ndar
     if isinstance(path_or_image, Image.Image):
         image = _to_rgb_or_l(ImageOps.exif_transpose(path_or_image))
     else:
-        path = Path(path_or_image)
-        if not path.is_file():
-            raise UnreadableImage(path, "no such file")
         draft_mode = "L" if channels == 1 else "RGB"
-        image, _, _ = _decode(path, path, draft_mode, image_size)
-        image = _to_rgb_or_l(image)
+        image = _to_rgb_or_l(_decode(Path(path_or_image), draft_mode, image_size))
     image = image.convert("L" if channels == 1 else "RGB")
     array = np.asarray(_square(image, image_size), dtype=np.uint8)
     if channels == 1:
@@ -213,10 +203,9 @@ def inspect_image(path: str) -> dict:
     Width and height are as displayed (after EXIF rotation); mode is the file's own Pillow mode.
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        return {"ok": False, "reason": f"cannot read the file ({error.strerror or error})"}
+        data = _read(Path(path))
+    except UnreadableImage as error:
+        return {"ok": False, "reason": error.reason}
     if not data:
         return {"ok": False, "reason": "empty file (0 bytes)"}
     try:

@@ -359,8 +359,8 @@ def audit_dataset(
 
 def format_audit(report: dict, *, max_listed: int = 20) -> str:
     """The audit report as readable text."""
-    kind = "SYNTHETIC demo data (not the Kaggle photos)" if report["synthetic"] else "real data"
-    lines = [f"Dataset {report['data_dir']} ({kind})",
+    kind = "SYNTHETIC demo data, not the Kaggle photos" if report["synthetic"] else "real data"
+    lines = [f"Dataset {report['data_dir']}: {kind}",
              f"{report['n_images']} valid images, {report['n_rejected']} rejected", ""]
     header = f"  {'split':<8}" + "".join(f"{name:>11}" for name in CLASSES) + f"{'total':>9}"
     lines.append(header)

@@ -27,7 +27,8 @@ def test_cmyk_jpeg_becomes_rgb_with_the_right_colour(tmp_path):
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     values = np.full((10, 12), 65535 // 2, dtype=np.uint16)
     path = _save(tmp_path / "deep.png", Image.fromarray(values))
-    assert Image.open(path).mode.startswith("I")
+    with Image.open(path) as raw:
+        assert raw.mode.startswith("I")
     image = load_image(path)
     assert image.mode == "L" and image.getpixel((0, 0)) == 127
 
