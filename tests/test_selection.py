@@ -1,0 +1,305 @@
+"""Cross-validation, grid search and nested CV on tiny synthetic data: what is trained on what, resumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from muffin_lib import augment, engine
+from muffin_lib.cache import load_images
+from muffin_lib.cli import main as cli_main
+from muffin_lib.errors import MuffinError
+from muffin_lib.selection import (
+    compare_configs,
+    cross_validate,
+    grid_search,
+    nested_cv,
+    refit_and_test,
+)
+from muffin_lib.splits import load_or_create_splits
+from muffin_lib.stats import summarize_losses
+from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("selection-work")
+
+
+@pytest.fixture(scope="module")
+def cache(synthetic_data_dir, work_dir):
+    return load_images(synthetic_data_dir, work_dir, "train", 32, "grayscale", progress=False)
+
+
+@pytest.fixture(scope="module")
+def test_cache(synthetic_data_dir, work_dir):
+    return load_images(synthetic_data_dir, work_dir, "test", 32, "grayscale", progress=False)
+
+
+@pytest.fixture(scope="module")
+def folds(cache, work_dir):
+    return load_or_create_splits(work_dir, cache.labels, cache.fingerprint, n_splits=3, seed=0).folds
+
+
+class FitCounter:
+    """Wraps engine.fit: counts calls, keeps what each call was given, can interrupt on the N-th call."""
+
+    def __init__(self, interrupt_on: int | None = None):
+        self.calls: list[dict] = []
+        self.interrupt_on = interrupt_on
+        self._fit = engine.fit
+
+    def __call__(self, config, train_images, train_labels, val_images=None, val_labels=None, **kwargs):
+        self.calls.append({"config": config, "train": train_images.clone(), "val": val_images})
+        if self.interrupt_on is not None and len(self.calls) == self.interrupt_on:
+            raise KeyboardInterrupt
+        result = self._fit(config, train_images, train_labels, val_images, val_labels, **kwargs)
+        self.calls[-1]["normalization"] = result.normalization
+        return result
+
+
+def _standardized(images: torch.Tensor) -> torch.Tensor:
+    """Per-image standardised pixels: equal for an image before and after the engine's normalisation."""
+    flat = images.detach().to("cpu", torch.float64).reshape(len(images), -1)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    return flat / flat.norm(dim=1, keepdim=True)
+
+
+def _matches(batch: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """For each image of ``batch``: does it equal (up to an affine pixel map) any image of ``reference``?"""
+    similarity = _standardized(batch) @ _standardized(reference).T
+    return (similarity > 1 - 1e-6).any(dim=1)
+
+
+def _hashes(images: torch.Tensor) -> set[str]:
+    return {hashlib.sha256(image.numpy().tobytes()).hexdigest() for image in images}
+
+
+def test_folds_are_disjoint_stratified_and_cover_the_training_split(cache, test_cache, folds):
+    n = len(cache.labels)
+    labels = np.asarray(cache.labels)
+    held_out = np.concatenate([test for _, test in folds])
+    assert sorted(held_out.tolist()) == list(range(n))  # every training image held out exactly once
+    for train_idx, test_idx in folds:
+        assert np.intersect1d(train_idx, test_idx).size == 0
+        assert sorted(np.concatenate([train_idx, test_idx]).tolist()) == list(range(n))
+        expected = np.bincount(labels) * len(test_idx) / n
+        assert np.all(np.abs(np.bincount(labels[test_idx], minlength=2) - expected) <= 1)
+    # No test-split file, by name or by content, is among the images the folds index.
+    assert all(path.startswith("train/") for path in cache.relpaths)
+    assert not _hashes(cache.images) & _hashes(test_cache.images)
+
+
+def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, monkeypatch):
+    counter = FitCounter()
+    augmented: list[list[torch.Tensor]] = []
+    real_augment = augment.augment_batch
+
+    def recording_augment(x, **kwargs):
+        augmented[-1].append(x.detach().clone())
+        return real_augment(x, **kwargs)
+
+    def fit_with_new_record(*args, **kwargs):
+        augmented.append([])
+        return counter(*args, **kwargs)
+
+    evaluated: list[torch.Tensor] = []
+    real_evaluate = engine.evaluate
+
+    def recording_evaluate(model, images, labels, normalization, **kwargs):
+        evaluated.append(images.clone())
+        return real_evaluate(model, images, labels, normalization, **kwargs)
+
+    monkeypatch.setattr(augment, "augment_batch", recording_augment)
+    monkeypatch.setattr(engine, "fit", fit_with_new_record)
+    monkeypatch.setattr(engine, "evaluate", recording_evaluate)
+    result = cross_validate(TINY, cache, folds, device="cpu", progress=False)
+
+    assert len(counter.calls) == len(folds) == len(evaluated) == len(augmented)
+    for (train_idx, test_idx), call, batches, scored in zip(folds, counter.calls, augmented, evaluated, strict=True):
+        train_images, held_out = cache.images[train_idx], cache.images[test_idx]
+        assert torch.equal(call["train"], train_images) and call["val"] is None
+        assert torch.equal(scored, held_out)
+        seen = torch.cat(batches)
+        assert len(seen) >= len(train_idx)
+        assert _matches(seen, train_images).all()  # control: the recorder does recognise images
+        assert not _matches(seen, held_out).any()
+        # Normalisation statistics come from the training folds only.
+        assert call["normalization"] == engine.compute_normalization(train_images)
+    assert result.summary == summarize_losses(result.losses)
+    assert [t["fold"] for t in result.trials] == [0, 1, 2]
+    assert all(t["n_train"] + t["n_test"] == len(cache.labels) for t in result.trials)
+    assert all(0.0 <= loss <= 1.0 for loss in result.losses)
+
+
+def test_early_stopping_split_comes_from_the_training_folds(cache, folds, monkeypatch):
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    config = TINY.replace(epochs=2, early_stopping_patience=1)
+    cross_validate(config, cache, folds, device="cpu", progress=False)
+    for (train_idx, test_idx), call in zip(folds, counter.calls, strict=True):
+        assert call["val"] is not None
+        assert len(call["train"]) + len(call["val"]) == len(train_idx)
+        train_hashes = _hashes(cache.images[train_idx])
+        assert _hashes(call["val"]) <= train_hashes and _hashes(call["train"]) <= train_hashes
+        assert not _hashes(call["val"]) & _hashes(call["train"])
+        assert not (_hashes(call["val"]) | _hashes(call["train"])) & _hashes(cache.images[test_idx])
+
+
+def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, monkeypatch):
+    store = TrialStore(tmp_path / "trials.sqlite")
+    grid = {"lr": [3e-3, 1e-3]}
+    monkeypatch.setattr(engine, "fit", FitCounter(interrupt_on=4))
+    with pytest.raises(KeyboardInterrupt):
+        grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    assert len(store) == 3  # the three finished trials were committed
+
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    result = grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    assert len(counter.calls) == 3  # only the unfinished trials were trained
+    rows = store.records(scope="cv")
+    assert len(rows) == 6 and len({(r["config_key"], r["fold"]) for r in rows}) == 6
+    assert [t["status"] for t in result.trials] == ["stored"] * 3 + ["trained"] * 3
+
+    again = FitCounter()
+    monkeypatch.setattr(engine, "fit", again)
+    rerun = grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    assert again.calls == [] and len(store) == 6
+    assert rerun.table["mean"].tolist() == result.table["mean"].tolist()
+
+
+def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, cache, folds, tmp_path):
+    store = TrialStore(tmp_path / "trials.sqlite")
+    grid = {"lr": [3e-3, 1e-3], "image_size": [32, 40]}
+    result = grid_search(
+        TINY, grid, cache, folds, store=store, data_dir=synthetic_data_dir, work_dir=work_dir, device="cpu", progress=False
+    )
+    table = result.table
+    assert len(table) == 4 and len(result.trials) == 12
+    assert {"lr", "image_size", "mean", "std", "se", "ci_low", "ci_high", "seconds"} <= set(table.columns)
+    assert table["mean"].min() == result.best_result.summary["mean"]
+    assert result.best.key() == result.best_result.config.key()
+    assert all(r.plan_key == fold_plan_key(folds) for r in result.results)  # one fold plan for all
+    heatmap = result.heatmap("lr", "image_size")
+    assert heatmap.shape == (2, 2) and heatmap.loc[1e-3, 40] == table.query("lr == 1e-3 and image_size == 40")["mean"].item()
+
+    a, b = result.results[0], result.results[1]
+    comparison = compare_configs(a.config, b.config, a, b)
+    assert 0.0 <= comparison["p_value"] <= 1.0
+    assert comparison["mean_diff"] == pytest.approx(a.summary["mean"] - b.summary["mean"])
+    other = cross_validate(a.config, cache, folds[:2], device="cpu", progress=False)
+    with pytest.raises(MuffinError, match="same folds"):
+        compare_configs(a.config, b.config, other, b)
+    with pytest.raises(MuffinError, match="not TrainConfig fields"):
+        grid_search(TINY, {"learning_rate": [0.1]}, cache, folds, store=None)
+    with pytest.raises(MuffinError, match="cache_for"):
+        grid_search(TINY, {"image_size": [40]}, cache, folds, store=None)
+
+
+def test_trial_key_changes_with_config_data_and_folds(cache, folds):
+    plan = fold_plan_key(folds)
+    key = trial_key(TINY.key(), cache.fingerprint, plan)
+    assert key != trial_key(TINY.replace(lr=1e-4).key(), cache.fingerprint, plan)
+    assert key != trial_key(TINY.replace(epochs=2).key(), cache.fingerprint, plan)
+    assert key != trial_key(TINY.key(), "another-dataset", plan)
+    assert key != trial_key(TINY.key(), cache.fingerprint, fold_plan_key(folds[::-1]))
+
+
+def test_nested_cv_and_the_single_test_evaluation(cache, test_cache, tmp_path, monkeypatch):
+    store = TrialStore(tmp_path / "trials.sqlite")
+    nested = nested_cv(
+        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, store=store, device="cpu", progress=False
+    )
+    assert len(nested.outer_losses) == 2 and nested.summary["n"] == 2
+    assert [row["outer_fold"] for row in nested.chosen] == [0, 1]
+    assert all(row["lr"] in (3e-3, 1e-3) for row in nested.chosen)
+    scopes = [r["scope"] for r in store.records()]
+    assert scopes.count("nested-inner") == 2 * 2 * 2 and scopes.count("nested-outer") == 2
+    for inner, row in zip(nested.inner, nested.chosen, strict=True):
+        assert inner.best_result.summary["mean"] == row["inner_mean"] == inner.table["mean"].min()
+
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    first = refit_and_test(TINY, cache, test_cache, store=store, device="cpu", progress=False)
+    assert len(counter.calls) == 1 and torch.equal(counter.calls[0]["train"], cache.images)
+    assert first["n"] == len(test_cache.labels) and first["errors"] == round(first["zero_one_loss"] * first["n"])
+    assert first["ci_low"] <= first["zero_one_loss"] <= first["ci_high"] and first["status"] == "trained"
+    second = refit_and_test(TINY, cache, test_cache, store=store, device="cpu", progress=False)
+    assert len(counter.calls) == 1 and second["status"] == "stored"  # the test split is scored once
+    assert second["zero_one_loss"] == first["zero_one_loss"]
+    again = nested_cv(
+        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, store=store, device="cpu", progress=False
+    )
+    assert len(counter.calls) == 1 and again.outer_losses == nested.outer_losses
+
+
+def test_cv_cli_reports_a_clear_error_for_a_corrupt_store(synthetic_data_dir, tmp_path, capsys):
+    (tmp_path / "trials.sqlite").write_bytes(b"definitely not sqlite " * 64)
+    code = cli_main(["cv", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path), "--image-size", "32"])
+    error = capsys.readouterr().err
+    assert code == 2 and "trials.sqlite" in error and "Move it away" in error
+
+
+def _cv_cli(data_dir: Path, work_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "muffin_lib", "cv", "--data-dir", str(data_dir), "--work-dir", str(work_dir),
+        "--model", "simple_cnn", "--image-size", "32", "--lr", "3e-3,1e-3", "--batch-size", "8,16",
+        "--epochs", "2", "--folds", "3", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+
+
+def test_cv_cli_resumes_after_kill_9(synthetic_data_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MUFFIN_PROGRESS": "off"}
+    command = _cv_cli(synthetic_data_dir, tmp_path)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "trials.sqlite"
+    deadline = time.monotonic() + 120
+    stored_at_kill = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if db.exists():
+            try:
+                stored_at_kill = len(TrialStore(db))
+            except MuffinError:
+                stored_at_kill = 0
+            if stored_at_kill >= 2:
+                break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stored_at_kill = len(TrialStore(db))
+    assert 2 <= stored_at_kill < 12, "the run should have been killed in the middle"
+
+    finished = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    outcome = json.loads(finished.stdout.strip().splitlines()[-1])
+    trials = outcome["trials"]
+    assert len(trials) == 12 and len({(t["config_key"], t["fold"]) for t in trials}) == 12
+    assert sum(t["status"] == "stored" for t in trials) == stored_at_kill  # not trained again
+    assert all(0.0 <= t["zero_one_loss"] <= 1.0 for t in trials)
+    assert len(outcome["table"]) == 4 and {"mean", "std", "se", "ci_low", "ci_high"} <= set(outcome["table"][0])
+    assert outcome["best"]["lr"] in (3e-3, 1e-3)
+    assert len(TrialStore(db)) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_cross_validation_on_real_images(shared_data, tmp_path):
+    cache = load_images(shared_data / "muffin-chihuahua-dev", tmp_path, "train", 32, "grayscale", progress=False)
+    plan = load_or_create_splits(tmp_path, cache.labels, cache.fingerprint, n_splits=3, seed=0)
+    result = cross_validate(TINY.replace(epochs=3, batch_size=32), cache, plan.folds, device="cpu", progress=False)
+    # Better than always answering the majority class (0.46 error) on real photos.
+    assert result.summary["mean"] < 0.40
