@@ -210,7 +210,7 @@ def test_real_data_replaces_synthetic_but_synthetic_never_replaces_real(tmp_path
 
 def test_cli_fetch_auto_offline_makes_synthetic(tmp_path, no_credentials, offline, capsys, monkeypatch):
     monkeypatch.setenv("MUFFIN_PROGRESS", "off")
-    assert cli.main(["fetch", "--data-dir", str(tmp_path / "data"), "--json"]) == 0
+    assert cli.main(["fetch", "--source", "auto", "--data-dir", str(tmp_path / "data"), "--json"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["synthetic"] is True and last["source"] == "synthetic"
 
@@ -221,3 +221,16 @@ def test_cli_fetch_zip_refuses_evil_archive(tmp_path, capsys):
     assert "../evil.jpg" in capsys.readouterr().err
     assert cli.main(["fetch", "--zip", str(_make_zip(tmp_path / "ok.zip")), "--data-dir", str(tmp_path / "d")]) == 0
     assert is_complete(tmp_path / "d")
+
+
+def test_synthetic_dataset_is_seeded_balanced_and_marked(tmp_path):
+    a = make_synthetic_dataset(tmp_path / "a", n_train=10, n_test=5, image_size=24, seed=7)
+    b = make_synthetic_dataset(tmp_path / "b", n_train=10, n_test=5, image_size=24, seed=7)
+    c = make_synthetic_dataset(tmp_path / "c", n_train=10, n_test=5, image_size=24, seed=8)
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.jpg"))
+    assert len(files) == 15 and sum("train/muffin/" in f for f in files) == 5
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
+    assert is_synthetic(a) and json.loads((a / config.SYNTHETIC_MARKER).read_text())["seed"] == 7
+    with pytest.raises(MuffinError, match="not empty"):
+        make_synthetic_dataset(a)
