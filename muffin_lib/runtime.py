@@ -1,0 +1,151 @@
+"""Where and how training runs: device choice, seeding, the CPU allocator, an environment summary."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+import random
+import sys
+
+import numpy as np
+import torch
+
+from muffin_lib.errors import MuffinError
+
+log = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_MAX = -4
+# Measured on a 2-core EPYC, batch 64 (see benchmarks/README.md): with glibc's defaults every large
+# activation/gradient buffer is a fresh mmap whose pages the kernel must fault in and zero, and
+# freeing it hands the memory straight back. Serving them from the heap and never trimming it
+# keeps those pages mapped between steps.
+ALLOCATOR_SETTINGS: dict[str, int] = {
+    "M_MMAP_MAX": 0,
+    "M_TRIM_THRESHOLD": 1 << 30,
+    "M_TOP_PAD": 256 << 20,
+}
+_MALLOPT_CODES = {"M_MMAP_MAX": _M_MMAP_MAX, "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD, "M_TOP_PAD": _M_TOP_PAD}
+_allocator_state: dict | None = None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = CUDA, else Apple MPS, else CPU; an explicit choice that is not available is an error."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise MuffinError(
+                f"device {device!r} was asked for but PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}); use --device cpu or --device auto"
+            )
+        try:
+            resolved = torch.device(name)
+        except RuntimeError as error:
+            raise MuffinError(f"device {device!r} is not a valid CUDA device name ({error})") from error
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise MuffinError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s)")
+        return resolved
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise MuffinError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
+        return torch.device("mps")
+    raise MuffinError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_cpu_allocator(enable: bool = True) -> bool:
+    """Apply ``ALLOCATOR_SETTINGS`` with glibc's ``mallopt`` (Linux/glibc only); True when in effect.
+
+    Called by the engine when it trains on the CPU. Idempotent and logged once;
+    ``MUFFIN_TUNE_MALLOC=0`` in the environment (or ``enable=False``) leaves the allocator alone.
+    The settings stay for the life of the process; they cost memory that is kept, not speed.
+    """
+    global _allocator_state
+    if _allocator_state is not None:
+        return _allocator_state["tuned"]
+    if not enable or os.environ.get("MUFFIN_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False  # not recorded: a later call with enable=True may still tune
+    libc = _glibc()
+    if libc is None:
+        _allocator_state = {"tuned": False, "reason": "not Linux/glibc"}
+        return False
+    applied = {name: value for name, value in ALLOCATOR_SETTINGS.items() if libc.mallopt(_MALLOPT_CODES[name], value) == 1}
+    _allocator_state = {"tuned": bool(applied), "settings": applied}
+    if applied:
+        log.info("CPU allocator tuned: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
+    return bool(applied)
+
+
+def allocator_state() -> str:
+    if _allocator_state is None:
+        disabled = os.environ.get("MUFFIN_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off")
+        return "disabled by MUFFIN_TUNE_MALLOC=0" if disabled else "glibc defaults (not tuned yet)"
+    if _allocator_state["tuned"]:
+        return "tuned: " + ", ".join(f"{k}={v}" for k, v in _allocator_state["settings"].items())
+    return f"not tuned ({_allocator_state.get('reason', 'mallopt refused')})"
+
+
+def _total_ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def describe_environment(device: str | torch.device = "auto") -> dict:
+    """What this run uses: versions, device, GPU, CPUs, RAM and the allocator state (JSON-friendly)."""
+    import torchvision
+
+    resolved = resolve_device(device)
+    ram = _total_ram_bytes()
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "device": str(resolved),
+        "gpu_name": None,
+        "gpu_memory_gb": None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gb": round(ram / 2**30, 1) if ram else None,
+        "cpu_allocator": allocator_state(),
+    }
+    if resolved.type == "cuda":
+        props = torch.cuda.get_device_properties(resolved)
+        info["gpu_name"] = props.name
+        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        info["bf16_supported"] = torch.cuda.is_bf16_supported()
+    elif resolved.type == "mps":
+        info["gpu_name"] = "Apple MPS"
+    return info
