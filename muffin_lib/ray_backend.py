@@ -1,0 +1,176 @@
+"""The same (configuration, fold) trials as the serial backend, run in parallel through Ray Tune.
+
+Each Tune trial is one :class:`~muffin_lib.selection.TrialTask`. The image arrays go to the object
+store once (``tune.with_parameters``) and every worker reads them from there without a copy per trial.
+Results travel back in the trial's report; a Tune ``Callback`` in the driver writes each finished
+trial to the :class:`~muffin_lib.trials.TrialStore` the moment it completes, so the SQLite file has a
+single writer and an interrupted run keeps everything that finished. Ray is an optional extra:
+``pip install 'muffin-lab[ray]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from muffin_lib.errors import MuffinError
+
+INSTALL_HINT = "pip install 'muffin-lab[ray]' (or pip install \"ray[tune]\")"
+_RECORD_KEY = "muffin_record"
+
+
+def import_ray():
+    """``(ray, ray.tune)``, or a MuffinError that says how to install them."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as error:
+        raise MuffinError(f"the Ray backend needs Ray Tune, which is not installed ({error}); {INSTALL_HINT}") from error
+    return ray, tune
+
+
+def _setting_name(setting: tuple[int, str]) -> str:
+    return f"{setting[0]}px-{setting[1]}"
+
+
+def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` or start a local instance on loopback; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    package_root = str(Path(__file__).resolve().parent.parent)
+    if address:
+        import muffin_lib
+
+        # Ship this checkout of the package to the cluster's workers.
+        ray.init(address=address, runtime_env={"py_modules": [muffin_lib]}, logging_level="WARNING")
+    else:
+        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+            logging_level="WARNING",
+        )
+    return True
+
+
+def _trainable(params: dict, *, tasks, arrays, device: str, threads: int) -> None:
+    """One Tune trial: train and score ``tasks[params['task']]`` on the shared arrays."""
+    import torch
+    from ray import tune
+
+    from muffin_lib.selection import _jsonable, _record, run_trial
+
+    torch.set_num_threads(max(1, threads))
+    task = tasks[params["task"]]
+    images, labels = arrays[_setting_name(task.setting)]
+
+    def take(values: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        # Fancy indexing copies out of the read-only object-store buffer.
+        return torch.from_numpy(values[np.asarray(indices, dtype=np.int64)])
+
+    outcome = run_trial(
+        task.config,
+        take(images, task.train_idx),
+        take(labels, task.train_idx),
+        take(images, task.test_idx),
+        take(labels, task.test_idx),
+        seed=task.seed,
+        device=device,
+        progress=False,
+    )
+    tune.report({_RECORD_KEY: json.dumps(_jsonable(_record(task, outcome)))})
+
+
+def run_tasks(
+    tasks: Sequence,
+    caches: dict,
+    *,
+    on_record: Callable[[dict], None],
+    device: str = "auto",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    max_concurrent_trials: int | None = None,
+) -> list[dict]:
+    """Run ``tasks`` on Ray Tune; ``on_record(record)`` is called in the driver as each one completes.
+
+    ``caches`` maps each task's ``setting`` to its ImageCache. ``address`` joins an existing cluster;
+    otherwise a local instance with ``num_cpus`` CPUs (default: all) is started on 127.0.0.1 and shut
+    down afterwards. ``gpus_per_trial`` may be a fraction (several trials share one GPU).
+    """
+    ray, tune = import_ray()
+    if cpus_per_trial <= 0 or gpus_per_trial < 0:
+        raise MuffinError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    arrays = {
+        _setting_name(setting): (np.ascontiguousarray(np.asarray(cache.images)), np.asarray(cache.labels, dtype=np.int64))
+        for setting, cache in caches.items()
+    }
+    finished: dict[tuple[str, int, str], dict] = {}
+
+    class StoreCallback(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            payload = (trial.last_result or {}).get(_RECORD_KEY)
+            if payload is None:
+                return
+            record = json.loads(payload)
+            identity = (record["config_key"], record["fold"], record["scope"])
+            if identity not in finished:
+                finished[identity] = record
+                on_record(record)
+
+    started = _init_ray(ray, address, num_cpus)
+    storage = tempfile.mkdtemp(prefix="muffin-ray-")
+    # Tune's new console output prints a banner and paths even at verbose=0; our callback reports trials.
+    previous_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        trainable = tune.with_parameters(
+            _trainable, tasks=tasks, arrays=arrays, device=device, threads=int(max(1, cpus_per_trial))
+        )
+        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            param_space={"task": tune.grid_search(list(range(len(tasks))))},
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=max_concurrent_trials, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name="muffin-trials",
+                storage_path=storage,
+                verbose=0,
+                callbacks=[StoreCallback()],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        results = tuner.fit()
+    finally:
+        if previous_output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous_output
+        shutil.rmtree(storage, ignore_errors=True)
+        if started:
+            ray.shutdown()
+    if results.errors:
+        raise MuffinError(
+            f"{len(results.errors)} of {len(tasks)} Ray trials failed ({len(finished)} finished and were stored); "
+            f"first error: {results.errors[0]}"
+        )
+    if len(finished) < len(tasks):
+        raise MuffinError(
+            f"Ray Tune stopped after {len(finished)} of {len(tasks)} trials; the finished ones are stored, "
+            "run the same command again to resume"
+        )
+    return list(finished.values())
