@@ -31,7 +31,7 @@ def import_ray():
         import ray
         from ray import tune
     except ImportError as error:
-        raise MuffinError(f"the Ray backend needs Ray Tune, which is not installed ({error}); {INSTALL_HINT}") from error
+        raise MuffinError(f"the Ray backend needs Ray Tune, which is not importable ({error}); {INSTALL_HINT}") from error
     return ray, tune
 
 
@@ -109,12 +109,12 @@ def run_tasks(
     """
     ray, tune = import_ray()
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise MuffinError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
+        raise MuffinError(f"need cpus_per_trial > 0 and gpus_per_trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
     tasks = list(tasks)
     if not tasks:
         return []
     arrays = {
-        _setting_name(setting): (np.ascontiguousarray(np.asarray(cache.images)), np.asarray(cache.labels, dtype=np.int64))
+        _setting_name(setting): (np.ascontiguousarray(cache.images), np.asarray(cache.labels, dtype=np.int64))
         for setting, cache in caches.items()
     }
     finished: dict[tuple[str, int, str], dict] = {}
@@ -165,7 +165,7 @@ def run_tasks(
             ray.shutdown()
     if results.errors:
         raise MuffinError(
-            f"{len(results.errors)} of {len(tasks)} Ray trials failed ({len(finished)} finished and were stored); "
+            f"{len(results.errors)} of {len(tasks)} Ray trials failed ({len(finished)} finished and are stored); "
             f"first error: {results.errors[0]}"
         )
     if len(finished) < len(tasks):

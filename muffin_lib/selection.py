@@ -541,7 +541,8 @@ def grid_search(
     checked = _check_folds(folds, len(cache.labels))
     fp = _fingerprint(cache, fingerprint)
     per_config = [
-        _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config)) for config in configs
+        _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config))
+        for config in configs
     ]
     varied = list(grid)
     if on_trial is None and progress:
@@ -641,7 +642,9 @@ def nested_cv(
     varied = list(grid)
     if on_trial is None and progress:
         on_trial = _print_trial(varied)
-    options = dict(device=device, progress=progress, backend=backend, on_trial=on_trial, ray_options=ray_options)
+    options = dict(
+        device=device, progress=progress, backend=backend, on_trial=on_trial, ray_options=ray_options
+    )
 
     inner_results, chosen, outer_losses, trials = [], [], [], []
     for number, (outer_train, outer_test) in enumerate(outer):
@@ -828,73 +831,80 @@ def _split_list(kind):
 def add_cv_arguments(parser) -> None:
     from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
 
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache, splits and trials.sqlite")
-    parser.add_argument("--model", type=_split_list(str), default=["simple_cnn"], help="model name(s), comma-separated")
-    parser.add_argument("--lr", type=_split_list(float), default=None, help="learning rate(s), e.g. 1e-3,1e-4")
-    parser.add_argument("--batch-size", type=_split_list(int), default=None, help="batch size(s), e.g. 64,128")
-    parser.add_argument("--epochs", type=_split_list(int), default=None, help="epoch count(s)")
-    parser.add_argument("--image-size", type=_split_list(int), default=[128], help="image size(s) in px")
-    parser.add_argument("--color-mode", type=_split_list(str), default=["grayscale"], help="grayscale and/or rgb")
-    parser.add_argument("--folds", type=int, default=5, help="K of K-fold CV (outer folds with --nested)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold plan and of the models")
-    parser.add_argument("--nested", action="store_true", help="nested CV: estimate the risk of the tuned procedure")
-    parser.add_argument("--inner-folds", type=int, default=3, help="inner folds of nested CV")
-    parser.add_argument("--backend", choices=BACKENDS, default="serial", help="run trials one by one or on Ray Tune")
-    parser.add_argument("--ray-address", default=None, help="existing Ray cluster (default: a local instance)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPU (fraction) per trial")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (one line per trial is still printed)")
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    add = parser.add_argument
+    add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
+    add("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache, splits.json and trials.sqlite")
+    add("--model", type=_split_list(str), default=["simple_cnn"], help="model name(s), comma-separated")
+    add("--lr", type=_split_list(float), default=None, help="peak learning rate(s), e.g. 1e-3,1e-4")
+    add("--batch-size", type=_split_list(int), default=None, help="batch size(s), e.g. 64,128")
+    add("--epochs", type=_split_list(int), default=None, help="epoch count(s); the last epoch is scored")
+    add("--image-size", type=_split_list(int), default=[128], help="image size(s) in px, e.g. 64,128")
+    add("--color-mode", type=_split_list(str), default=["grayscale"], help="grayscale and/or rgb")
+    add("--folds", type=int, default=5, help="K of K-fold CV (the outer folds with --nested)")
+    add("--seed", type=int, default=0, help="seed of the fold plan and of the models")
+    add("--nested", action="store_true", help="nested CV: the risk of tuning by inner CV, then refitting")
+    add("--inner-folds", type=int, default=3, help="inner folds of nested CV")
+    add("--backend", choices=BACKENDS, default="serial", help="run trials one by one, or in parallel on Ray Tune")
+    add("--ray-address", default=None, help="Ray: an existing cluster (default: a local instance)")
+    add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
+    add("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions share a GPU)")
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add("--quiet", action="store_true", help="no progress bars or training logs; one line per trial remains")
+    add("--json", action="store_true", help="print the results as one JSON object on the last line")
 
 
-def _trial_summary(record: dict, varied: Sequence[str]) -> dict:
+def _trial_summary(record: dict, shown: Sequence[str]) -> dict:
     return {
         "config_key": record["config_key"],
         "fold": record["fold"],
         "scope": record["scope"],
-        **{name: record["config"].get(name) for name in varied},
+        **{name: record["config"].get(name) for name in shown},
         "zero_one_loss": record["zero_one_loss"],
         "seconds": record.get("seconds"),
         "status": record.get("status"),
     }
 
 
+def _print_table(frame) -> None:
+    print(frame.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+
+
 def cv_command(args) -> int:
-    import pandas as pd
+    import logging
 
     from muffin_lib import engine
     from muffin_lib.cache import load_images
-    from muffin_lib.config import WorkDir
+    from muffin_lib.config import COLOR_MODES, WorkDir
     from muffin_lib.splits import load_or_create_splits
 
-    work = WorkDir(args.work_dir)
-    store = TrialStore(work.trials_db)
     for mode in args.color_mode:
-        if mode not in ("grayscale", "rgb"):
-            raise MuffinError(f"--color-mode {mode!r}: use grayscale and/or rgb")
+        if mode not in COLOR_MODES:
+            raise MuffinError(f"--color-mode {mode!r} is not one of {', '.join(COLOR_MODES)}")
+    if args.folds < 2 or args.inner_folds < 2:
+        raise MuffinError(f"--folds and --inner-folds must be >= 2, got {args.folds} and {args.inner_folds}")
     progress = not args.quiet
-    cache = load_images(args.data_dir, args.work_dir, "train", args.image_size[0], args.color_mode[0], progress=progress)
-    plan = load_or_create_splits(args.work_dir, cache.labels, cache.fingerprint, n_splits=args.folds, seed=args.seed)
+    if args.quiet:
+        logging.getLogger("muffin_lib.engine").setLevel(logging.WARNING)
+    store = TrialStore(WorkDir(args.work_dir).trials_db)
+    size, mode = args.image_size[0], args.color_mode[0]
+    cache = load_images(args.data_dir, args.work_dir, "train", size, mode, progress=progress)
+    plan = load_or_create_splits(
+        args.work_dir, cache.labels, cache.fingerprint, n_splits=args.folds, seed=args.seed
+    )
 
-    base = engine.TrainConfig(model=args.model[0], image_size=args.image_size[0], color_mode=args.color_mode[0], seed=args.seed)
-    grid: dict[str, list] = {"model": args.model}
-    for name, values in (
-        ("image_size", args.image_size),
-        ("color_mode", args.color_mode),
-        ("epochs", args.epochs),
-        ("lr", args.lr),
-        ("batch_size", args.batch_size),
-    ):
-        if values is not None:
-            grid[name] = values
-    varied = list(grid)
+    base = engine.TrainConfig(model=args.model[0], image_size=size, color_mode=mode, seed=args.seed)
+    grid: dict[str, list] = {"model": args.model, "image_size": args.image_size, "color_mode": args.color_mode}
+    for name in ("epochs", "lr", "batch_size"):
+        if getattr(args, name) is not None:
+            grid[name] = getattr(args, name)
+    varied = [name for name, values in grid.items() if len(values) > 1] or ["model"]
     ray_options = None
     if args.backend == "ray":
-        ray_options = {"address": args.ray_address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
-    n_configs = math.prod(len(values) for values in grid.values())
-    print(f"trial store: {store.path} ({len(store)} trials stored)", flush=True)
+        ray_options = {
+            "address": args.ray_address,
+            "cpus_per_trial": args.cpus_per_trial,
+            "gpus_per_trial": args.gpus_per_trial,
+        }
     common = dict(
         store=store,
         data_dir=args.data_dir,
@@ -905,41 +915,48 @@ def cv_command(args) -> int:
         on_trial=_print_trial(varied),
         ray_options=ray_options,
     )
-    pd.set_option("display.width", 160)
+    n_configs = math.prod(len(values) for values in grid.values())
+    fixed = ", ".join(f"{name}={values[0]}" for name, values in grid.items() if name not in varied)
+    print(f"trial store: {store.path} ({len(store)} trials stored)", flush=True)
+    print(f"{cache.images.shape[0]} training images; fixed: {fixed or 'nothing'}", flush=True)
+
     if args.nested:
-        print(f"nested CV: {n_configs} configurations x {args.inner_folds} inner folds x {args.folds} outer folds", flush=True)
+        print(
+            f"nested CV: {n_configs} configurations x {args.inner_folds} inner folds, "
+            f"inside {args.folds} outer folds",
+            flush=True,
+        )
         nested = nested_cv(
             base, grid, cache, outer_folds=plan.folds, inner_folds=args.inner_folds, seed=args.seed, **common
         )
-        print("\nchosen per outer fold:")
-        print(nested.table.drop(columns=["config_key"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        s = nested.summary
+        print("\nconfiguration chosen by inner CV in each outer fold, and its outer held-out zero-one loss:")
+        _print_table(nested.table[["outer_fold", *varied, "inner_mean", "zero_one_loss", "n_test"]])
+        risk = nested.summary
         print(
-            f"\nnested-CV risk (zero-one loss): {s['mean']:.4f} +- {s['se']:.4f} (se), "
-            f"95% t interval [{s['ci_low']:.4f}, {s['ci_high']:.4f}] over {s['n']} outer folds"
+            f"\nnested-CV risk (zero-one loss): {risk['mean']:.4f}, se {risk['se']:.4f}, "
+            f"95% t interval [{risk['ci_low']:.4f}, {risk['ci_high']:.4f}] over {risk['n']} outer folds"
         )
         if args.json:
             outcome = {
                 "nested": True,
-                "trials": [_trial_summary(t, varied) for t in nested.trials],
+                "trials": [_trial_summary(trial, varied) for trial in nested.trials],
                 "table": nested.chosen,
                 "risk": nested.summary,
             }
             print(json.dumps(_jsonable(outcome)))
         return 0
 
-    print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_configs * len(plan.folds)} trials", flush=True)
+    n_trials = n_configs * len(plan.folds)
+    print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
     result = grid_search(base, grid, cache, plan.folds, **common)
-    print("\ncross-validated zero-one loss (mean over folds, 95% t interval; folds are correlated, so approximate):")
-    shown = result.table.drop(columns=["config_key"])
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    best_row = result.table.iloc[result.results.index(result.best_result)]
-    print("\nbest: " + ", ".join(f"{name}={best_row[name]}" for name in varied) + f" (mean {best_row['mean']:.4f})")
+    print("\nzero-one loss over the folds (95% t interval; folds are correlated, so it is approximate):")
+    _print_table(result.table[[*varied, *SUMMARY_COLUMNS, "n_folds", "seconds"]])
+    best = ", ".join(f"{name}={getattr(result.best, name)}" for name in varied)
+    print(f"\nbest: {best} (mean zero-one loss {result.best_result.summary['mean']:.4f})")
     if args.json:
-        table = json.loads(result.table.to_json(orient="records"))
         outcome = {
-            "trials": [_trial_summary(t, varied) for t in result.trials],
-            "table": table,
+            "trials": [_trial_summary(trial, varied) for trial in result.trials],
+            "table": json.loads(result.table.to_json(orient="records")),
             "best": {**{name: getattr(result.best, name) for name in varied}, "config": result.best.to_dict()},
         }
         print(json.dumps(_jsonable(outcome)))

@@ -215,7 +215,8 @@ class TrialStore:
         """:meth:`records` as a pandas DataFrame (one row per trial)."""
         import pandas as pd
 
-        return pd.DataFrame(self.records(scope, config_key), columns=["id", *_COLUMNS[:3], "config", "metrics", *_COLUMNS[4:]])
+        columns = ["id", *_COLUMNS[:3], "config", "metrics", *_COLUMNS[4:5], *_COLUMNS[6:]]
+        return pd.DataFrame(self.records(scope, config_key), columns=columns)
 
     def __len__(self) -> int:
         with self._connect() as connection:
