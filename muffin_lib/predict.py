@@ -1,0 +1,143 @@
+"""Classify image files or folders with a checkpoint: ``predict_paths`` and the ``predict`` CLI.
+
+Any size or mode works (the same ``imageio.preprocess_image`` as the cache). A file that cannot be
+read is reported on its own line and skipped. Files that sit in a class folder (``muffin/`` or
+``chihuahua/``, any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is
+reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from muffin_lib import engine, metrics
+from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS
+from muffin_lib.errors import MuffinError
+from muffin_lib.imageio import preprocess_image
+from muffin_lib.progress import progress_bar
+
+
+def _expand(paths) -> list[tuple[Path, str | None]]:
+    """(file, problem) for every image under ``paths``: files as given, folders recursively (sorted)."""
+    found: list[tuple[Path, str | None]] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            files = sorted(
+                Path(root) / name
+                for root, _, names in os.walk(path)
+                for name in names
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+            )
+            found += [(f, None) for f in files]
+        elif path.is_file():
+            found.append((path, None))
+        else:
+            found.append((path, "no such file or folder"))
+    return found
+
+
+def label_from_path(path: Path) -> int | None:
+    """The class index when the file's folder is named after a class (any case), else None."""
+    folder = path.parent.name.lower()
+    return CLASSES.index(folder) if folder in CLASSES else None
+
+
+def predict_paths(checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False) -> dict:
+    """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
+    path, label, probability, probabilities, true_label, correct, error), ``n``, ``n_failed``,
+    ``n_labelled`` and, when some files are labelled by their folder, ``zero_one_loss`` with a 95 %
+    Wilson interval (``ci_low``, ``ci_high``)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    model, stored = engine.load_checkpoint(checkpoint, device=device)
+    device = next(model.parameters()).device
+    image_size, color_mode = stored["image_size"], stored["color_mode"]
+    class_names = list(stored.get("class_names", CLASSES))
+    files = _expand(paths)
+    if not files:
+        raise MuffinError(f"no images found under {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+
+    predictions: list[dict] = []
+    for start in progress_bar(range(0, len(files), batch_size), enabled=progress, desc="predict", unit="batch"):
+        chunk = files[start : start + batch_size]
+        entries, tensors = [], []
+        for path, problem in chunk:
+            true = label_from_path(path)
+            entry = {"path": str(path), "label": None, "probability": None, "probabilities": None,
+                     "true_label": class_names[true] if true is not None else None, "correct": None, "error": problem}
+            if problem is None:
+                try:
+                    tensors.append(preprocess_image(path, image_size, color_mode))
+                except MuffinError as error:
+                    entry["error"] = getattr(error, "reason", None) or str(error)
+            entries.append(entry)
+            predictions.append(entry)
+        if not tensors:
+            continue
+        proba = engine.predict_proba(model, torch.stack(tensors), stored["normalization"], device=device,
+                                     batch_size=batch_size)
+        readable = [e for e in entries if e["error"] is None]
+        for entry, p in zip(readable, proba, strict=True):
+            k = int(np.argmax(p))
+            entry.update(label=class_names[k], probability=float(p[k]),
+                         probabilities={name: float(q) for name, q in zip(class_names, p, strict=True)})
+            if entry["true_label"] is not None:
+                entry["correct"] = entry["label"] == entry["true_label"]
+
+    labelled = [e for e in predictions if e["correct"] is not None]
+    result = {
+        "checkpoint": str(checkpoint),
+        "model": stored["model_name"],
+        "predictions": predictions,
+        "n": len(predictions),
+        "n_failed": sum(e["error"] is not None for e in predictions),
+        "n_labelled": len(labelled),
+    }
+    if labelled:
+        errors = sum(not e["correct"] for e in labelled)
+        low, high = metrics.binomial_interval(errors, len(labelled))
+        result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
+    return result
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by `train`")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    result = predict_paths(args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size)
+    if args.json:
+        keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "n", "n_failed", "n_labelled", "model")
+        print(json.dumps({k: result[k] for k in keep if k in result}))
+        return 0
+    for entry in result["predictions"]:
+        if entry["error"] is not None:
+            print(f"{'unreadable':10s} {'':6s} {entry['path']}: {entry['error']}")
+            continue
+        mark = ""
+        if entry["true_label"] is not None:
+            mark = "  ok" if entry["correct"] else f"  WRONG (is {entry['true_label']})"
+        print(f"{entry['label']:10s} {entry['probability']:6.3f} {entry['path']}{mark}")
+    summary = f"{result['n'] - result['n_failed']} of {result['n']} files classified"
+    if result["n_failed"]:
+        summary += f", {result['n_failed']} unreadable"
+    print(summary)
+    if "zero_one_loss" in result:
+        print(
+            f"zero-one loss {result['zero_one_loss']:.4f} ({result['errors']}/{result['n_labelled']} labelled "
+            f"files wrong; 95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f})"
+        )
+    else:
+        print("zero-one loss: unknown (no file sits in a muffin/ or chihuahua/ folder)")
+    return 0
