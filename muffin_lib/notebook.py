@@ -31,11 +31,9 @@ SMOKE_CAPS: dict[str, int] = {
     "image_size": 32,
     "epochs": 1,
     "n_splits": 2,
-    "outer_splits": 2,
     "inner_splits": 2,
     "n_preview": 4,
     "n_samples": 8,
-    "max_train_images": 400,
 }
 SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3}
 
