@@ -278,16 +278,16 @@ def _run_tasks(
     """Run the tasks not yet in ``store``; each result is committed as soon as its trial ends."""
     _check_backend(backend)
     records: dict[tuple[str, int, str], dict] = {}
-    pending: list[TrialTask] = []
+    pending: dict[tuple[str, int, str], TrialTask] = {}
     for task in tasks:
-        stored = store.get(task.config_key, task.fold, task.scope) if store is not None else None
+        stored = store.get(*task.identity) if store is not None else None
         if stored is not None:
             stored["status"] = "stored"
             records[task.identity] = stored
             if on_trial is not None:
                 on_trial(stored)
-        elif task.identity not in {t.identity for t in pending}:
-            pending.append(task)
+        else:
+            pending.setdefault(task.identity, task)
 
     def finish(record: dict) -> None:
         if store is not None:
@@ -302,10 +302,10 @@ def _run_tasks(
     if backend == "ray":
         from muffin_lib import ray_backend
 
-        arrays = {setting: caches.get(setting) for setting in {t.setting for t in pending}}
-        ray_backend.run_tasks(pending, arrays, on_record=finish, device=device, **(ray_options or {}))
+        needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
+        ray_backend.run_tasks(list(pending.values()), needed, on_record=finish, device=device, **(ray_options or {}))
     else:
-        for task in pending:
+        for task in pending.values():
             cache = caches.get(task.setting)
             finish(run_task(task, cache.images, cache.labels, device=device, progress=progress))
     return records
