@@ -7,8 +7,8 @@ of the training configuration, the dataset fingerprint and the fold plan, so a c
 or split never matches an old row.
 
 Scopes: ``cv`` (plain cross-validation / grid search), ``nested-inner`` and ``nested-outer`` (nested CV;
-the fold number of an inner trial is ``outer * 1000 + inner``), ``test`` (refit on the whole training
-split, scored once on the test split).
+the inner folds of each outer fold form their own fold plan, hence their own keys), ``test`` (refit on
+the whole training split, scored once on the test split).
 """
 
 from __future__ import annotations
