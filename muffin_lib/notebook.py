@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
@@ -34,6 +37,7 @@ SMOKE_CAPS: dict[str, int] = {
     "inner_splits": 2,
     "n_preview": 4,
     "n_samples": 8,
+    "max_images": 600,  # cross-validation on a subset (None, "all", is capped too)
 }
 SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3}
 
@@ -139,7 +143,7 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
     changed: dict[str, Any] = {}
     if profile == "smoke":
         for key, cap in SMOKE_CAPS.items():
-            if isinstance(values.get(key), int) and values[key] > cap:
+            if key in values and (values[key] is None or (isinstance(values[key], int) and values[key] > cap)):
                 changed[key], values[key] = values[key], cap
         for key, length in SMOKE_LIST_LENGTHS.items():
             if isinstance(values.get(key), (list, tuple)) and len(values[key]) > length:
@@ -165,10 +169,41 @@ def show_errors_briefly() -> None:
     shell.set_custom_exc((MuffinError,), brief)
 
 
+def _text_progress_under_papermill() -> None:
+    """Plain-text progress bars when papermill runs the notebook: its executed copy keeps only a widget's
+    first frame ("0%"). Papermill's injected cell, which starts with "# Parameters", gives it away."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or "MUFFIN_PROGRESS" in os.environ:
+        return
+    if any(str(source).startswith("# Parameters") for source in shell.user_ns.get("In", [])):
+        os.environ["MUFFIN_PROGRESS"] = "text"
+
+
 def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
-    """First call of every notebook: the profile applied (see :func:`apply_profile`), brief errors."""
+    """First call of every notebook: the profile applied (see :func:`apply_profile`), brief errors,
+    text progress bars under papermill."""
     show_errors_briefly()
+    _text_progress_under_papermill()
     return apply_profile(profile, name, params)
+
+
+def cv_folds(plan, labels, max_images: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds of the split ``plan``; with ``max_images`` below the number of training images, as many
+    stratified folds over a seeded, stratified subset of that size (how the smoke profile keeps
+    cross-validation short). Notebooks 06 and 07 get the same folds from the same arguments."""
+    from sklearn.model_selection import train_test_split
+
+    from muffin_lib.selection import stratified_folds
+
+    labels = np.asarray(labels)
+    if max_images is None or max_images >= len(labels):
+        return plan.folds
+    subset, _ = train_test_split(np.arange(len(labels)), train_size=max_images, stratify=labels, random_state=seed)
+    return stratified_folds(labels, len(plan.folds), seed, indices=np.sort(subset))
 
 
 def require_data(data_dir: str | Path) -> bool:

@@ -12,6 +12,7 @@ import argparse
 import ast
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -286,6 +287,8 @@ def format_summary(summary: dict) -> str:
     for name, record in summary["notebooks"].items():
         seconds = record.get("seconds")
         lines.append(f"| {name} | {record['status']} | {'' if seconds is None else f'{seconds:.1f}'} |")
+    total = sum(record.get("seconds") or 0 for record in summary["notebooks"].values())
+    lines.append(f"| **total** | | {total:.1f} |")
     if summary["models"]:
         lines += [
             "",
@@ -298,7 +301,10 @@ def format_summary(summary: dict) -> str:
             "|---|---|---|",
         ]
         for model, numbers in summary["models"].items():
-            lines.append(f"| {model} | {_ci_cell(numbers, 'test_zero_one_loss', 'test_ci')} | {_ci_cell(numbers, 'cv_risk', 'cv_ci')} |")
+            cv = _ci_cell(numbers, "cv_risk", "cv_ci")
+            if cv and numbers.get("cv_kind") == "nested":
+                cv += " (nested CV)"
+            lines.append(f"| {model} | {_ci_cell(numbers, 'test_zero_one_loss', 'test_ci')} | {cv} |")
     if summary["findings"]:
         lines += ["", "## Findings (computed by the notebooks)", ""]
         lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]
@@ -327,6 +333,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    # papermill logs every input/output path at INFO; the runner's own lines say the same more briefly
+    logging.getLogger("papermill").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     parameters = {name: parse_value(value) for name, value in args.parameter}
     summary = run_series(
         profile=args.profile,
