@@ -287,9 +287,13 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    # The fused kernel is one pass over each parameter; on CPU it beats the per-tensor loop.
-    fused = device.type in ("cuda", "cpu")
-    return optimizer_class(groups, lr=config.lr, fused=fused)
+    if device.type in ("cuda", "cpu"):
+        # The fused kernel is one pass over each parameter; on CPU it beats the per-tensor loop.
+        try:
+            return optimizer_class(groups, lr=config.lr, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused CPU kernel
+            pass
+    return optimizer_class(groups, lr=config.lr)
 
 
 def _make_scheduler(optimizer, config: TrainConfig, total_steps: int):
@@ -298,6 +302,12 @@ def _make_scheduler(optimizer, config: TrainConfig, total_steps: int):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return None
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
 class TrainStep:
@@ -314,7 +324,7 @@ class TrainStep:
         self.generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.optimizer = _make_optimizer(model, config, device)
         self.scheduler = _make_scheduler(self.optimizer, config, total_steps)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = _grad_scaler(device, enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     def __call__(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

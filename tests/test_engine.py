@@ -205,3 +205,59 @@ def test_device_resolution_errors():
             engine.fit(_config(), *_bright_vs_dark(8), device="cuda", progress=False)
     with pytest.raises(MuffinError, match="unknown device"):
         engine.fit(_config(), *_bright_vs_dark(8), device="tpu", progress=False)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+def test_resolve_device():
+    from muffin_lib import runtime
+
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    assert runtime.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert runtime.resolve_device("auto").type == expected
+    if not torch.backends.mps.is_available():
+        with pytest.raises(MuffinError, match="MPS is not available"):
+            runtime.resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(MuffinError, match="no CUDA GPU"):
+            runtime.resolve_device("cuda:0")
+
+
+def test_seed_everything_repeats_random_draws():
+    from muffin_lib import runtime
+
+    runtime.seed_everything(5)
+    first = (torch.rand(3), np.random.rand(3))
+    runtime.seed_everything(5)
+    assert torch.equal(first[0], torch.rand(3)) and np.array_equal(first[1], np.random.rand(3))
+
+
+def test_tune_cpu_allocator_switch_and_idempotence(monkeypatch, caplog):
+    import platform
+    import sys
+
+    from muffin_lib import runtime
+
+    monkeypatch.setattr(runtime, "_allocator_state", None)
+    monkeypatch.setenv("MUFFIN_TUNE_MALLOC", "0")
+    assert runtime.tune_cpu_allocator() is False
+    assert "disabled" in runtime.allocator_state()
+    monkeypatch.delenv("MUFFIN_TUNE_MALLOC")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    with caplog.at_level("INFO", logger="muffin_lib.runtime"):
+        assert runtime.tune_cpu_allocator() is glibc
+        assert runtime.tune_cpu_allocator() is glibc
+    assert sum("CPU allocator tuned" in r.message for r in caplog.records) == (1 if glibc else 0)
+    if glibc:
+        assert runtime.allocator_state().startswith("tuned: M_MMAP_MAX=0")
+
+
+def test_describe_environment():
+    from muffin_lib import runtime
+
+    info = runtime.describe_environment("cpu")
+    assert info["device"] == "cpu" and info["torch"] == torch.__version__ and info["cpu_count"] >= 1
+    for key in ("python", "gpu_name", "gpu_memory_gb", "ram_gb", "cpu_allocator", "torch_threads"):
+        assert key in info
