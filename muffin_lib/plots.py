@@ -110,6 +110,7 @@ def learning_curves(history, *, title: str | None = None) -> Figure:
             ax.plot(x, frame[column], marker="o", markersize=3, label=column.replace("_", " "))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(x.min() - 0.5, x.max() + 0.5)  # one or two epochs would otherwise get a 0.01-wide axis
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
