@@ -225,7 +225,8 @@ def risk_bars(frame: pd.DataFrame, *, title: str | None = None, ylabel: str = "z
         ax.bar_label(bars, labels=[f"{v:.3f}" if np.isfinite(v) else "" for v in values], padding=2, fontsize=8)
     ax.set_xticks(positions, list(frame.index))
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(0.05, float(np.nanmax(frame[[f"{k}_high" for k in kinds]].to_numpy(dtype=float))) * 1.2))
+    highest = float(np.nanmax(frame[[f"{k}_high" for k in kinds]].to_numpy(dtype=float)))
+    ax.set_ylim(0, min(1.05, max(0.05, highest * 1.2)))  # a t interval over few folds can pass 1; a risk cannot
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "")
