@@ -49,15 +49,26 @@ def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
 
         # Ship this checkout of the package to the cluster's workers.
         ray.init(address=address, runtime_env={"py_modules": [muffin_lib]}, logging_level="WARNING")
-    else:
-        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            runtime_env={"env_vars": {"PYTHONPATH": python_path}},
-            logging_level="WARNING",
-        )
+        return True
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    # Ray gives its raylet a fixed 30 s to come up, which a busy machine can miss: try twice.
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+                logging_level="WARNING",
+            )
+            return True
+        except Exception as error:  # Ray raises a bare Exception for a startup timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise MuffinError(
+                    f"could not start a local Ray instance ({error}); the machine may be overloaded. "
+                    "Run again, or use --backend serial"
+                ) from error
     return True
 
 
