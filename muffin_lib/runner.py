@@ -165,6 +165,7 @@ def run_series(
     log = _Log(progress)
     log(f"muffin-lab: {len(plans)} notebook(s), profile {profile}, data {data_dir}, work {workdir.root}")
     failure: str | None = None
+    warned_synthetic = False
     with _kernel_environment():
         for number, (path, injected, _) in enumerate(plans, 1):
             executed = workdir.executed_dir / path.name
@@ -195,6 +196,10 @@ def run_series(
             record.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
             record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log(f"    ok in {record['seconds']:.1f} s (total {time.perf_counter() - started:.0f} s)")
+            if not warned_synthetic and _is_synthetic(data_dir, {}):
+                warned_synthetic = True
+                log(f"    !!! the data in {data_dir} are SYNTHETIC: every number of this run only shows that the "
+                    "pipeline works" + ("; --profile smoke gets there in minutes" if profile == "full" else ""))
     for path, _, _ in plans[len(records):]:
         records[path.stem] = {"status": "not run (an earlier notebook failed)"}
     summary = write_summary(workdir.root, data_dir, profile, records)

@@ -161,3 +161,16 @@ def test_cli_runs_and_reports_failures(series: Path, tmp_path: Path, capsys):
 )
 def test_parse_value(text, value):
     assert parse_value(text) == value
+
+
+def test_synthetic_data_is_said_loudly(series: Path, tmp_path: Path, capsys):
+    from muffin_lib.config import SYNTHETIC_MARKER
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / SYNTHETIC_MARKER).write_text("{}")
+    work_dir = tmp_path / "work"
+    summary = run_series(data_dir=data_dir, work_dir=work_dir, notebooks_dir=series, only="00")
+    assert summary["synthetic"] is True
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert "**⚠️ SYNTHETIC DATA**" in (work_dir / "summary.md").read_text()
