@@ -1,7 +1,7 @@
 """What the notebooks share: the Colab links, the smoke profile, prerequisites and the results files.
 
 The notebooks stay thin: each starts with :func:`start` (parameters after the profile), checks what it
-needs with :func:`require_data` / :func:`require_checkpoint` (which name the notebook to run first),
+needs with :func:`require_data` / :func:`require_results` (which name the notebook to run first),
 shows and saves figures with :func:`show_figure`, and ends with :func:`save_results`, the file the
 runner's summary reads.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,10 +47,6 @@ CHECKPOINT_NOTEBOOKS: dict[str, str] = {
     "resnet_like": "05_resnet_like.ipynb",
     "transfer": "08_transfer_learning.ipynb",
 }
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
 
 
 def colab_url(notebook_path: str, repo_url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
@@ -110,11 +105,6 @@ class Settings(dict):
     @property
     def profile(self) -> str:
         return self._profile
-
-    @property
-    def changed_by_profile(self) -> dict[str, Any]:
-        """Parameter -> the value it had before the profile changed it."""
-        return dict(self._changed)
 
     @property
     def workdir(self) -> WorkDir:
@@ -237,15 +227,6 @@ def synthetic_banner(data_dir: str | Path) -> str:
 def checkpoint_path(work_dir: str | Path, model: str) -> Path:
     """Where the training notebooks keep the checkpoint of ``model``."""
     return WorkDir(work_dir).checkpoints_dir / f"{model}.pt"
-
-
-def require_checkpoint(work_dir: str | Path, model: str) -> Path:
-    """The checkpoint of ``model``, or a MuffinError naming the notebook that trains it."""
-    path = checkpoint_path(work_dir, model)
-    if not path.is_file():
-        maker = CHECKPOINT_NOTEBOOKS.get(model, "the training notebook of this model")
-        raise MuffinError(f"no checkpoint {path}: run notebooks/{maker} first (same work_dir), then this one.")
-    return path
 
 
 def require_results(work_dir: str | Path, notebook: str) -> dict:
