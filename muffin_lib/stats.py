@@ -30,7 +30,7 @@ def summarize_losses(losses: Sequence[float], confidence: float = 0.95) -> dict:
 
     The K fold estimates share most of their training data, so they are positively correlated and
     the t interval, which treats them as independent, is approximate and slightly optimistic (too
-    narrow). With a single fold std, se and the interval are NaN.
+    narrow). The interval is clipped to [0, 1]. With a single fold std, se and the interval are NaN.
     """
     _check_confidence(confidence)
     values = _as_losses(losses, "summarize_losses")
@@ -46,8 +46,9 @@ def summarize_losses(losses: Sequence[float], confidence: float = 0.95) -> dict:
         "mean": mean,
         "std": std,
         "se": se,
-        "ci_low": mean - half_width,
-        "ci_high": mean + half_width,
+        # A zero-one risk lies in [0, 1]; with few folds the t interval can reach past either end.
+        "ci_low": max(0.0, mean - half_width),
+        "ci_high": min(1.0, mean + half_width),
         "n": n,
     }
 

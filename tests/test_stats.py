@@ -69,3 +69,8 @@ def test_bad_inputs_are_clear_errors():
         summarize_losses([])
     with pytest.raises(MuffinError, match="confidence"):
         summarize_losses([0.1, 0.2], confidence=95)
+
+
+def test_interval_is_clipped_to_the_range_of_a_risk():
+    summary = summarize_losses([0.0, 0.3])  # two folds: the t interval is wider than [0, 1]
+    assert summary["ci_low"] == 0.0 and summary["ci_high"] == 1.0
