@@ -139,6 +139,7 @@ def run_benchmark(
     color_mode: str = "grayscale",
     seconds: float = 20.0,
     baseline_batch_size: int = 4,
+    threads: int | None = None,
     seed: int = 0,
     log_to=print,
 ) -> dict:
@@ -149,6 +150,8 @@ def run_benchmark(
 
     say = log_to or log.info
     resolved = runtime.resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
     in_channels = channels_for(color_mode)
     allocator_before = runtime.allocator_state()
     temp_dir = None
@@ -250,6 +253,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seconds", type=float, default=20.0, help="about this long timed per pipeline")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -262,6 +266,7 @@ def bench_command(args: argparse.Namespace) -> int:
         device=args.device,
         color_mode=args.color_mode,
         seconds=args.seconds,
+        threads=args.threads,
     )
     print(json.dumps(result))
     return 0
