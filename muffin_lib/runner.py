@@ -29,6 +29,9 @@ NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
 # Injected into every notebook (as absolute paths for the two folders).
 SERIES_PARAMETERS = ("data_dir", "work_dir", "profile")
+# "auto" (the runner's default): the full study on real photos, the smoke profile on the synthetic
+# fallback, whose numbers mean nothing and whose full study would take hours on a CPU.
+RUNNER_PROFILES = ("auto", *PROFILES)
 
 
 def default_notebooks_dir() -> Path:
@@ -123,7 +126,7 @@ def _failure_message(name: str, error: BaseException, executed: Path) -> str:
 
 def run_series(
     *,
-    profile: str = "full",
+    profile: str = "auto",
     data_dir: str | Path | None = None,
     work_dir: str | Path | None = None,
     only: str | list[str] | None = None,
@@ -138,8 +141,8 @@ def run_series(
     """
     import papermill
 
-    if profile not in PROFILES:
-        raise MuffinError(f"--profile must be one of {PROFILES}, got {profile!r}")
+    if profile not in RUNNER_PROFILES:
+        raise MuffinError(f"--profile must be one of {RUNNER_PROFILES}, got {profile!r}")
     data_dir = Path(data_dir or DEFAULT_DATA_DIR).expanduser().resolve()
     workdir = WorkDir(work_dir or DEFAULT_WORK_DIR)
     notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
@@ -169,6 +172,8 @@ def run_series(
     with _kernel_environment():
         for number, (path, injected, _) in enumerate(plans, 1):
             executed = workdir.executed_dir / path.name
+            if profile == "auto" and "profile" in injected:
+                injected["profile"] = "smoke" if _is_synthetic(data_dir, {}) else "full"
             log(f"[{number}/{len(plans)}] {path.name} ...")
             t0 = time.perf_counter()
             record = {"status": "running", "executed": str(executed), "parameters": injected}
@@ -198,8 +203,12 @@ def run_series(
             log(f"    ok in {record['seconds']:.1f} s (total {time.perf_counter() - started:.0f} s)")
             if not warned_synthetic and _is_synthetic(data_dir, {}):
                 warned_synthetic = True
+                advice = {
+                    "auto": "; so the rest runs in the smoke profile (--profile full forces the full study)",
+                    "full": "; --profile smoke gets there in minutes",
+                }.get(profile, "")
                 log(f"    !!! the data in {data_dir} are SYNTHETIC: every number of this run only shows that the "
-                    "pipeline works" + ("; --profile smoke gets there in minutes" if profile == "full" else ""))
+                    f"pipeline works{advice}")
     for path, _, _ in plans[len(records):]:
         records[path.stem] = {"status": "not run (an earlier notebook failed)"}
     summary = write_summary(workdir.root, data_dir, profile, records)
@@ -234,6 +243,9 @@ def write_summary(work_dir: str | Path, data_dir: Path, profile: str, records: d
     Records of notebooks not run this time (``--only``) are kept from the previous summary.
     """
     workdir = WorkDir(work_dir)
+    if profile == "auto":  # say which profile(s) it chose
+        used = sorted({r.get("parameters", {}).get("profile") for r in records.values()} - {None})
+        profile = f"auto ({', '.join(used)})" if used else profile
     summary_json = workdir.root / "summary.json"
     previous = {}
     if summary_json.is_file():
@@ -320,7 +332,12 @@ def format_summary(summary: dict) -> str:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", choices=PROFILES, default="full", help="smoke: tiny and fast (default: full)")
+    parser.add_argument(
+        "--profile",
+        choices=RUNNER_PROFILES,
+        default="auto",
+        help="full: the study; smoke: tiny and fast; auto (default): full on real data, smoke on the synthetic fallback",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help=f"dataset folder (default: {DEFAULT_DATA_DIR})")
     parser.add_argument("--work-dir", type=Path, default=None, help=f"results, checkpoints, cache (default: {DEFAULT_WORK_DIR})")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 03,04")

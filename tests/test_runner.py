@@ -174,3 +174,18 @@ def test_synthetic_data_is_said_loudly(series: Path, tmp_path: Path, capsys):
     assert summary["synthetic"] is True
     assert "SYNTHETIC" in capsys.readouterr().out
     assert "**⚠️ SYNTHETIC DATA**" in (work_dir / "summary.md").read_text()
+
+
+def test_auto_profile_is_full_on_real_data_and_smoke_on_the_synthetic_fallback(
+    series: Path, tmp_path: Path, synthetic_data_dir: Path
+):
+    real = tmp_path / "real"
+    (real / "train").mkdir(parents=True)  # no SYNTHETIC marker: taken for real photos
+    summary = run_series(data_dir=real, work_dir=tmp_path / "w1", notebooks_dir=series, progress=False)
+    assert json.loads((tmp_path / "w1" / "results" / "00_first.json").read_text())["seen"]["profile"] == "full"
+    assert summary["profile"] == "auto (full)"
+
+    summary = run_series(data_dir=synthetic_data_dir, work_dir=tmp_path / "w2", notebooks_dir=series, progress=False)
+    for name in ("00_first", "01_second", "02_third"):
+        assert json.loads((tmp_path / "w2" / "results" / f"{name}.json").read_text())["seen"]["profile"] == "smoke"
+    assert summary["profile"] == "auto (smoke)" and summary["synthetic"] is True
