@@ -27,7 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (all of them when it is None, e.g. for --help)."""
-    parser = argparse.ArgumentParser(prog="python -m muffin_lib", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m muffin_lib",
+        description="muffin-lab: one sub-command per step of the study; COMMAND --help for its options.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
