@@ -77,27 +77,13 @@ def _trainable(params: dict, *, tasks, arrays, device: str, threads: int) -> Non
     import torch
     from ray import tune
 
-    from muffin_lib.selection import _jsonable, _record, run_trial
+    from muffin_lib.selection import _jsonable, run_task
 
     torch.set_num_threads(max(1, threads))
     task = tasks[params["task"]]
     images, labels = arrays[_setting_name(task.setting)]
-
-    def take(values: np.ndarray, indices: np.ndarray) -> torch.Tensor:
-        # Fancy indexing copies out of the read-only object-store buffer.
-        return torch.from_numpy(values[np.asarray(indices, dtype=np.int64)])
-
-    outcome = run_trial(
-        task.config,
-        take(images, task.train_idx),
-        take(labels, task.train_idx),
-        take(images, task.test_idx),
-        take(labels, task.test_idx),
-        seed=task.seed,
-        device=device,
-        progress=False,
-    )
-    tune.report({_RECORD_KEY: json.dumps(_jsonable(_record(task, outcome)))})
+    record = run_task(task, images, labels, device=device, progress=False)
+    tune.report({_RECORD_KEY: json.dumps(_jsonable(record))})
 
 
 def run_tasks(

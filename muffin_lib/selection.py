@@ -70,10 +70,12 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _take(values, indices: np.ndarray):
+def _take(values, indices: np.ndarray) -> torch.Tensor:
+    """The rows ``indices`` of a tensor or array, as a tensor. Fancy indexing copies, so this also works
+    on the read-only buffers of Ray's object store."""
     if isinstance(values, torch.Tensor):
         return values[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
-    return np.asarray(values)[np.asarray(indices, dtype=np.int64)]
+    return torch.from_numpy(np.asarray(values)[np.asarray(indices, dtype=np.int64)])
 
 
 def _jsonable(value):
