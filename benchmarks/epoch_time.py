@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from muffin_lib import engine, runtime  # noqa: E402
 from muffin_lib.cache import load_images  # noqa: E402
 from muffin_lib.models import MODEL_NAMES, build_model  # noqa: E402
-from muffin_lib.splits import load_or_create_splits  # noqa: E402
+from muffin_lib.splits import plan_for_cache  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     if device.type == "cpu":
         runtime.tune_cpu_allocator()
     cache = load_images(args.data_dir, args.work_dir, "train", args.image_size, args.color_mode, progress=False)
-    plan = load_or_create_splits(args.work_dir, cache.labels, cache.fingerprint)
+    plan = plan_for_cache(cache, args.work_dir)
     train_images = cache.images[torch.as_tensor(plan.train_idx)]
     train_labels = cache.labels[torch.as_tensor(plan.train_idx)]
     val_images, val_labels = cache.images[torch.as_tensor(plan.val_idx)], cache.labels[torch.as_tensor(plan.val_idx)]

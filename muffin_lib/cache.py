@@ -20,9 +20,11 @@ import torch
 
 from muffin_lib.config import CLASSES, COLOR_MODES, SPLITS, WorkDir, channels_for
 from muffin_lib.errors import MuffinError
+from muffin_lib.files import write_atomic
 from muffin_lib.imageio import PREPROCESS_VERSION, preprocess_chunk
+from muffin_lib.pool import default_workers, process_pool
 from muffin_lib.progress import progress_bar
-from muffin_lib.scan import ImageRecord, default_workers, fingerprint_records, process_pool, scan_dataset
+from muffin_lib.scan import ImageRecord, fingerprint_records, scan_dataset
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +174,7 @@ def build_cache(
         "fingerprint": fingerprint,
         "synthetic": synthetic,
     }
-    temp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        torch.save(payload, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    write_atomic(path, lambda temp: torch.save(payload, temp))
     for stale in cache_dir.glob(f"{prefix}*.pt"):
         if stale != path:  # the same data folder and settings, older files: never read again
             stale.unlink(missing_ok=True)

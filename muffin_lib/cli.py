@@ -17,6 +17,7 @@ from muffin_lib.errors import MuffinError
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("muffin_lib.fetch", "download the Kaggle dataset (or make the synthetic demo set)"),
     "audit": ("muffin_lib.scan", "scan and validate a dataset folder; report counts, sizes, duplicates, rejects"),
+    "split": ("muffin_lib.splits", "show the twin-grouped validation split and CV folds a run will use"),
     "train": ("muffin_lib.train", "train one model on the train split and save a checkpoint"),
     "predict": ("muffin_lib.predict", "classify image files or folders with a checkpoint"),
     "bench": ("muffin_lib.bench", "measure images/s of the reference pipeline and ours"),

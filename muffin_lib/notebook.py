@@ -19,6 +19,7 @@ import numpy as np
 
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
+from muffin_lib.files import write_text_atomic
 
 # The one place the repository is named: badges, the Colab install cells and the launcher use it.
 # After changing it, run `python -m muffin_lib.notebook` to rewrite those cells in every notebook.
@@ -183,17 +184,16 @@ def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
 
 def cv_folds(plan, labels, max_images: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The folds of the split ``plan``; with ``max_images`` below the number of training images, as many
-    stratified folds over a seeded, stratified subset of that size (how the smoke profile keeps
-    cross-validation short). Notebooks 06 and 07 get the same folds from the same arguments."""
-    from sklearn.model_selection import train_test_split
-
+    stratified folds over a seeded, stratified subset of about that size (how the smoke profile keeps
+    cross-validation short). Twin groups stay whole, in the subset and in its folds. Notebooks 06 and 07 get the same folds from the same arguments."""
     from muffin_lib.selection import stratified_folds
+    from muffin_lib.splits import grouped_part
 
     labels = np.asarray(labels)
     if max_images is None or max_images >= len(labels):
         return plan.folds
-    subset, _ = train_test_split(np.arange(len(labels)), train_size=max_images, stratify=labels, random_state=seed)
-    return stratified_folds(labels, len(plan.folds), seed, indices=np.sort(subset))
+    _, subset = grouped_part(labels, plan.groups, max_images / len(labels), seed)
+    return stratified_folds(labels, len(plan.folds), seed, indices=subset, groups=plan.groups)
 
 
 def require_data(data_dir: str | Path) -> bool:
@@ -273,10 +273,7 @@ def save_results(settings: Settings, results: dict[str, Any]) -> Path:
         **results,
     }
     path = results_path(settings.work_dir, settings.name)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_to_json(payload), indent=2))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(_to_json(payload), indent=2))
 
 
 def load_all_results(work_dir: str | Path) -> dict[str, dict]:

@@ -49,11 +49,15 @@ def label_from_path(path: Path) -> int | None:
     return CLASSES.index(folder) if folder in CLASSES else None
 
 
-def predict_paths(checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False) -> dict:
+def predict_paths(
+    checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False, work_dir=None
+) -> dict:
     """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
     path, label, probability, probabilities, true_label, correct, error), ``n``, ``n_failed``,
     ``n_labelled`` and, when some files are labelled by their folder, ``zero_one_loss`` with a 95 %
-    Wilson interval (``ci_low``, ``ci_high``)."""
+    Wilson interval (``ci_low``, ``ci_high``). When they are the test images of a dataset
+    (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
+    (twins found once and cached in ``work_dir`` when given)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     model, stored = engine.load_checkpoint(checkpoint, device=device)
@@ -104,7 +108,32 @@ def predict_paths(checkpoint, paths, *, device: str = "auto", batch_size: int = 
         errors = sum(not e["correct"] for e in labelled)
         low, high = metrics.binomial_interval(errors, len(labelled))
         result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
+        result["twin_free"] = _twin_free_scores(labelled, work_dir)
     return result
+
+
+def _dataset_of(path: Path) -> Path | None:
+    """``DATA`` when ``path`` is ``DATA/test/<class>/file`` of a dataset that also has ``DATA/train``."""
+    path = path.resolve()
+    if len(path.parents) < 3 or path.parents[1].name.lower() != "test":
+        return None
+    root = path.parents[2]
+    return root if (root / "train").is_dir() else None
+
+
+def _twin_free_scores(labelled: list[dict], work_dir) -> dict | None:
+    """Scores on the labelled files that are test images of one dataset and have no twin in its train split
+    (None when the files are not such test images)."""
+    from muffin_lib.final_test import scores, test_split_twin_free
+
+    roots = {_dataset_of(Path(e["path"])) for e in labelled}
+    if len(roots) != 1 or None in roots:
+        return None
+    root = roots.pop()
+    relpaths = [Path(e["path"]).resolve().relative_to(root).as_posix() for e in labelled]
+    _, free = test_split_twin_free(root, work_dir, relpaths)
+    kept = [e["correct"] for e, keep in zip(labelled, free, strict=True) if keep]
+    return {**scores(kept), "n_with_train_twin": int((~free).sum()), "data_dir": str(root)}
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,13 +141,18 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="cache the near-duplicate search here (used when PATH is a dataset's test split)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    result = predict_paths(args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size)
+    result = predict_paths(
+        args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size, work_dir=args.work_dir
+    )
     if args.json:
-        keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "n", "n_failed", "n_labelled", "model")
+        keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
+                "n_labelled", "model")
         print(json.dumps({k: result[k] for k in keep if k in result}))
         return 0
     for entry in result["predictions"]:
@@ -138,6 +172,13 @@ def predict_command(args: argparse.Namespace) -> int:
             f"zero-one loss {result['zero_one_loss']:.4f} ({result['errors']}/{result['n_labelled']} labelled "
             f"files wrong; 95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f})"
         )
+        free = result.get("twin_free")
+        if free:
+            print(
+                f"twin-free part ({free['n']} test images with no near-duplicate in train; "
+                f"{free['n_with_train_twin']} left out): zero-one loss {free['zero_one_loss']:.4f} "
+                f"({free['errors']}/{free['n']}; 95% CI {free['ci_low']:.3f}-{free['ci_high']:.3f})"
+            )
     else:
         print("zero-one loss: unknown (no file sits in a muffin/ or chihuahua/ folder)")
     return 0

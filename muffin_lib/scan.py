@@ -9,26 +9,25 @@ small index keyed by (relative path, size, mtime), so a second scan only stats t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import statistics
 import sys
-import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from muffin_lib import config
 from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS, SPLITS, SYNTHETIC_MARKER, WorkDir
 from muffin_lib.errors import MuffinError
+from muffin_lib.files import write_text_atomic
 from muffin_lib.imageio import inspect_image
+from muffin_lib.pool import default_workers, process_pool
 from muffin_lib.progress import progress_bar
 from muffin_lib.synthetic import is_synthetic
+from muffin_lib.twins import describe_group
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ScanResult:
         return sorted((r for r in self.records if r.split == split), key=lambda r: r.relpath)
 
     def fingerprint(self, split: str) -> str:
-        """sha256 over the relative paths, labels and byte sizes of ``split``: changes when the files do."""
+        """sha256 over the relative paths, labels and content hashes of ``split``: changes when any file does."""
         return fingerprint_records(self.records_for(split))
 
     def relpath(self, path: Path) -> str:
@@ -84,34 +83,15 @@ class ScanResult:
 
 
 def fingerprint_records(records: list[ImageRecord]) -> str:
-    """sha256 over (relpath, label, size in bytes) of ``records`` in relpath order."""
-    digest = hashlib.sha256()
-    for record in sorted(records, key=lambda r: r.relpath):
-        digest.update(f"{record.relpath}\t{record.label}\t{record.nbytes}\n".encode())
-    return digest.hexdigest()
+    """sha256 over (relpath, label, sha256 of the bytes) of ``records`` in relpath order.
 
-
-def default_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
-
-
-@contextlib.contextmanager
-def process_pool(workers: int):
-    """A process pool for the PIL-only jobs in ``imageio``.
-
-    Linux forks (fast, and scripts without an ``if __name__ == "__main__"`` guard keep working); the
-    children never touch torch, so torch or Jupyter threads in the parent do not matter to them.
-    Elsewhere the platform default (spawn) is used.
+    Content, not sizes: an image edited in place keeps its size but changes the fingerprint, so split
+    plans, trials and checkpoints made for the old content are never reused for the new.
     """
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*multi-threaded, use of fork", category=DeprecationWarning)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            yield pool
+    digest = hashlib.sha256(b"content-v2\n")
+    for record in sorted(records, key=lambda r: r.relpath):
+        digest.update(f"{record.relpath}\t{record.label}\t{record.sha256}\n".encode())
+    return digest.hexdigest()
 
 
 def _hidden(name: str) -> bool:
@@ -209,9 +189,7 @@ class _ScanIndex:
         if entries == self.entries:
             return
         payload = {"version": INDEX_VERSION, "data_dir": str(data_dir), "entries": entries}
-        temp = self.path.with_suffix(f".tmp{os.getpid()}")
-        temp.write_text(json.dumps(payload, separators=(",", ":")))
-        os.replace(temp, self.path)
+        write_text_atomic(self.path, json.dumps(payload, separators=(",", ":")))
 
 
 def scan_dataset(
@@ -303,7 +281,8 @@ def _bucket(value: float, buckets: list[tuple[str, float]]) -> str:
 def audit_dataset(
     data_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None, *, progress: bool = True
 ) -> dict:
-    """A JSON-able report: counts, sizes, modes, exact duplicates (cross-split = leakage), rejects, warnings."""
+    """A JSON-able report: counts, sizes, modes, exact duplicates (cross-split = leakage), near-duplicate
+    twin groups (``twins.TwinGroups.summary``), rejects, warnings."""
     scan = scan_dataset(data_dir, work_dir, progress=progress)
     records = scan.records
     splits = {}
@@ -327,6 +306,9 @@ def audit_dataset(
                 "conflicting_labels": len({m.label for m in members}) > 1,
             })
 
+    from muffin_lib.twins import find_twins
+
+    near_duplicates = find_twins(records, work_dir, progress=progress).summary()
     aspect = Counter(_bucket(r.width / r.height, _ASPECT_BUCKETS) for r in records)
     shorter = Counter(_bucket(min(r.width, r.height), _SHORTER_SIDE_BUCKETS) for r in records)
     return {
@@ -352,6 +334,7 @@ def audit_dataset(
             "n_conflicting_labels": sum(d["conflicting_labels"] for d in duplicates),
             "groups": duplicates,
         },
+        "near_duplicates": near_duplicates,
         "rejected": [{"path": scan.relpath(r.path), "reason": r.reason} for r in scan.rejected],
         "warnings": list(scan.warnings),
     }
@@ -388,6 +371,23 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
         lines.append(f"  {' = '.join(group['files'])}" + (f"  [{', '.join(flags)}]" if flags else ""))
     if dup["n_groups"] > max_listed:
         lines.append(f"  ... and {dup['n_groups'] - max_listed} more (see --json)")
+
+    near = report["near_duplicates"]
+    n_test = report["splits"]["test"]["total"]
+    lines += [
+        "",
+        f"Near-duplicates (twins): {near['n_groups']} group(s) holding {near['n_images_in_groups']} images; "
+        f"{near['test_with_train_twin']} of {n_test} test images have a twin in train (LEAKAGE: scored "
+        f"separately as the non-twin-free part), {len(near['conflicting_labels'])} group(s) with conflicting labels",
+        f"  method: {near['method']}",
+    ]
+    crossing = [g for g in near["groups"] if len({p.split("/", 1)[0] for p in g}) > 1]
+    for group in (crossing + [g for g in near["groups"] if g not in crossing])[:max_listed]:
+        lines.append("  " + describe_group(group))
+    if near["n_groups"] > max_listed:
+        lines.append(f"  ... and {near['n_groups'] - max_listed} more (see --json)")
+    for group in near["conflicting_labels"]:
+        lines.append(f"  LABEL CONFLICT: {' = '.join(group)}")
 
     lines += ["", f"Rejected files: {len(report['rejected'])}"]
     lines += [f"  {item['path']}: {item['reason']}" for item in report["rejected"]]

@@ -8,6 +8,7 @@ CNN learns the task well but not perfectly. Each image depends only on (seed, sp
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from muffin_lib.config import CLASSES, SPLITS, SYNTHETIC_MARKER
 from muffin_lib.errors import MuffinError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: built-in near-duplicate twins
 _OVERSAMPLE = 2  # draw at 2x and downscale: cheap antialiasing
 
 
@@ -116,6 +117,32 @@ def make_image(label: int, rng: np.random.Generator, image_size: int) -> Image.I
     return image.convert("L") if rng.random() < 0.15 else image
 
 
+def twin_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A near-duplicate of ``image``: 2-4 % trimmed off one or two sides, resized by 0.8-1.25, re-encoded
+    as JPEG quality 60-75 (what the twins in the Kaggle data look like)."""
+    width, height = image.size
+    left, top = (int(width * rng.uniform(0.0, 0.04)), int(height * rng.uniform(0.0, 0.04)))
+    trimmed = image.crop((left, top, width, height))
+    scale = rng.uniform(0.8, 1.25)
+    resized = trimmed.resize((max(8, round(trimmed.width * scale)), max(8, round(trimmed.height * scale))))
+    buffer = io.BytesIO()
+    resized.save(buffer, "JPEG", quality=int(rng.integers(60, 76)))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _twin_source(split: str, i: int, n_train: int) -> int | None:
+    """Which earlier training image (of the same class) image ``i`` of ``split`` copies, or None.
+
+    About one test image in ten has a twin in train, and one training image in sixteen a twin in train.
+    """
+    if split == "test" and i % 10 == 3 and n_train >= 2:
+        source = (7 * i) % n_train
+        return source if source % 2 == i % 2 else (source + 1 if source + 1 < n_train else source - 1)
+    if split == "train" and i % 16 == 5:
+        return i - 2
+    return None
+
+
 def make_synthetic_dataset(
     data_dir: str | os.PathLike, *, n_train: int = 240, n_test: int = 60, image_size: int = 96, seed: int = 0
 ) -> Path:
@@ -134,19 +161,29 @@ def make_synthetic_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.synthetic-", dir=data_dir.parent))
     try:
         counts = {"train": n_train, "test": n_test}
+        train_images: list[Image.Image] = []
+        n_twins = {"train": 0, "test": 0}
         for split_index, split in enumerate(SPLITS):
             for name in CLASSES:
                 (staging / split / name).mkdir(parents=True)
             for i in range(counts[split]):
                 rng = np.random.default_rng([seed, split_index, i])
                 label = i % len(CLASSES)
-                image = make_image(label, rng, image_size)
+                source = _twin_source(split, i, n_train)
+                if source is not None:  # a near-duplicate of an earlier training image, as the Kaggle data hold
+                    image = twin_variant(train_images[source], rng)
+                    n_twins[split] += 1
+                else:
+                    image = make_image(label, rng, image_size)
+                if split == "train":
+                    train_images.append(image)
                 image.save(staging / split / CLASSES[label] / f"synthetic_{i:05d}.jpg", quality=90)
         marker = {
             "synthetic": True,
             "generator": f"muffin_lib.synthetic v{GENERATOR_VERSION}",
             "seed": seed,
             "counts": counts,
+            "near_duplicates": n_twins,
             "image_size": image_size,
             "note": "Synthetic stand-in (drawn muffins and chihuahuas), NOT the Kaggle photos. Results on it "
             "say nothing about real images. Get the real data with `python -m muffin_lib fetch --source kaggle`.",

@@ -57,21 +57,21 @@ def test_too_few_images_per_class_is_a_clear_error():
 
 
 def test_saved_splits_are_reloaded_and_checked_against_the_data(tmp_path):
-    first = load_or_create_splits(tmp_path, LABELS, "abc", seed=0)
-    again = load_or_create_splits(tmp_path, LABELS, "abc", seed=0)
+    first = load_or_create_splits(tmp_path, LABELS, "abc", seed=0, groups=None)
+    again = load_or_create_splits(tmp_path, LABELS, "abc", seed=0, groups=None)
     assert np.array_equal(first.val_idx, again.val_idx) and np.array_equal(first.train_idx, again.train_idx)
     for (tr1, te1), (tr2, te2) in zip(first.folds, again.folds, strict=True):
         assert np.array_equal(tr1, tr2) and np.array_equal(te1, te2)
 
-    other = load_or_create_splits(tmp_path, LABELS, "abc", seed=1, n_splits=3)
+    other = load_or_create_splits(tmp_path, LABELS, "abc", seed=1, n_splits=3, groups=None)
     assert len(other.folds) == 3
     stored = json.loads(WorkDir(tmp_path).splits_file.read_text())
     assert len(stored["plans"]) == 2
 
     with pytest.raises(MuffinError, match=r"data changed.*splits\.json"):
-        load_or_create_splits(tmp_path, LABELS, "different-files", seed=0)
+        load_or_create_splits(tmp_path, LABELS, "different-files", seed=0, groups=None)
     with pytest.raises(MuffinError, match="data changed"):
-        load_or_create_splits(tmp_path, LABELS[:90], "abc", seed=0)
+        load_or_create_splits(tmp_path, LABELS[:90], "abc", seed=0, groups=None)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from muffin_lib import engine
 from muffin_lib.cache import load_images
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import cross_validate, grid_search
-from muffin_lib.splits import load_or_create_splits
+from muffin_lib.splits import plan_for_cache
 from muffin_lib.trials import TrialStore
 
 TINY = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16, lr=3e-3)
@@ -20,7 +20,7 @@ TINY = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_siz
 def cache_and_folds(synthetic_data_dir, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("ray-work")
     cache = load_images(synthetic_data_dir, work_dir, "train", 32, "grayscale", progress=False)
-    plan = load_or_create_splits(work_dir, cache.labels, cache.fingerprint, n_splits=2, seed=0)
+    plan = plan_for_cache(cache, work_dir, n_splits=2, seed=0)
     return cache, plan.folds
 
 
@@ -62,3 +62,15 @@ def test_ray_runs_the_same_trials_as_serial(cache_and_folds, tmp_path):
     assert [t["config_key"] for t in result.trials] == [t["config_key"] for t in serial.trials]
     assert all(r["device"] == "cpu" and 0 <= r["zero_one_loss"] <= 1 for r in ray_store.records())
     assert list(result.table["lr"]) == [3e-3, 1e-3]
+
+
+def test_gpu_keyed_trials_need_gpus_per_trial():
+    """Ray hides GPUs from trials that reserve none: GPU-keyed trials would silently train on the CPU."""
+    pytest.importorskip("ray.tune")
+    from types import SimpleNamespace
+
+    from muffin_lib import ray_backend
+
+    task = SimpleNamespace(execution="cuda/bf16", setting=(32, "grayscale"))
+    with pytest.raises(MuffinError, match="gpus-per-trial"):
+        ray_backend.run_tasks([task], {}, on_record=print, gpus_per_trial=0.0)

@@ -1,0 +1,139 @@
+"""The one test evaluation: every candidate, scored once on the test split after every choice is fixed.
+
+Each candidate is a checkpoint. Its test predictions are scored on the whole test split and on its
+twin-free part (test images with no near-duplicate in train, ``twins``); the twin-free figure is the
+headline, since a model may have memorised the train twin of any other test image. Candidates are
+compared pairwise on the same twin-free images with exact McNemar tests, Holm-corrected over all pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from muffin_lib.errors import MuffinError
+
+PARTS = ("twin_free", "all", "with_train_twin")
+
+
+def scores(correct, confidence: float = 0.95) -> dict:
+    """Zero-one loss of a boolean "prediction correct" array, with its Wilson interval."""
+    from muffin_lib.metrics import binomial_interval
+
+    correct = np.asarray(correct, dtype=bool)
+    n = int(correct.size)
+    if n == 0:
+        nan = float("nan")
+        return {"zero_one_loss": nan, "errors": 0, "n": 0, "ci_low": nan, "ci_high": nan}
+    errors = int(n - correct.sum())
+    low, high = binomial_interval(errors, n, confidence, method="wilson")
+    return {"zero_one_loss": errors / n, "errors": errors, "n": n, "ci_low": float(low), "ci_high": float(high)}
+
+
+def scores_by_part(correct, twin_free, confidence: float = 0.95) -> dict:
+    """``{"twin_free": ..., "all": ..., "with_train_twin": ...}`` scores of one candidate's test predictions."""
+    correct, twin_free = np.asarray(correct, dtype=bool), np.asarray(twin_free, dtype=bool)
+    if correct.shape != twin_free.shape:
+        raise MuffinError(f"{correct.size} predictions but a twin-free mask of {twin_free.size} test images")
+    return {
+        "twin_free": scores(correct[twin_free], confidence),
+        "all": scores(correct, confidence),
+        "with_train_twin": scores(correct[~twin_free], confidence),
+    }
+
+
+def test_split_twin_free(data_dir, work_dir=None, relpaths=None) -> tuple[list[str], np.ndarray]:
+    """(test relpaths in cache order, True where the image has no twin in train)."""
+    from muffin_lib.scan import scan_dataset
+    from muffin_lib.twins import find_twins
+
+    scan = scan_dataset(data_dir, work_dir, progress=False)
+    twins = find_twins(scan.records, work_dir, progress=False)
+    paths = list(relpaths) if relpaths is not None else [r.relpath for r in scan.records_for("test")]
+    return paths, twins.twin_free_mask(paths)
+
+
+@dataclass
+class FinalTest:
+    """Scores of every candidate on the test split and the paired comparisons between them."""
+
+    scores: dict[str, dict]  # name -> scores_by_part
+    paired: list[dict]  # stats.paired_mcnemar_table on the twin-free part
+    predictions: dict[str, dict] = field(repr=False, default_factory=dict)  # name -> relpaths, predicted, correct
+    n_test: int = 0
+    n_twin_free: int = 0
+
+    @property
+    def table(self):
+        """One row per candidate, best twin-free error first."""
+        import pandas as pd
+
+        rows = []
+        for name, by_part in self.scores.items():
+            row = {"model": name}
+            for part in PARTS:
+                s = by_part[part]
+                row.update({f"{part}": s["zero_one_loss"], f"{part}_low": s["ci_low"], f"{part}_high": s["ci_high"]})
+                row[f"{part}_errors"] = s["errors"]
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("model").sort_values("twin_free")
+
+    def to_dict(self) -> dict:
+        return {"scores": self.scores, "paired": self.paired, "n_test": self.n_test, "n_twin_free": self.n_twin_free}
+
+    def models_summary(self) -> dict:
+        """The ``models`` block of the results file: test numbers per candidate for the summary table."""
+        summary = {}
+        for name, by_part in self.scores.items():
+            free, whole = by_part["twin_free"], by_part["all"]
+            summary[name] = {
+                "test_twin_free": free["zero_one_loss"],
+                "test_twin_free_ci": [free["ci_low"], free["ci_high"]],
+                "test_zero_one_loss": whole["zero_one_loss"],
+                "test_ci": [whole["ci_low"], whole["ci_high"]],
+            }
+        return summary
+
+
+def evaluate_candidates(
+    candidates: dict[str, object],
+    data_dir,
+    work_dir,
+    *,
+    device: str = "auto",
+    alpha: float = 0.05,
+    progress: bool = True,
+) -> FinalTest:
+    """Score every checkpoint of ``candidates`` (name -> path) once on the test split of ``data_dir``."""
+    from muffin_lib import engine
+    from muffin_lib.cache import load_images
+    from muffin_lib.stats import paired_mcnemar_table
+
+    if not candidates:
+        raise MuffinError("no candidates to evaluate: train the models first (notebooks 03-05 and 08)")
+    all_scores, predictions, free_mask, relpaths = {}, {}, None, None
+    for name, checkpoint in candidates.items():
+        model, stored = engine.load_checkpoint(checkpoint, device=device)
+        test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
+        if relpaths is None:
+            relpaths, free_mask = test_split_twin_free(data_dir, work_dir, test.relpaths)
+        elif list(test.relpaths) != relpaths:
+            raise MuffinError(f"{name}: its test cache lists other images than the first candidate's; same data_dir?")
+        proba = engine.predict_proba(model, test.images, stored["normalization"], device=device)
+        predicted = proba.argmax(axis=1)
+        correct = predicted == test.labels.numpy()
+        all_scores[name] = scores_by_part(correct, free_mask)
+        predictions[name] = {
+            "relpaths": relpaths,
+            "labels": test.labels.tolist(),
+            "predicted": predicted.tolist(),
+            "confidence": proba.max(axis=1).tolist(),
+            "correct": correct.tolist(),
+        }
+    paired = []
+    if len(candidates) > 1:
+        paired = paired_mcnemar_table(
+            {name: np.asarray(p["correct"])[free_mask] for name, p in predictions.items()}, alpha=alpha
+        )
+    return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()))
