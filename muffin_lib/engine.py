@@ -40,6 +40,9 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHECKPOINT_FORMAT = "muffin-checkpoint"
 CHECKPOINT_VERSION = 1
+# Part of every trial key and checkpoint-reuse check (with imageio.PREPROCESS_VERSION and execution_key):
+# bump when an architecture in models.py or the training step changes results.
+CODE_VERSION = 2
 # Put the whole uint8 training set on the GPU when it takes less than this share of free memory.
 GPU_RESIDENT_FRACTION = 0.4
 # Fields that change speed but not what is learnt; left out of TrainConfig.key().
@@ -271,6 +274,18 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if amp == "bf16" else None
     # MPS: explicit choices only.
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def execution_key(amp: str, device: str | torch.device = "auto") -> str:
+    """``"<device type>/<precision>"`` a run with ``amp`` on ``device`` trains in, e.g. ``cpu/fp32``,
+    ``cuda/bf16``, ``cuda/fp16``: the resolved device (``auto`` -> what this machine has) and autocast
+    dtype (``resolve_amp``; none = fp32). Part of trial keys and checkpoint reuse, so results of another
+    device type or precision are never taken for this one."""
+    device = runtime.resolve_device(device)
+    return f"{device.type}/{_PRECISION_NAMES[resolve_amp(amp, device)]}"
 
 
 # ----------------------------------------------------------------------------- training

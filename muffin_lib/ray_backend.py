@@ -110,6 +110,13 @@ def run_tasks(
     tasks = list(tasks)
     if not tasks:
         return []
+    on_gpu = sorted({task.execution for task in tasks if task.execution.startswith("cuda/")})
+    if on_gpu and gpus_per_trial <= 0:
+        # Ray hides the GPUs from trials that reserve none: they would train on the CPU under a GPU key.
+        raise MuffinError(
+            f"the trials are keyed to run as {', '.join(on_gpu)} but gpus_per_trial is 0, so Ray's workers "
+            "would see no GPU; pass --gpus-per-trial (e.g. 0.5 or 1), or --device cpu"
+        )
     arrays = {
         _setting_name(setting): (np.ascontiguousarray(cache.images), np.asarray(cache.labels, dtype=np.int64))
         for setting, cache in caches.items()

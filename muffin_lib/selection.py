@@ -59,6 +59,7 @@ class TrialTask:
     plan_key: str
     fingerprint: str | None
     seed: int
+    execution: str  # engine.execution_key of the run, e.g. "cpu/fp32"; part of config_key
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -122,7 +123,8 @@ def run_trial(
     """Fit a fresh model on the training part and evaluate it once on the held-out part.
 
     Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history),
-    ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device``.
+    ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
+    precision the fit really used, ``engine.execution_key``).
     """
     from muffin_lib import engine
 
@@ -163,6 +165,7 @@ def run_trial(
         "n_test": n_test,
         "seconds": seconds,
         "device": str(fitted.device),
+        "execution": engine.execution_key(trial_config.amp, fitted.device),
     }
 
 
@@ -182,6 +185,14 @@ def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress:
 
 
 def _record(task: TrialTask, outcome: dict) -> dict:
+    ran = outcome.get("execution", task.execution)
+    if ran != task.execution:
+        # E.g. a Ray worker without a GPU resolving device 'auto' to the CPU: never store that under this key.
+        raise MuffinError(
+            f"trial {task.config_key} fold {task.fold} ({task.scope}) was keyed for {task.execution} but trained "
+            f"as {ran} (device {outcome.get('device')}); pass an explicit --device that every worker has "
+            "(with Ray on a GPU also --gpus-per-trial > 0) and run again"
+        )
     return {
         "config_key": task.config_key,
         "fold": int(task.fold),
@@ -191,6 +202,9 @@ def _record(task: TrialTask, outcome: dict) -> dict:
         "plan_key": task.plan_key,
         "zero_one_loss": outcome["metrics"]["zero_one_loss"],
         **outcome,
+        # The store has no column for it: it is kept in the metrics JSON (TrialStore returns it as "execution").
+        "metrics": {**outcome["metrics"], "execution": task.execution},
+        "execution": task.execution,
     }
 
 
@@ -363,9 +377,12 @@ def _check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndar
     return checked
 
 
-def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting) -> list[TrialTask]:
+def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, device) -> list[TrialTask]:
+    from muffin_lib import engine
+
     plan = fold_plan_key(folds)
-    key = trial_key(config.key(), fingerprint, plan)
+    execution = engine.execution_key(config.amp, device)
+    key = trial_key(config.key(), fingerprint, plan, execution=execution)
     return [
         TrialTask(
             config=config,
@@ -378,9 +395,16 @@ def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting) ->
             plan_key=plan,
             fingerprint=fingerprint,
             seed=fold_seed(config.seed, number),
+            execution=execution,
         )
         for number, (train_idx, test_idx) in enumerate(folds)
     ]
+
+
+def _test_train_ratio(trials: list[dict]) -> float | None:
+    """n_test / n_train of the folds, for the corrected (Nadeau-Bengio) variance of their mean loss."""
+    n_train = float(np.mean([t["n_train"] for t in trials]))
+    return float(np.mean([t["n_test"] for t in trials])) / n_train if n_train > 0 else None
 
 
 def _cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
@@ -391,7 +415,7 @@ def _cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
         config_key=tasks[0].config_key,
         plan_key=tasks[0].plan_key,
         losses=losses,
-        summary=summarize_losses(losses),
+        summary=summarize_losses(losses, test_train_ratio=_test_train_ratio(trials)),
         trials=trials,
         n_train=float(np.mean([t["n_train"] for t in trials])),
         n_test=float(np.mean([t["n_test"] for t in trials])),
@@ -432,7 +456,7 @@ def cross_validate(
     caches.check(config)
     checked = _check_folds(folds, len(cache.labels))
     fp = _fingerprint(cache, fingerprint)
-    tasks = _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config))
+    tasks = _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
     if on_trial is None and progress:
         on_trial = _print_trial(())
     records = _run_tasks(
@@ -543,7 +567,7 @@ def grid_search(
     checked = _check_folds(folds, len(cache.labels))
     fp = _fingerprint(cache, fingerprint)
     per_config = [
-        _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config))
+        _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
         for config in configs
     ]
     varied = list(grid)
@@ -596,13 +620,15 @@ class NestedCVResult:
         return {"outer_losses": self.outer_losses, "summary": self.summary, "chosen": self.chosen}
 
 
-def stratified_folds(labels, n_splits: int, seed: int, indices=None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified K folds over ``indices`` (default: all), returned as indices into the full ``labels``."""
+def stratified_folds(labels, n_splits: int, seed: int, indices=None, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified K folds over ``indices`` (default: all) that keep each group of ``groups`` (one id per
+    image of ``labels``; twins share one) whole; returned as indices into the full ``labels``."""
     from muffin_lib.splits import inner_folds
 
     all_labels = np.asarray(labels)
     indices = np.arange(len(all_labels)) if indices is None else np.asarray(indices, dtype=np.int64)
-    return [(indices[a], indices[b]) for a, b in inner_folds(all_labels[indices], n_splits, seed)]
+    subset_groups = None if groups is None else np.asarray(groups)[indices]
+    return [(indices[a], indices[b]) for a, b in inner_folds(all_labels[indices], n_splits, seed, subset_groups)]
 
 
 def nested_cv(
@@ -615,6 +641,7 @@ def nested_cv(
     seed: int = 0,
     store: TrialStore | None = None,
     indices=None,
+    groups=None,
     cache_for: Callable | None = None,
     data_dir: str | Path | None = None,
     work_dir: str | Path | None = None,
@@ -629,13 +656,16 @@ def nested_cv(
     winner on the whole outer-training part and score it once on the outer held-out fold.
 
     ``outer_folds`` is a number (stratified folds over ``indices``, default all of ``cache``) or explicit
-    folds such as ``SplitPlan.folds``. Inner trials are stored with scope ``nested-inner``, outer refits
+    folds such as ``SplitPlan.folds``. ``groups`` (e.g. ``SplitPlan.groups``: one id per cached image,
+    twins share one) keeps near-duplicates on one side of every inner and generated outer fold. Inner trials are stored with scope ``nested-inner``, outer refits
     with ``nested-outer``.
     """
+    from muffin_lib import engine
+
     _check_backend(backend)
     labels = np.asarray(cache.labels)
     if isinstance(outer_folds, int):
-        outer = stratified_folds(labels, outer_folds, seed, indices)
+        outer = stratified_folds(labels, outer_folds, seed, indices, groups)
     else:
         outer = _check_folds(outer_folds, len(labels))
     outer_plan = fold_plan_key(outer)
@@ -648,9 +678,9 @@ def nested_cv(
         device=device, progress=progress, backend=backend, on_trial=on_trial, ray_options=ray_options
     )
 
-    inner_results, chosen, outer_losses, trials = [], [], [], []
+    inner_results, chosen, outer_losses, trials, trials_outer = [], [], [], [], []
     for number, (outer_train, outer_test) in enumerate(outer):
-        inner = stratified_folds(labels, inner_folds, seed + 1 + number, outer_train)
+        inner = stratified_folds(labels, inner_folds, seed + 1 + number, outer_train, groups)
         searched = grid_search(
             base_config,
             grid,
@@ -663,21 +693,24 @@ def nested_cv(
             **options,
         )
         winner = searched.best
+        execution = engine.execution_key(winner.amp, device)
         task = TrialTask(
             config=winner,
             setting=config_setting(winner),
             fold=number,
             train_idx=outer_train,
             test_idx=outer_test,
-            config_key=trial_key(winner.key(), fp, outer_plan),
+            config_key=trial_key(winner.key(), fp, outer_plan, execution=execution),
             scope="nested-outer",
             plan_key=outer_plan,
             fingerprint=fp,
             seed=fold_seed(winner.seed, number),
+            execution=execution,
         )
         record = _run_tasks([task], caches, store=store, **options)[task.identity]
         inner_results.append(searched)
         trials.extend([*searched.trials, record])
+        trials_outer.append(record)
         outer_losses.append(float(record["zero_one_loss"]))
         chosen.append(
             {
@@ -692,7 +725,7 @@ def nested_cv(
         )
     return NestedCVResult(
         outer_losses=outer_losses,
-        summary=summarize_losses(outer_losses),
+        summary=summarize_losses(outer_losses, test_train_ratio=_test_train_ratio(trials_outer)),
         chosen=chosen,
         inner=inner_results,
         trials=trials,
@@ -752,6 +785,7 @@ def refit_and_test(
     looking at the test split a second time. Returns zero_one_loss, n, errors, accuracy, the Wilson
     interval of the error rate (ci_low, ci_high), seconds and ``status`` (trained / stored).
     """
+    from muffin_lib import engine
     from muffin_lib.metrics import binomial_interval
 
     for name, cache in (("train_cache", train_cache), ("test_cache", test_cache)):
@@ -765,17 +799,19 @@ def refit_and_test(
     test_fp = getattr(test_cache, "fingerprint", None)
     fingerprint = f"{getattr(train_cache, 'fingerprint', None)}|{test_fp}"
     plan = fold_plan_key([(train_idx, np.arange(len(test_cache.labels)))])
+    execution = engine.execution_key(config.amp, device)
     task = TrialTask(
         config=config,
         setting=config_setting(config),
         fold=0,
         train_idx=train_idx,
         test_idx=np.arange(len(test_cache.labels)),
-        config_key=trial_key(config.key(), fingerprint, plan),
+        config_key=trial_key(config.key(), fingerprint, plan, execution=execution),
         scope="test",
         plan_key=plan,
         fingerprint=fingerprint,
         seed=int(config.seed),
+        execution=execution,
     )
     record = store.get(*task.identity) if store is not None else None
     status = "stored"
@@ -877,7 +913,7 @@ def cv_command(args) -> int:
     from muffin_lib import engine
     from muffin_lib.cache import load_images
     from muffin_lib.config import COLOR_MODES, WorkDir
-    from muffin_lib.splits import load_or_create_splits
+    from muffin_lib.splits import plan_for_cache
 
     for mode in args.color_mode:
         if mode not in COLOR_MODES:
@@ -890,9 +926,7 @@ def cv_command(args) -> int:
     store = TrialStore(WorkDir(args.work_dir).trials_db)
     size, mode = args.image_size[0], args.color_mode[0]
     cache = load_images(args.data_dir, args.work_dir, "train", size, mode, progress=progress)
-    plan = load_or_create_splits(
-        args.work_dir, cache.labels, cache.fingerprint, n_splits=args.folds, seed=args.seed
-    )
+    plan = plan_for_cache(cache, args.work_dir, n_splits=args.folds, seed=args.seed)
 
     base = engine.TrainConfig(model=args.model[0], image_size=size, color_mode=mode, seed=args.seed)
     grid: dict[str, list] = {"model": args.model, "image_size": args.image_size, "color_mode": args.color_mode}
@@ -929,14 +963,15 @@ def cv_command(args) -> int:
             flush=True,
         )
         nested = nested_cv(
-            base, grid, cache, outer_folds=plan.folds, inner_folds=args.inner_folds, seed=args.seed, **common
+            base, grid, cache, outer_folds=plan.folds, inner_folds=args.inner_folds, seed=args.seed,
+            groups=plan.groups, **common
         )
         print("\nconfiguration chosen by inner CV in each outer fold, and its outer held-out zero-one loss:")
         _print_table(nested.table[["outer_fold", *varied, "inner_mean", "zero_one_loss", "n_test"]])
         risk = nested.summary
         print(
             f"\nnested-CV risk (zero-one loss): {risk['mean']:.4f}, se {risk['se']:.4f}, "
-            f"95% t interval [{risk['ci_low']:.4f}, {risk['ci_high']:.4f}] over {risk['n']} outer folds"
+            f"{risk['interval']} interval [{risk['ci_low']:.4f}, {risk['ci_high']:.4f}] over {risk['n']} outer folds"
         )
         if args.json:
             outcome = {
@@ -951,7 +986,7 @@ def cv_command(args) -> int:
     n_trials = n_configs * len(plan.folds)
     print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
     result = grid_search(base, grid, cache, plan.folds, **common)
-    print("\nzero-one loss over the folds (95% t interval; folds are correlated, so it is approximate):")
+    print(f"\nzero-one loss over the folds ({result.best_result.summary['interval']} interval):")
     _print_table(result.table[[*varied, *SUMMARY_COLUMNS, "n_folds", "seconds"]])
     best = ", ".join(f"{name}={getattr(result.best, name)}" for name in varied)
     print(f"\nbest: {best} (mean zero-one loss {result.best_result.summary['mean']:.4f})")

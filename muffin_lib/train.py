@@ -1,8 +1,11 @@
 """Train one model on the train split (hold-out validation from the saved split plan) and keep a
 checkpoint; score a checkpoint on a split. Used by the ``train`` CLI and notebooks 03-05.
 
-A checkpoint made for the same ``TrainConfig.key()``, data fingerprint and split is reused instead of
-training again, so re-running a notebook costs seconds.
+A checkpoint made for the same ``TrainConfig.key()``, data fingerprint, split, image size and colour
+mode, model/training code version (``engine.CODE_VERSION``), preprocessing version
+(``imageio.PREPROCESS_VERSION``) and execution (resolved device type and precision,
+``engine.execution_key``, e.g. ``cpu/fp32``) is reused instead of training again, so re-running a
+notebook costs seconds; any difference in these (kept in the checkpoint's ``extra``) trains again.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from muffin_lib import augment, engine, metrics, runtime
+from muffin_lib import augment, engine, imageio, metrics, runtime
 from muffin_lib.config import CLASSES, COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
 from muffin_lib.models import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
 SPLIT_SEED = 0  # the one validation split every notebook and CLI run shares
+# What a checkpoint's ``extra`` must match (besides its config key) to be reused.
+REUSE_KEYS = (
+    "data_fingerprint",
+    "split",
+    "color_mode",
+    "image_size",
+    "code_version",
+    "preprocess_version",
+    "execution",
+)
 
 
 @dataclass
@@ -62,7 +75,8 @@ def _predictions(model, images, labels, relpaths, normalization, device) -> tupl
 
 
 def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | None:
-    """The checkpoint at ``path`` when it was made by this config on these data and split, else None."""
+    """The checkpoint at ``path`` when it was made by this config on these data and split, by this code and
+    preprocessing version, on this device type and precision (``REUSE_KEYS`` of ``extra``), else None."""
     if not path.is_file():
         return None
     try:
@@ -73,7 +87,7 @@ def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | Non
     if not isinstance(checkpoint, dict) or checkpoint.get("config_key") != config.key():
         return None
     stored = checkpoint.get("extra", {})
-    if any(stored.get(k) != extra[k] for k in ("data_fingerprint", "split", "color_mode", "image_size")):
+    if not isinstance(stored, dict) or any(stored.get(k) != extra[k] for k in REUSE_KEYS):
         return None
     return checkpoint
 
@@ -93,23 +107,27 @@ def train_model(
     """Fit ``config`` on the training part of the split, validate on its validation part, save a checkpoint.
 
     The checkpoint defaults to ``work_dir/checkpoints/<model>.pt``; with ``resume`` an existing one made
-    for the same config key, data fingerprint and split is loaded instead of training again.
+    for the same config key, data fingerprint, split, code and preprocessing version and execution
+    (device type and precision) is loaded instead of training again (see the module docstring).
     """
     from muffin_lib.cache import load_images
-    from muffin_lib.splits import load_or_create_splits
+    from muffin_lib.splits import plan_for_cache
 
     cache = load_images(data_dir, work_dir, "train", config.image_size, config.color_mode, progress=progress)
-    plan = load_or_create_splits(work_dir, cache.labels, cache.fingerprint, val_fraction=val_fraction, seed=SPLIT_SEED)
+    plan = plan_for_cache(cache, work_dir, val_fraction=val_fraction, seed=SPLIT_SEED)
     path = Path(checkpoint_path) if checkpoint_path else WorkDir(work_dir).checkpoints_dir / f"{config.model}.pt"
     extra = {
         "data_fingerprint": cache.fingerprint,
         "data_dir": str(cache.data_dir),
         "synthetic": bool(cache.synthetic),
-        "split": plan.key,
+        "split": plan.identity,
         "image_size": config.image_size,
         "color_mode": config.color_mode,
         "n_train": len(plan.train_idx),
         "n_val": len(plan.val_idx),
+        "code_version": engine.CODE_VERSION,
+        "preprocess_version": imageio.PREPROCESS_VERSION,
+        "execution": engine.execution_key(config.amp, device),
     }
     train_idx = torch.as_tensor(plan.train_idx, dtype=torch.int64)
     val_idx = torch.as_tensor(plan.val_idx, dtype=torch.int64)
@@ -160,6 +178,7 @@ def evaluate_on_split(
     progress: bool = True,
 ) -> dict:
     """Score a checkpoint on ``split`` of ``data_dir``: zero-one loss with its binomial (Wilson) interval,
+    on the test split also on its twin-free part (``twin_free``: images with no near-duplicate in train),
     confusion matrix, per-class report and one prediction per file (JSON-friendly)."""
     from muffin_lib.cache import load_images
 
@@ -170,6 +189,12 @@ def evaluate_on_split(
     )
     low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)
     y_true, y_pred = predictions["labels"], predictions["predicted"]
+    by_part = None
+    if split == "test":
+        from muffin_lib.final_test import scores_by_part, test_split_twin_free
+
+        _, twin_free = test_split_twin_free(data_dir, work_dir, cache.relpaths)
+        by_part = scores_by_part(np.asarray(y_true) == np.asarray(y_pred), twin_free, confidence)
     return {
         "checkpoint": str(checkpoint),
         "model": stored["model_name"],
@@ -179,6 +204,7 @@ def evaluate_on_split(
         "ci_low": low,
         "ci_high": high,
         "confidence": confidence,
+        "twin_free": by_part["twin_free"] if by_part else None,  # test images with no twin in train
         "confusion": metrics.confusion(y_true, y_pred, len(CLASSES)).tolist(),
         "per_class": metrics.per_class_report(y_true, y_pred, CLASSES),
         "predictions": [

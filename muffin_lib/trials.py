@@ -3,8 +3,12 @@
 Each row is inserted in its own transaction, so a crash or ``kill -9`` leaves either the whole row or
 nothing. ``UNIQUE(config_key, fold, scope)`` means a re-run can never duplicate a trial; callers skip
 what :meth:`TrialStore.completed` already holds. The ``config_key`` of a row is :func:`trial_key`: a hash
-of the training configuration, the dataset fingerprint and the fold plan, so a changed setting, dataset
-or split never matches an old row.
+of the training configuration (``TrainConfig.key()``), the dataset fingerprint, the fold plan, the
+execution (resolved device type and precision, ``engine.execution_key``, e.g. ``cuda/bf16``), the model
+and training code version ``engine.CODE_VERSION`` and the preprocessing version
+``imageio.PREPROCESS_VERSION``. So a changed setting, dataset, split, device type, precision, architecture
+or preprocessing never matches an old row. The execution string is also kept in each row's metrics
+(``metrics["execution"]``, returned as ``record["execution"]``).
 
 Scopes: ``cv`` (plain cross-validation / grid search), ``nested-inner`` and ``nested-outer`` (nested CV;
 the inner folds of each outer fold form their own fold plan, hence their own keys), ``test`` (refit on
@@ -82,9 +86,22 @@ def fold_plan_key(folds: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def trial_key(config_key: str, fingerprint: str | None, plan_key: str) -> str:
-    """Store key of one configuration on one dataset and fold plan (see the module docstring)."""
-    payload = json.dumps({"config": config_key, "fingerprint": fingerprint, "plan": plan_key}, sort_keys=True)
+def trial_key(config_key: str, fingerprint: str | None, plan_key: str, *, execution: str) -> str:
+    """Store key of one configuration on one dataset and fold plan, run as ``execution`` (e.g. ``cpu/fp32``,
+    from ``engine.execution_key``) by this code and preprocessing version (see the module docstring)."""
+    from muffin_lib import engine, imageio
+
+    payload = json.dumps(
+        {
+            "config": config_key,
+            "fingerprint": fingerprint,
+            "plan": plan_key,
+            "execution": execution,
+            "code_version": engine.CODE_VERSION,
+            "preprocess_version": imageio.PREPROCESS_VERSION,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -241,6 +258,7 @@ class TrialStore:
             record = dict(row)
             record["config"] = json.loads(record.pop("config_json"))
             record["metrics"] = json.loads(record.pop("metrics_json"))
+            record["execution"] = record["metrics"].get("execution") if isinstance(record["metrics"], dict) else None
             records.append(record)
         return records
 

@@ -26,7 +26,7 @@ from muffin_lib.selection import (
     nested_cv,
     refit_and_test,
 )
-from muffin_lib.splits import load_or_create_splits
+from muffin_lib.splits import plan_for_cache
 from muffin_lib.stats import summarize_losses
 from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
 
@@ -51,7 +51,7 @@ def test_cache(synthetic_data_dir, work_dir):
 
 @pytest.fixture(scope="module")
 def folds(cache, work_dir):
-    return load_or_create_splits(work_dir, cache.labels, cache.fingerprint, n_splits=3, seed=0).folds
+    return plan_for_cache(cache, work_dir, n_splits=3, seed=0).folds
 
 
 class FitCounter:
@@ -139,7 +139,10 @@ def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, mon
         assert not _matches(seen, held_out).any()
         # Normalisation statistics come from the training folds only.
         assert call["normalization"] == engine.compute_normalization(train_images)
-    assert result.summary == summarize_losses(result.losses)
+    # The interval is the corrected one (folds share training images): n_test / n_train of these folds.
+    ratio = np.mean([len(test) for _, test in folds]) / np.mean([len(train) for train, _ in folds])
+    assert result.summary == summarize_losses(result.losses, test_train_ratio=ratio)
+    assert result.summary["interval"].startswith("corrected")
     assert [t["fold"] for t in result.trials] == [0, 1, 2]
     assert all(t["n_train"] + t["n_test"] == len(cache.labels) for t in result.trials)
     assert all(0.0 <= loss <= 1.0 for loss in result.losses)
@@ -212,11 +215,12 @@ def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, ca
 
 def test_trial_key_changes_with_config_data_and_folds(cache, folds):
     plan = fold_plan_key(folds)
-    key = trial_key(TINY.key(), cache.fingerprint, plan)
-    assert key != trial_key(TINY.replace(lr=1e-4).key(), cache.fingerprint, plan)
-    assert key != trial_key(TINY.replace(epochs=2).key(), cache.fingerprint, plan)
-    assert key != trial_key(TINY.key(), "another-dataset", plan)
-    assert key != trial_key(TINY.key(), cache.fingerprint, fold_plan_key(folds[::-1]))
+    run = {"execution": "cpu/fp32"}
+    key = trial_key(TINY.key(), cache.fingerprint, plan, **run)
+    assert key != trial_key(TINY.replace(lr=1e-4).key(), cache.fingerprint, plan, **run)
+    assert key != trial_key(TINY.replace(epochs=2).key(), cache.fingerprint, plan, **run)
+    assert key != trial_key(TINY.key(), "another-dataset", plan, **run)
+    assert key != trial_key(TINY.key(), cache.fingerprint, fold_plan_key(folds[::-1]), **run)
 
 
 def test_nested_cv_and_the_single_test_evaluation(cache, test_cache, tmp_path, monkeypatch):
@@ -299,7 +303,7 @@ def test_cv_cli_resumes_after_kill_9(synthetic_data_dir, tmp_path):
 @pytest.mark.realdata
 def test_cross_validation_on_real_images(shared_data, tmp_path):
     cache = load_images(shared_data / "muffin-chihuahua-dev", tmp_path, "train", 32, "grayscale", progress=False)
-    plan = load_or_create_splits(tmp_path, cache.labels, cache.fingerprint, n_splits=3, seed=0)
+    plan = plan_for_cache(cache, tmp_path, n_splits=3, seed=0)
     result = cross_validate(TINY.replace(epochs=3, batch_size=32), cache, plan.folds, device="cpu", progress=False)
     # Better than always answering the majority class (0.46 error) on real photos.
     assert result.summary["mean"] < 0.40

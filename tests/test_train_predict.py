@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from muffin_lib import cli, engine, predict, train
+from muffin_lib import cli, engine, imageio, predict, train
 from muffin_lib.config import CLASSES
 from muffin_lib.engine import TrainConfig
 
@@ -51,6 +51,43 @@ def test_train_model_resumes_only_the_same_config(trained, monkeypatch):
         checkpoint_path=work_dir / "other.pt",
     )
     assert not other.resumed and calls == [1]
+
+
+def test_train_model_retrains_after_a_version_or_precision_change(synthetic_data_dir, tmp_path, monkeypatch):
+    calls = []
+    real_fit = engine.fit
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    path = tmp_path / "versions.pt"
+
+    def run(config=CONFIG):
+        return train.train_model(
+            synthetic_data_dir, tmp_path, config, device="cpu", progress=False, checkpoint_path=path
+        )
+
+    first = run()
+    extra = torch.load(path, map_location="cpu", weights_only=True)["extra"]
+    assert extra["code_version"] == engine.CODE_VERSION
+    assert extra["preprocess_version"] == imageio.PREPROCESS_VERSION
+    assert extra["execution"] == "cpu/fp32"
+    assert not first.resumed and calls == [1]
+    assert run().resumed and calls == [1]  # everything matches: reused
+
+    monkeypatch.setattr(engine, "CODE_VERSION", engine.CODE_VERSION + 1)
+    assert not run().resumed and calls == [1, 1]  # a new code version trains again
+    assert run().resumed and calls == [1, 1]
+    monkeypatch.setattr(imageio, "PREPROCESS_VERSION", imageio.PREPROCESS_VERSION + 1)
+    assert not run().resumed and calls == [1, 1, 1]  # so does a new preprocessing version
+    assert run().resumed and calls == [1, 1, 1]
+
+    # Same config key, checkpoint saved as another precision: not reused. (No bf16 training on the CPU here:
+    # the saved extra says cpu/bf16, as a run with amp="bf16" would, while this run asks for cpu/fp32.)
+    assert engine.execution_key("bf16", "cpu") == "cpu/bf16" != engine.execution_key(CONFIG.amp, "cpu")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["extra"]["execution"] = "cpu/bf16"
+    torch.save(checkpoint, path)
+    assert not run().resumed and calls == [1, 1, 1, 1]
+    assert torch.load(path, map_location="cpu", weights_only=True)["extra"]["execution"] == "cpu/fp32"
+    assert run().resumed and calls == [1, 1, 1, 1]
 
 
 def test_evaluate_on_split(trained):
@@ -112,10 +149,27 @@ def test_predict_cli_json(trained, capsys):
     data_dir, _, run = trained
     assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 24 + 2 and lines[-1].startswith("zero-one loss ")
+    # 24 files, the count, the zero-one loss, and the twin-free part (the synthetic test split has twins in train)
+    assert len(lines) == 24 + 3 and lines[-2].startswith("zero-one loss ")
+    assert lines[-1].startswith("twin-free part (21 test images with no near-duplicate in train; 3 left out)")
     assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(result["predictions"]) == 24 and 0 <= result["zero_one_loss"] <= 1
+    free = result["twin_free"]
+    assert free["n"] == 21 and free["n_with_train_twin"] == 3
+    wrong_and_free = sum(
+        not p["correct"] for p in result["predictions"] if not p["path"].endswith(("00003.jpg", "00013.jpg", "00023.jpg"))
+    )
+    assert free["errors"] == wrong_and_free
+
+
+def test_predict_outside_a_dataset_has_no_twin_free_part(trained, tmp_path):
+    data_dir, _, run = trained
+    folder = tmp_path / "mine" / "muffin"
+    folder.mkdir(parents=True)
+    shutil.copy(data_dir / "test" / "muffin" / "synthetic_00001.jpg", folder / "photo.jpg")
+    result = predict.predict_paths(run.checkpoint_path, [folder], device="cpu")
+    assert result["n_labelled"] == 1 and result["twin_free"] is None
 
 
 def test_predict_cli_missing_checkpoint(tmp_path, capsys):
