@@ -8,6 +8,7 @@ compared pairwise on the same twin-free images with exact McNemar tests, Holm-co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 from muffin_lib.errors import MuffinError
 
 PARTS = ("twin_free", "all", "with_train_twin")
+# The notebooks whose checkpoints are candidates (their results files name them under "models").
+TRAINING_NOTEBOOKS = ("03_simple_cnn", "04_deeper_cnn", "05_resnet_like", "08_transfer_learning")
 
 
 def scores(correct, confidence: float = 0.95) -> dict:
@@ -63,6 +66,7 @@ class FinalTest:
     predictions: dict[str, dict] = field(repr=False, default_factory=dict)  # name -> relpaths, predicted, correct
     n_test: int = 0
     n_twin_free: int = 0
+    twin_free_paths: list[str] = field(repr=False, default_factory=list)
 
     @property
     def table(self):
@@ -136,4 +140,41 @@ def evaluate_candidates(
         paired = paired_mcnemar_table(
             {name: np.asarray(p["correct"])[free_mask] for name, p in predictions.items()}, alpha=alpha
         )
-    return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()))
+    return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()),
+                     twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep])
+
+
+def tuned_name(config: dict) -> str:
+    """The name of the configuration notebook 06 chose, as notebooks 07 and 09 and the summary show it."""
+    return f"{config['model']} tuned (lr={config['lr']:g}, batch {config['batch_size']})"
+
+
+def collect_candidates(work_dir, notebooks: Sequence[str] = TRAINING_NOTEBOOKS) -> tuple[dict[str, str], list[str]]:
+    """``({name: checkpoint}, missing)`` from the results files of the training notebooks: every model
+    whose notebook saved a checkpoint path that still exists; ``missing`` says which notebook to run."""
+    from pathlib import Path
+
+    from muffin_lib.notebook import load_all_results
+
+    results = load_all_results(work_dir)
+    candidates, missing = {}, []
+    for name in notebooks:
+        models = (results.get(name) or {}).get("models") or {}
+        found = {m: n["checkpoint"] for m, n in models.items() if n.get("checkpoint") and Path(n["checkpoint"]).is_file()}
+        if not found:
+            missing.append(f"{name}.ipynb")
+        candidates.update(found)
+    return candidates, missing
+
+
+def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto", val_fraction: float = 0.2,
+                progress: bool = True):
+    """Train the configuration chosen by CV on the same fit split as the other candidates; returns the TrainRun."""
+    from muffin_lib.config import WorkDir
+    from muffin_lib.engine import TrainConfig
+    from muffin_lib.train import train_model
+
+    config = TrainConfig.from_dict(tuned_config)
+    path = WorkDir(work_dir).checkpoints_dir / "tuned.pt"
+    return train_model(data_dir, work_dir, config, val_fraction=val_fraction, device=device, progress=progress,
+                       checkpoint_path=path)

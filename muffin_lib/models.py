@@ -189,3 +189,11 @@ def build_model(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe(name: str, in_channels: int, image_size: int) -> str:
+    """One sentence a notebook shows under the printed network: its size for this input."""
+    model = build_model(name, in_channels=in_channels, image_size=image_size)
+    mode = "greyscale" if in_channels == 1 else "RGB"
+    return (f"`{name}` has **{count_parameters(model):,}** trainable parameters for {image_size} px {mode} input "
+            f"({in_channels} channel(s)).")

@@ -20,6 +20,7 @@ import numpy as np
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import write_text_atomic
+from muffin_lib.report import format_ci  # noqa: F401  (notebooks call notebook.format_ci)
 
 # The one place the repository is named: badges, the Colab install cells and the launcher use it.
 # After changing it, run `python -m muffin_lib.notebook` to rewrite those cells in every notebook.
@@ -319,13 +320,6 @@ def show_figure(fig, settings: Settings, name: str) -> None:
     plt.close(fig)
 
 
-def format_ci(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
-    """``0.123 [0.101, 0.145]``; the interval is left out where it is unknown."""
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 COLAB_INSTALL_TAG = "colab-install"
 COLAB_CLONE_TAG = "colab-clone"
 # Where the Colab launcher clones the repository.
@@ -386,3 +380,43 @@ def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) 
 if __name__ == "__main__":
     for changed_path in sync_colab_cells():
         print(f"updated {changed_path}")
+
+
+# TrainConfig fields a notebook's parameters may set (the rest keep the library's defaults).
+_CONFIG_PARAMETERS = ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed")
+
+
+def train_config(settings: Settings, model: str, **overrides):
+    """The ``engine.TrainConfig`` of ``model`` with every training setting this notebook's parameters hold."""
+    from muffin_lib.engine import TrainConfig
+
+    values = {name: settings[name] for name in _CONFIG_PARAMETERS if name in settings}
+    return TrainConfig(model=model, **{**values, **overrides})
+
+
+def display_findings(findings: list[str]) -> None:
+    """The findings of a notebook as a Markdown list."""
+    display_markdown("\n".join(f"- {finding}" for finding in findings))
+
+
+def require_same_settings(settings: Settings, grid_results: dict) -> None:
+    """Notebook 07 reuses 06's folds and grid: stop with a clear message when the two ran with other settings."""
+    tuned = grid_results["base_config"]
+    mismatch = {k: (tuned[k], settings[k]) for k in ("image_size", "color_mode", "seed") if tuned[k] != settings[k]}
+    for key, theirs in (("n_splits", grid_results["n_folds"]), ("max_images", grid_results.get("max_images"))):
+        if theirs != settings[key]:
+            mismatch[key] = (theirs, settings[key])
+    if mismatch:
+        raise MuffinError(
+            "notebook 06 ran with other settings than this one ("
+            + ", ".join(f"{k}: 06 had {a}, here {b}" for k, (a, b) in mismatch.items())
+            + "); run 06_grid_search.ipynb again with the same parameters, then this notebook."
+        )
+
+
+def display_candidates(candidates: dict, missing: list[str]) -> None:
+    """The checkpoints notebook 09 will score, and which training notebooks have not run yet."""
+    lines = [f"- **{name}**: `{path}`" for name, path in candidates.items()]
+    if missing:
+        lines.append(f"- not available yet (run them first to include their models): {', '.join(missing)}")
+    display_markdown("\n".join(lines) or "No candidates: run notebooks 03-05 and 08 first.")

@@ -214,6 +214,8 @@ def risk_bars(frame: pd.DataFrame, *, title: str | None = None, ylabel: str = "z
     Columns: pairs ``<what>`` + ``<what>_low``/``<what>_high`` (e.g. ``cv``, ``test``), one bar each.
     """
     kinds = [c for c in frame.columns if f"{c}_low" in frame.columns and f"{c}_high" in frame.columns]
+    if not kinds:
+        raise ValueError(f"risk_bars needs columns X, X_low and X_high; got {list(frame.columns)}")
     width = 0.8 / max(1, len(kinds))
     positions = np.arange(len(frame))
     fig, ax = plt.subplots(figsize=(1.6 * len(frame) + 3, 3.8))
@@ -245,3 +247,57 @@ def augmentation_preview(originals, augmented: Sequence, *, class_names: Sequenc
             label = "original" if c == 0 else f"draw {c}"
             titles.append(f"{class_names[r]}: {label}" if class_names and c == 0 else label)
     return image_grid(images, titles, ncols=len(columns), title="augmentation: the same images, random draws")
+
+
+def errors_grid(data_dir, errors: Sequence[dict], *, class_names: Sequence[str] = CLASSES, title: str | None = None,
+                ncols: int = 6) -> Figure:
+    """The original photos of ``errors`` (dicts with relpath, label, predicted, confidence, as
+    ``report.most_confident_errors`` gives), titled "true -> predicted (p)"."""
+    from muffin_lib.imageio import load_image
+
+    return misclassified_grid(
+        [load_image(Path(data_dir) / e["relpath"]) for e in errors],
+        [e["label"] for e in errors],
+        [e["predicted"] for e in errors],
+        [e["confidence"] for e in errors],
+        class_names=class_names,
+        ncols=ncols,
+        title=title,
+    )
+
+
+def twin_gallery(data_dir, pairs: Sequence[tuple[str, str]], *, title: str | None = None, ncols: int = 4) -> Figure:
+    """Twin pairs side by side (two columns per pair), each titled with its relative path."""
+    from muffin_lib.imageio import load_image
+
+    images, titles = [], []
+    for first, second in pairs:
+        for path in (first, second):
+            images.append(load_image(Path(data_dir) / path))
+            titles.append(path.replace("/", "/\n", 1))
+    if not images:
+        fig, ax = plt.subplots(figsize=(5, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no near-duplicate pairs", ha="center", va="center")
+        return fig
+    return image_grid(images, titles, ncols=2 * ncols, title=title, cell_inches=1.9)
+
+
+def test_scores(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Twin-free and whole-test-split zero-one loss per candidate with their intervals (a ``FinalTest.table``)."""
+    names = list(table.index)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 3.8))
+    for offset, part, label in ((-0.18, "twin_free", "twin-free test images"), (0.18, "all", "whole test split")):
+        values = table[part].to_numpy(dtype=float)
+        errors = np.vstack([values - table[f"{part}_low"], table[f"{part}_high"] - values])
+        ax.bar(x + offset, values, width=0.36, label=label, yerr=errors, capsize=3,
+               alpha=1.0 if part == "twin_free" else 0.5)
+    ax.set_xticks(x, names, rotation=15, ha="right")
+    ax.set_ylabel("zero-one loss (95% Wilson interval)")
+    ax.set_ylim(0, min(1.0, float(table[["twin_free_high", "all_high"]].max().max()) * 1.15 + 0.01))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "test zero-one loss")
+    fig.tight_layout()
+    return fig

@@ -311,17 +311,25 @@ def format_summary(summary: dict) -> str:
             "",
             "## Zero-one loss per model",
             "",
-            "Test: the held-out test split, 95% binomial interval. CV: K-fold cross-validation risk on the "
-            "training split, 95% t interval.",
+            "Test: scored once (notebook 09) with 95% Wilson intervals, on the **twin-free** part of the test split "
+            "(test images with no near-duplicate in train: the headline) and on the whole split. CV: twin-grouped "
+            "K-fold cross-validation risk on the training split with the corrected (Nadeau-Bengio) 95% t interval; "
+            "nested CV for the tuned procedure. Validation: the shared twin-grouped hold-out, 95% Wilson interval.",
             "",
-            "| model | test zero-one loss [95% CI] | CV risk [95% CI] |",
-            "|---|---|---|",
+            "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] | validation [95% CI] |",
+            "|---|---|---|---|---|",
         ]
         for model, numbers in summary["models"].items():
             cv = _ci_cell(numbers, "cv_risk", "cv_ci")
             if cv and numbers.get("cv_kind") == "nested":
                 cv += " (nested CV)"
-            lines.append(f"| {model} | {_ci_cell(numbers, 'test_zero_one_loss', 'test_ci')} | {cv} |")
+            cells = [
+                _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
+                _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
+                cv,
+                _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
+            ]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if summary["findings"]:
         lines += ["", "## Findings (computed by the notebooks)", ""]
         lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]

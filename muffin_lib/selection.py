@@ -768,6 +768,16 @@ def compare_configs(
     return {"mean_a": cv_a.summary["mean"], "mean_b": cv_b.summary["mean"], **test}
 
 
+def compare_all(configs: dict, results: dict[str, CVResult], confidence: float = 0.95) -> list[dict]:
+    """:func:`compare_configs` for every pair of ``configs`` (name -> config), in insertion order:
+    dicts with ``a``, ``b`` and the corrected t-test fields."""
+    names = list(configs)
+    return [
+        {"a": a, "b": b, **compare_configs(configs[a], configs[b], results[a], results[b], confidence=confidence)}
+        for a, b in itertools.combinations(names, 2)
+    ]
+
+
 def refit_and_test(
     config,
     train_cache,

@@ -22,6 +22,7 @@ SERIES = [
     "06_grid_search",
     "07_cv_risk",
     "08_transfer_learning",
+    "09_final_test",
 ]
 NOTEBOOKS = [ROOT / "notebooks" / f"{name}.ipynb" for name in SERIES]
 LAUNCHER = ROOT / "colab" / "muffin_lab_colab.ipynb"
@@ -29,7 +30,7 @@ REQUIRED_PARAMETERS = {"data_dir", "work_dir", "profile", "seed", "image_size", 
 SYNC_HINT = "run `python -m muffin_lib.notebook` to rewrite the Colab cells from notebook.REPO_URL"
 
 
-def test_the_series_is_exactly_the_nine_notebooks():
+def test_the_series_is_exactly_the_ten_notebooks():
     assert sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) == SERIES
 
 
@@ -98,3 +99,10 @@ def test_every_parameter_is_documented():
         table = section[1].split("\n### ", 1)[0]
         for name in papermill.inspect_notebook(str(path)):
             assert f"| `{name}` |" in table, f"{path.stem}: parameter {name} is not in notebooks/README.md"
+
+
+def test_training_notebooks_are_built_from_the_one_template():
+    import runpy
+
+    builder = runpy.run_path(str(ROOT / "scripts" / "build_model_notebooks.py"), run_name="not_main")
+    assert builder["main"](["--check"]) == 0, "edit scripts/build_model_notebooks.py and run it; never edit 03-05"

@@ -1,0 +1,292 @@
+"""What the notebooks say: one tested function per finding sentence or results block.
+
+Notebooks call these instead of assembling f-strings and dictionaries in cells; every sentence is
+computed from the numbers it states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from muffin_lib.config import CLASSES
+
+
+def format_ci(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
+    """``0.102 [0.085, 0.123]``; the interval is left out when it is unknown (NaN/None)."""
+    if low is None or high is None or not np.isfinite(low) or not np.isfinite(high):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+# ----------------------------------------------------------------------------- data (01)
+
+
+def twins_finding(near: dict, n_train: int, n_test: int) -> str:
+    """The near-duplicate sentence of notebook 01 from ``audit_dataset(...)["near_duplicates"]``."""
+    within = near.get("n_groups_within_train", 0)
+    conflicts = len(near["conflicting_labels"])
+    return (
+        f"{near['n_groups']} groups of near-duplicate photos (twins: the same picture re-encoded, resized or "
+        f"trimmed) hold {near['n_images_in_groups']} images; {near['test_with_train_twin']} of the {n_test:,} test "
+        f"images ({near['test_with_train_twin'] / max(n_test, 1):.1%}) have a twin among the {n_train:,} training "
+        f"images, and {within} groups lie inside the training split. Every split and fold keeps a group on one "
+        "side, and test scores are reported on the twin-free part of the test split"
+        + (f"; {conflicts} group(s) carry conflicting labels." if conflicts else "; no group carries two labels.")
+    )
+
+
+def twin_pairs_to_show(groups: Sequence[Sequence[str]], n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Up to ``n`` (train, test) twin pairs (train-train pairs when there are too few), seeded."""
+    rng = np.random.default_rng(seed)
+    crossing, inside = [], []
+    for group in groups:
+        train = [p for p in group if p.startswith("train/")]
+        test = [p for p in group if p.startswith("test/")]
+        if train and test:
+            crossing.append((train[0], test[0]))
+        elif len(group) > 1:
+            inside.append((group[0], group[1]))
+    chosen = [crossing[i] for i in rng.permutation(len(crossing))[:n]]
+    if len(chosen) < n:
+        chosen += [inside[i] for i in rng.permutation(len(inside))[: n - len(chosen)]]
+    return chosen
+
+
+# ----------------------------------------------------------------------------- one model (03-05, 08)
+
+
+def validation_summary(val_predictions: dict, confidence: float = 0.95) -> dict:
+    """Zero-one loss on the validation images with its Wilson interval, confusion matrix, per-class report."""
+    from muffin_lib import metrics
+    from muffin_lib.final_test import scores
+
+    labels = np.asarray(val_predictions["labels"])
+    predicted = np.asarray(val_predictions["predicted"])
+    summary = scores(labels == predicted, confidence)
+    summary["confusion"] = metrics.confusion(labels, predicted, len(CLASSES)).tolist()
+    summary["per_class"] = metrics.per_class_report(labels, predicted, CLASSES)
+    return summary
+
+
+def most_confident_errors(val_predictions: dict, k: int) -> list[dict]:
+    """The ``k`` wrong predictions with the highest probability for the predicted class."""
+    muffin = CLASSES.index("muffin")
+    rows = []
+    for path, label, guess, p_muffin in zip(val_predictions["relpaths"], val_predictions["labels"],
+                                            val_predictions["predicted"], val_predictions["p_muffin"], strict=True):
+        if label != guess:
+            rows.append({"relpath": path, "label": label, "predicted": guess,
+                         "confidence": p_muffin if guess == muffin else 1.0 - p_muffin})
+    return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]
+
+
+def curve_finding(model: str, history: Sequence[dict]) -> str:
+    """Last and lowest validation zero-one loss, against the training batches' error."""
+    last = history[-1]
+    values = [h["val_zero_one_loss"] for h in history]
+    best_epoch = int(np.argmin(values)) + 1
+    train_error = 1.0 - last["train_accuracy"]
+    return (
+        f"{model}: validation zero-one loss {last['val_zero_one_loss']:.3f} after {len(history)} epoch(s) "
+        f"(lowest {min(values):.3f}, at epoch {best_epoch}), against {train_error:.3f} on the augmented training "
+        f"batches of the last epoch (difference {last['val_zero_one_loss'] - train_error:+.3f})."
+    )
+
+
+def validation_finding(model: str, summary: dict) -> str:
+    confusion = summary["confusion"]
+    worst = max(range(len(CLASSES)), key=lambda c: confusion[c][1 - c] / max(1, sum(confusion[c])))
+    return (
+        f"{model}: validation zero-one loss "
+        f"{format_ci(summary['zero_one_loss'], summary['ci_low'], summary['ci_high'])} ({summary['errors']} errors "
+        f"in {summary['n']} validation images, 95% Wilson interval; no twin of a validation image was trained on). "
+        f"Most errors are {CLASSES[worst]}s taken for {CLASSES[1 - worst]}s ({confusion[worst][1 - worst]} of "
+        f"{sum(confusion[worst])}). The test split is scored once, for every model together, in notebook 09."
+    )
+
+
+def model_results(run, summary: dict, findings: list[str], synthetic: bool, name: str | None = None) -> dict:
+    """The results file of a training notebook: config, history, validation scores, the models row."""
+    seconds = sum(h.get("seconds") or 0 for h in run.history)
+    name = name or run.config.model
+    return {
+        "synthetic": synthetic,
+        "config": run.config.to_dict(),
+        "checkpoint": run.checkpoint_path,
+        "resumed": run.resumed,
+        "history": run.history,
+        "validation": {k: v for k, v in summary.items() if k not in ("confusion", "per_class")},
+        "models": {
+            name: {
+                "val_zero_one_loss": summary["zero_one_loss"],
+                "val_ci": [summary["ci_low"], summary["ci_high"]],
+                "epochs": len(run.history),
+                "train_seconds": seconds,
+                "checkpoint": str(run.checkpoint_path),
+            }
+        },
+        "findings": findings,
+    }
+
+
+def training_note(run) -> str:
+    seconds = sum(h.get("seconds") or 0 for h in run.history)
+    if run.resumed:
+        return f"Reused the checkpoint `{run.checkpoint_path}` (same configuration, data, code and precision)."
+    return f"Trained {len(run.history)} epoch(s) in {seconds:.0f} s on {run.device}; checkpoint `{run.checkpoint_path}`."
+
+
+def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence[str]):
+    """Validation zero-one loss with its interval for ``summaries`` (name -> validation_summary) and the
+    models of ``others`` whose training notebook saved results (same validation images)."""
+    import pandas as pd
+
+    from muffin_lib.notebook import load_all_results
+
+    rows = {name: (s["zero_one_loss"], s["ci_low"], s["ci_high"]) for name, s in summaries.items()}
+    saved = {}
+    for result in load_all_results(work_dir).values():
+        saved.update(result.get("models") or {})
+    for name in others:
+        numbers = saved.get(name, {})
+        if "val_zero_one_loss" in numbers:
+            rows[name] = (numbers["val_zero_one_loss"], *numbers["val_ci"])
+    return pd.DataFrame(rows, index=["val", "val_low", "val_high"]).T
+
+
+# ----------------------------------------------------------------------------- cross-validation (06, 07)
+
+
+def cv_table(results: dict) -> object:
+    """One row per model: CV mean (``cv``), its corrected interval (``cv_low``, ``cv_high``), the naive one,
+    and the per-fold losses."""
+    import pandas as pd
+
+    rows = []
+    for name, result in results.items():
+        s = result.summary
+        rows.append({
+            "model": name, "cv": s["mean"], "cv_low": s["ci_low"], "cv_high": s["ci_high"],
+            "naive_ci_low": s["naive_ci_low"], "naive_ci_high": s["naive_ci_high"],
+            **{f"fold {i + 1}": loss for i, loss in enumerate(result.losses)},
+        })
+    return pd.DataFrame(rows).set_index("model")
+
+
+def cv_finding(results: dict, n_folds: int) -> str:
+    ranked = sorted(results, key=lambda m: results[m].summary["mean"])
+    interval = results[ranked[0]].summary["interval"]
+    parts = [f"{m} {format_ci(results[m].summary['mean'], results[m].summary['ci_low'], results[m].summary['ci_high'])}"
+             for m in ranked]
+    return (f"{n_folds}-fold twin-grouped CV zero-one risk ({interval} interval): " + ", ".join(parts)
+            + f" (lowest: {ranked[0]}).")
+
+
+def comparison_finding(row: dict) -> str:
+    better, worse = (row["a"], row["b"]) if row["mean_diff"] < 0 else (row["b"], row["a"])
+    verdict = "a significant difference" if row["p_value"] < 0.05 else "not a significant difference"
+    return (
+        f"{better} vs {worse}: CV risk lower by {abs(row['mean_diff']):.3f} (corrected 95% CI of the difference "
+        f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}], p = {row['p_value']:.3f}): {verdict} at the 5% level"
+    )
+
+
+def nested_finding(nested, grid_best_risk: float, model: str, grid_names: Sequence[str], n_outer: int,
+                   n_inner: int) -> str:
+    s = nested.summary
+    chosen = nested.table.groupby(list(grid_names)).size()
+    return (
+        f"Nested CV ({n_outer} outer x {n_inner} inner folds, twin-grouped) puts the risk of tuning {model} over "
+        f"{', '.join(grid_names)} at {format_ci(s['mean'], s['ci_low'], s['ci_high'])} ({s['interval']} interval), "
+        f"against {grid_best_risk:.3f} for the best grid entry's own CV risk (optimism "
+        f"{s['mean'] - grid_best_risk:+.3f}); "
+        + ("the inner searches chose the same configuration in every outer fold." if len(chosen) == 1
+           else f"the inner searches chose {len(chosen)} different configurations over {n_outer} outer folds.")
+    )
+
+
+def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, findings: list[str],
+               synthetic: bool) -> dict:
+    """The results file of notebook 07: CV risk per model (corrected interval), comparisons, nested CV."""
+    models = {
+        name: {"cv_risk": r.summary["mean"], "cv_ci": [r.summary["ci_low"], r.summary["ci_high"]],
+               "cv_interval": r.summary["interval"], "cv_losses": r.losses}
+        for name, r in cv.items()
+    }
+    from muffin_lib.final_test import tuned_name
+
+    best = grid_results["best_config"]
+    models[tuned_name(best)] = {
+        "cv_risk": nested.summary["mean"],
+        "cv_ci": [nested.summary["ci_low"], nested.summary["ci_high"]],
+        "cv_interval": nested.summary["interval"],
+        "cv_kind": "nested",
+    }
+    return {
+        "synthetic": synthetic,
+        "models": models,
+        "comparisons": comparisons,
+        "nested": {**nested.to_dict(), "grid": grid_results["grid"]},
+        "tuned_config": best,
+        "findings": findings,
+    }
+
+
+# ----------------------------------------------------------------------------- the one test evaluation (09)
+
+
+def final_test_findings(final) -> list[str]:
+    """Sentences for notebook 09 from ``final_test.evaluate_candidates``."""
+    table = final.table
+    lines = []
+    for name, row in table.iterrows():
+        lines.append(
+            f"{name}: test zero-one loss on the twin-free part "
+            f"{format_ci(row['twin_free'], row['twin_free_low'], row['twin_free_high'])} "
+            f"({int(row['twin_free_errors'])} errors in {final.n_twin_free}); on the whole test split "
+            f"{format_ci(row['all'], row['all_low'], row['all_high'])} ({final.n_test} images)."
+        )
+    for pair in final.paired:
+        if pair["better"] is None:
+            verdict = "a tie"
+        else:
+            verdict = (f"{pair['better']} ahead, {'significant' if pair['significant'] else 'not significant'} "
+                       "at the 5% level")
+        lines.append(
+            f"{pair['a']} vs {pair['b']} on the twin-free test images: {pair['only_a_wrong']} only {pair['a']} gets "
+            f"wrong, {pair['only_b_wrong']} only {pair['b']} (exact McNemar p = {pair['p_value']:.3g}, Holm-adjusted "
+            f"{pair['p_holm']:.3g}; {verdict})."
+        )
+    return lines
+
+
+def per_class_frame(per_class: dict):
+    """``metrics.per_class_report`` as a table: precision, recall, F1 and integer support per class."""
+    import pandas as pd
+
+    rows = {name: scores for name, scores in per_class.items() if name != "accuracy"}
+    return pd.DataFrame(rows).T.astype({"support": int}).round(3)
+
+
+def best_by_cv(work_dir, names: Sequence[str]) -> str:
+    """Of ``names``, the one with the lowest CV risk in notebook 07's results (the first name without them)."""
+    from muffin_lib.notebook import load_all_results
+
+    models = (load_all_results(work_dir).get("07_cv_risk") or {}).get("models") or {}
+    scored = [name for name in names if "cv_risk" in models.get(name, {})]
+    return min(scored, key=lambda name: models[name]["cv_risk"]) if scored else list(names)[0]
+
+
+def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
+    """The ``k`` twin-free test images ``name`` got wrong with the highest confidence."""
+    p = final.predictions[name]
+    free = set(final.twin_free_paths)
+    rows = [
+        {"relpath": path, "label": label, "predicted": guess, "confidence": conf}
+        for path, label, guess, conf, ok in zip(p["relpaths"], p["labels"], p["predicted"], p["confidence"],
+                                                p["correct"], strict=True)
+        if not ok and path in free
+    ]
+    return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]
