@@ -56,6 +56,7 @@ epochs = 15
 lr = 1e-3  # peak learning rate of the one-cycle schedule (AdamW)
 batch_size = 64
 augment = "flip_rotate"  # "none", "flip_rotate" or "flip_rotate_crop"
+label_smoothing = 0.0  # share of the target spread over the other class (0: plain cross-entropy)
 val_fraction = 0.2  # share of the training split held out for validation (twin groups kept whole)
 n_misclassified = 12  # wrong validation predictions shown'''
 
@@ -87,8 +88,8 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
             f'    "{name}",\n'
             "    profile,\n"
             "    dict(data_dir=data_dir, work_dir=work_dir, seed=seed, image_size=image_size, color_mode=color_mode,\n"
-            "         device=device, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, val_fraction=val_fraction,\n"
-            "         n_misclassified=n_misclassified),\n"
+            "         device=device, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, label_smoothing=label_smoothing,\n"
+            "         val_fraction=val_fraction, n_misclassified=n_misclassified),\n"
             ")\n"
             "synthetic = notebook.require_data(params.data_dir)\n"
             "params"
