@@ -9,7 +9,7 @@ from muffin_lib import bench, cli
 
 def test_bench_cli_prints_the_json_line(capsys):
     argv = ["bench", "--model", "simple_cnn", "--image-size", "32", "--n-images", "12", "--batch-size", "8",
-            "--device", "cpu", "--seconds", "0.2"]
+            "--device", "cpu", "--seconds", "0.2", "--rounds", "3"]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any("SYNTHETIC" in line for line in lines)
@@ -17,7 +17,12 @@ def test_bench_cli_prints_the_json_line(capsys):
     for key in ("baseline_img_per_s", "muffin_img_per_s", "speedup", "device", "model", "image_size", "gflops"):
         assert key in result
     assert result["device"] == "cpu" and result["synthetic"] and result["n_images"] == 12
-    assert result["speedup"] == result["muffin_img_per_s"] / result["baseline_img_per_s"]
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]  # alternating rounds of both pipelines
+    speedups = sorted(r["speedup"] for r in rounds)
+    assert result["speedup"] == speedups[1]  # the median
+    assert result["speedup_min"] == speedups[0] and result["speedup_max"] == speedups[2]
+    assert result["muffin_img_per_s"] == sorted(r["muffin_img_per_s"] for r in rounds)[1]
     assert result["baseline_img_per_s"] > 0 and result["muffin_img_per_s"] > 0
 
 
