@@ -40,7 +40,7 @@ SMOKE_CAPS: dict[str, int] = {
     "n_samples": 8,
     "max_images": 600,  # cross-validation on a subset (None, "all", is capped too)
 }
-SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3}
+SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3, "rung_epochs": 0}
 
 # Which notebook makes each thing a later notebook needs, for "run X first" messages.
 CHECKPOINT_NOTEBOOKS: dict[str, str] = {

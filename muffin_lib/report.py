@@ -159,6 +159,82 @@ def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence
 # ----------------------------------------------------------------------------- cross-validation (06, 07)
 
 
+def grid_plan(base, grid: dict, folds, rung_epochs: Sequence[int], n_images: int) -> str:
+    """What notebook 06 is about to run: configurations, rungs, trials, fold sizes."""
+    n_configs = int(np.prod([len(v) for v in grid.values()]))
+    k = len(folds)
+    subset = sum(len(t) for _, t in folds)
+    if rung_epochs:
+        schedule = [*rung_epochs, base.epochs]
+        survivors, trials = n_configs, 0
+        for _ in schedule:
+            trials += survivors * k
+            survivors = max(1, int(np.ceil(survivors / 3)))
+        plan = (f"successive halving over {n_configs} configurations at {' -> '.join(map(str, schedule))} epochs "
+                f"(the best third goes on): at most **{trials} trials** instead of {n_configs * k} at {base.epochs} epochs")
+    else:
+        plan = f"{n_configs} configurations x {k} folds = **{n_configs * k} trials** at {base.epochs} epochs"
+    return (
+        f"{plan}, of `{base.model}` ({base.image_size} px {base.color_mode}); each trains on {len(folds[0][0]):,} "
+        f"images and is scored on {len(folds[0][1]):,} others"
+        + (f" (a stratified, twin-grouped subset of {subset:,} of the {n_images:,} training images)." if subset < n_images
+           else ".")
+    )
+
+
+def grid_table(result):
+    """The grid's table, best first within the last rung, then the earlier rungs."""
+    columns = ["rung", "epochs", *result.varied, "mean", "std", "ci_low", "ci_high", "n_folds", "seconds"]
+    return result.table.sort_values(["rung", "mean"], ascending=[False, True])[columns].reset_index(drop=True)
+
+
+def grid_findings(result, model: str, n_folds: int) -> list[str]:
+    """The best configuration (and how many others the last rung cannot tell apart) and each parameter's effect."""
+    best = result.best_result.summary
+    last = result.table[result.table["rung"] == result.table["rung"].max()]
+    within = int((last["mean"] <= best["ci_high"]).sum()) - 1
+    setting = ", ".join(f"{name}={getattr(result.best, name):g}" for name in result.varied)
+    best_finding = (
+        f"Best of {len(result.rungs[0])} configurations for {model}: {setting}, CV zero-one risk "
+        f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds, {result.best.epochs} epochs; "
+        f"{best['interval']} interval). "
+        + (f"{within} other configuration(s) of the last rung have a mean inside its interval, so the grid cannot "
+           "tell them apart from the best." if within > 0 else "No other configuration of the last rung has a mean "
+           "inside its interval.")
+    )
+    first = result.table[result.table["rung"] == 0]
+    effects = []
+    for name in result.varied:
+        series = first.groupby(name)["mean"].mean()
+        if len(series) > 1:
+            effects.append(f"{name} moves the average first-rung risk from {series.min():.3f} (at {series.idxmin():g}) "
+                           f"to {series.max():.3f} (at {series.idxmax():g})")
+    effect_finding = "Effect of each hyper-parameter: " + ("; ".join(effects) or "only one value of each was tried") + "."
+    return [best_finding, effect_finding]
+
+
+def grid_results(result, base, grid: dict, folds, settings, findings: list[str], synthetic: bool) -> dict:
+    """The results file of notebook 06 (read by 07 and 09)."""
+    best = result.best_result.summary
+    return {
+        "synthetic": synthetic,
+        "base_config": base.to_dict(),
+        "grid": grid,
+        "rung_epochs": list(settings.rung_epochs),
+        "n_folds": len(folds),
+        "max_images": settings.max_images,
+        "best_config": result.best.to_dict(),
+        "best": {
+            **{name: getattr(result.best, name) for name in result.varied},
+            "cv_risk": best["mean"],
+            "cv_ci": [best["ci_low"], best["ci_high"]],
+            "cv_interval": best["interval"],
+        },
+        "table": result.table.drop(columns=["config_key"]).to_dict(orient="records"),
+        "findings": findings,
+    }
+
+
 def cv_table(results: dict) -> object:
     """One row per model: CV mean (``cv``), its corrected interval (``cv_low``, ``cv_high``), the naive one,
     and the per-fold losses."""

@@ -492,7 +492,11 @@ def expand_grid(base_config, grid: dict[str, Sequence]) -> list:
 
 @dataclass
 class GridResult:
-    """CV results of every configuration of a grid, all on the same folds."""
+    """CV results of a grid, all on the same folds.
+
+    ``results`` are the configurations of the last rung (all of them without successive halving);
+    ``rungs`` holds every rung's results, ``table`` one row per (rung, configuration).
+    """
 
     results: list[CVResult]
     varied: list[str]
@@ -500,14 +504,16 @@ class GridResult:
     best: object  # engine.TrainConfig
     best_result: CVResult
     trials: list[dict] = field(repr=False)
+    rungs: list[list[CVResult]] = field(default_factory=list, repr=False)
 
-    def heatmap(self, row: str, col: str, value: str = "mean", aggfunc: str = "min"):
-        """Pivot of ``value`` over two grid parameters; other varied parameters are reduced with ``aggfunc``
-        (``min`` = the best setting of the rest)."""
+    def heatmap(self, row: str, col: str, value: str = "mean", aggfunc: str = "min", rung: int = 0):
+        """Pivot of ``value`` over two grid parameters at ``rung`` (0: the first, where every configuration
+        ran); other varied parameters are reduced with ``aggfunc`` (``min`` = the best setting of the rest)."""
         for name in (row, col):
             if name not in self.table.columns:
                 raise MuffinError(f"{name!r} is not a column of the grid table; choose from {self.varied}")
-        return self.table.pivot_table(index=row, columns=col, values=value, aggfunc=aggfunc)
+        table = self.table[self.table["rung"] == rung] if "rung" in self.table.columns else self.table
+        return table.pivot_table(index=row, columns=col, values=value, aggfunc=aggfunc)
 
     def to_dict(self) -> dict:
         return {
@@ -518,16 +524,21 @@ class GridResult:
         }
 
 
-def _grid_table(results: list[CVResult], varied: Sequence[str]):
+def _grid_table(rungs: list[list[CVResult]], varied: Sequence[str]):
     import pandas as pd
 
     rows = []
-    for result in results:
-        row = {name: getattr(result.config, name) for name in varied}
-        row.update({column: result.summary[column] for column in SUMMARY_COLUMNS})
-        row.update({"n_folds": result.summary["n"], "seconds": result.seconds, "config_key": result.config_key})
-        rows.append(row)
+    for rung, results in enumerate(rungs):
+        for result in results:
+            rows.append(_grid_row(result, varied, rung))
     return pd.DataFrame(rows)
+
+
+def _grid_row(result: CVResult, varied: Sequence[str], rung: int) -> dict:
+    row = {"rung": rung, "epochs": result.config.epochs, **{name: getattr(result.config, name) for name in varied}}
+    row.update({column: result.summary[column] for column in SUMMARY_COLUMNS})
+    row.update({"n_folds": result.summary["n"], "seconds": result.seconds, "config_key": result.config_key})
+    return row
 
 
 def _pick_best(results: list[CVResult]) -> int:
@@ -552,47 +563,66 @@ def grid_search(
     fingerprint: str | None = None,
     on_trial: OnTrial | None = None,
     ray_options: dict | None = None,
+    rung_epochs: Sequence[int] = (),
+    keep: float = 1 / 3,
 ) -> GridResult:
     """Cross-validate every combination of ``grid`` (TrainConfig field -> values) on the same ``folds``.
 
+    Successive halving with ``rung_epochs`` (e.g. ``(3,)``): every configuration is first cross-validated
+    with a complete schedule of ``rung_epochs[0]`` epochs, the best ``keep`` share (at least one) moves on
+    to the next rung, and so on; the last rung runs at ``base_config.epochs``. Each rung's score is a
+    last-epoch CV score of a whole schedule, so rungs are honest estimates, only cheaper; ``best`` comes
+    from the last rung. Without ``rung_epochs`` every configuration runs at ``base_config.epochs``.
+
     Grids over ``image_size`` / ``color_mode`` need a cache per setting: give ``cache_for(image_size,
-    color_mode)`` or ``data_dir`` and ``work_dir``. All trials of the grid are queued at once, so the
+    color_mode)`` or ``data_dir`` and ``work_dir``. All trials of a rung are queued at once, so the
     Ray backend runs them in parallel.
     """
     _check_backend(backend)
     configs = expand_grid(base_config, grid)
+    schedule = [int(e) for e in rung_epochs] + [int(base_config.epochs)]
+    if any(e < 1 for e in schedule) or schedule != sorted(set(schedule)):
+        raise MuffinError(
+            f"rung_epochs must increase and stay below the final epochs ({base_config.epochs}); got {list(rung_epochs)}"
+        )
+    if not 0.0 < keep < 1.0:
+        raise MuffinError(f"keep must lie strictly between 0 and 1 (the share kept per rung), got {keep}")
     caches = _Caches(cache, cache_for, data_dir, work_dir, progress)
     for config in configs:
         caches.check(config)
     checked = _check_folds(folds, len(cache.labels))
     fp = _fingerprint(cache, fingerprint)
-    per_config = [
-        _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
-        for config in configs
-    ]
     varied = list(grid)
     if on_trial is None and progress:
         on_trial = _print_trial(varied)
-    all_tasks = [task for tasks in per_config for task in tasks]
-    records = _run_tasks(
-        all_tasks,
-        caches,
-        store=store,
-        device=device,
-        progress=progress,
-        backend=backend,
-        on_trial=on_trial,
-        ray_options=ray_options,
-    )
-    results = [_cv_result(config, tasks, records) for config, tasks in zip(configs, per_config, strict=True)]
+    options = dict(store=store, device=device, progress=progress, backend=backend, on_trial=on_trial,
+                   ray_options=ray_options)
+
+    rungs: list[list[CVResult]] = []
+    alive = configs
+    for number, epochs in enumerate(schedule):
+        rung_configs = [config.replace(epochs=epochs) for config in alive]
+        per_config = [
+            _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
+            for config in rung_configs
+        ]
+        records = _run_tasks([task for tasks in per_config for task in tasks], caches, **options)
+        results = [_cv_result(c, tasks, records) for c, tasks in zip(rung_configs, per_config, strict=True)]
+        rungs.append(results)
+        if number < len(schedule) - 1:
+            n_keep = max(1, math.ceil(len(results) * keep))
+            ranked = sorted(range(len(results)), key=lambda i: (results[i].summary["mean"], i))[:n_keep]
+            alive = [alive[i] for i in sorted(ranked)]  # grid order kept: ties still favour the earlier entry
+    results = rungs[-1]
     best = _pick_best(results)
     return GridResult(
         results=results,
         varied=varied,
-        table=_grid_table(results, varied),
+        table=_grid_table(rungs, varied),
         best=results[best].config,
         best_result=results[best],
-        trials=[trial for result in results for trial in result.trials],
+        trials=[trial for rung in rungs for result in rung for trial in result.trials],
+        rungs=rungs,
     )
 
 
@@ -651,14 +681,17 @@ def nested_cv(
     fingerprint: str | None = None,
     on_trial: OnTrial | None = None,
     ray_options: dict | None = None,
+    rung_epochs: Sequence[int] = (),
+    keep: float = 1 / 3,
 ) -> NestedCVResult:
     """Nested CV: for each outer fold, grid-search by stratified inner CV on its training part, refit the
     winner on the whole outer-training part and score it once on the outer held-out fold.
 
     ``outer_folds`` is a number (stratified folds over ``indices``, default all of ``cache``) or explicit
     folds such as ``SplitPlan.folds``. ``groups`` (e.g. ``SplitPlan.groups``: one id per cached image,
-    twins share one) keeps near-duplicates on one side of every inner and generated outer fold. Inner trials are stored with scope ``nested-inner``, outer refits
-    with ``nested-outer``.
+    twins share one) keeps near-duplicates on one side of every inner and generated outer fold.
+    ``rung_epochs`` and ``keep`` make each inner grid search a successive halving (see :func:`grid_search`).
+    Inner trials are stored with scope ``nested-inner``, outer refits with ``nested-outer``.
     """
     from muffin_lib import engine
 
@@ -690,6 +723,8 @@ def nested_cv(
             scope="nested-inner",
             cache_for=caches.get,
             fingerprint=fp,
+            rung_epochs=rung_epochs,
+            keep=keep,
             **options,
         )
         winner = searched.best

@@ -62,6 +62,8 @@ def test_parameters_mock_and_colab_cells(path: Path):
     cell = _parameters_cell(nb)
     names = set(papermill.inspect_notebook(str(path)))
     assert names >= REQUIRED_PARAMETERS, f"missing parameters: {REQUIRED_PARAMETERS - names}"
+    assigned = set(re.findall(r"^(\w+) = ", cell.source, re.M))
+    assert names == assigned, f"papermill cannot read {assigned - names}: keep comments free of ';' and brackets"
     # papermill's defaults are what a reader sees in the cell
     assert re.search(r'^profile = "full"', cell.source, re.M)
     assert re.search(r'^data_dir = "\.\./data/muffin-vs-chihuahua"', cell.source, re.M)

@@ -213,6 +213,39 @@ def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, ca
         grid_search(TINY, {"image_size": [40]}, cache, folds, store=None)
 
 
+def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cache, folds, tmp_path, monkeypatch):
+    store = TrialStore(tmp_path / "trials.sqlite")
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    base = TINY.replace(epochs=2)
+    result = grid_search(base, {"lr": [1e-2, 3e-3, 1e-3]}, cache, folds, store=store, device="cpu", progress=False,
+                         rung_epochs=(1,), keep=1 / 3)
+    k = len(folds)
+    assert len(counter.calls) == 3 * k + 1 * k  # every configuration at 1 epoch, the best third at 2
+    assert [call["config"].epochs for call in counter.calls] == [1] * 3 * k + [2] * k
+    first, last = result.rungs
+    assert len(first) == 3 and len(last) == 1 and result.results == last
+    survivor = min(first, key=lambda r: r.summary["mean"]).config
+    assert last[0].config == survivor.replace(epochs=2) and result.best == last[0].config
+    assert result.table["rung"].tolist() == [0, 0, 0, 1] and result.table["epochs"].tolist() == [1, 1, 1, 2]
+    assert result.heatmap("lr", "epochs").shape == (3, 1)  # rung 0: every configuration
+    with pytest.raises(MuffinError, match="rung_epochs must increase"):
+        grid_search(base, {"lr": [1e-3]}, cache, folds, store=None, rung_epochs=(2,))
+
+
+def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(cache, folds, tmp_path, monkeypatch):
+    # Notebook 06's grid and notebook 07's cross-validation of the same configuration on the same folds
+    # are the same trials: 07 finds them in the store.
+    store = TrialStore(tmp_path / "trials.sqlite")
+    grid = grid_search(TINY, {"lr": [3e-3, 1e-3]}, cache, folds, store=store, device="cpu", progress=False)
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    again = cross_validate(TINY.replace(lr=1e-3), cache, folds, store=store, device="cpu", progress=False)
+    assert counter.calls == []
+    assert [t["status"] for t in again.trials] == ["stored"] * len(folds)
+    assert again.losses == grid.results[1].losses
+
+
 def test_trial_key_changes_with_config_data_and_folds(cache, folds):
     plan = fold_plan_key(folds)
     run = {"execution": "cpu/fp32"}
