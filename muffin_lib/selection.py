@@ -927,6 +927,8 @@ def add_cv_arguments(parser) -> None:
     add("--seed", type=int, default=0, help="seed of the fold plan and of the models")
     add("--nested", action="store_true", help="nested CV: the risk of tuning by inner CV, then refitting")
     add("--inner-folds", type=int, default=3, help="inner folds of nested CV")
+    add("--rung-epochs", type=_split_list(int), default=[], metavar="E1[,E2]",
+        help="successive halving: every configuration first at these epochs, the best third goes on")
     add("--backend", choices=BACKENDS, default="serial", help="run trials one by one, or in parallel on Ray Tune")
     add("--ray-address", default=None, help="Ray: an existing cluster (default: a local instance)")
     add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
@@ -979,6 +981,11 @@ def cv_command(args) -> int:
         if getattr(args, name) is not None:
             grid[name] = getattr(args, name)
     varied = [name for name, values in grid.items() if len(values) > 1] or ["model"]
+    if args.rung_epochs:
+        if len(grid.get("epochs", [None])) > 1:
+            raise MuffinError("--rung-epochs sets the early rungs; give --epochs one value (the last rung's)")
+        if "epochs" in grid:
+            base = base.replace(epochs=grid.pop("epochs")[0])
     ray_options = None
     if args.backend == "ray":
         ray_options = {
@@ -987,6 +994,7 @@ def cv_command(args) -> int:
             "gpus_per_trial": args.gpus_per_trial,
         }
     common = dict(
+        rung_epochs=args.rung_epochs,
         store=store,
         data_dir=args.data_dir,
         work_dir=args.work_dir,
@@ -1032,7 +1040,7 @@ def cv_command(args) -> int:
     print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
     result = grid_search(base, grid, cache, plan.folds, **common)
     print(f"\nzero-one loss over the folds ({result.best_result.summary['interval']} interval):")
-    _print_table(result.table[[*varied, *SUMMARY_COLUMNS, "n_folds", "seconds"]])
+    _print_table(result.table[["rung", "epochs", *[v for v in varied if v != "epochs"], *SUMMARY_COLUMNS, "n_folds", "seconds"]])
     best = ", ".join(f"{name}={getattr(result.best, name)}" for name in varied)
     print(f"\nbest: {best} (mean zero-one loss {result.best_result.summary['mean']:.4f})")
     if args.json:
