@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("muffin_lib.train", "train one model on the train split and save a checkpoint"),
     "predict": ("muffin_lib.predict", "classify image files or folders with a checkpoint"),
     "bench": ("muffin_lib.bench", "measure images/s of the reference pipeline and ours"),
-    "cv": ("muffin_lib.selection", "grid search scored by K-fold cross-validation (resumable)"),
+    "cv": ("muffin_lib.selection.cli", "grid search scored by K-fold cross-validation (resumable)"),
     "run": ("muffin_lib.runner", "execute the notebook series with papermill and summarise it"),
 }
 

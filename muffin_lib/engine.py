@@ -15,12 +15,9 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,23 +25,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from muffin_lib import augment, runtime
-from muffin_lib.config import CLASSES, COLOR_MODES, channels_for
+from muffin_lib.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint  # noqa: F401
+from muffin_lib.config import COLOR_MODES, channels_for
 from muffin_lib.errors import MuffinError
-from muffin_lib.models import IMAGENET_MEAN, IMAGENET_STD, MIN_IMAGE_SIZE, MODEL_NAMES, build_model
+from muffin_lib.models import MIN_IMAGE_SIZE, MODEL_NAMES, build_model
 from muffin_lib.progress import progress_bar
+from muffin_lib.runtime import AMP_MODES, execution_key, resolve_amp  # noqa: F401  (engine.* for callers)
+from muffin_lib.tensors import (  # noqa: F401  (engine.* for callers)
+    GPU_RESIDENT_FRACTION,
+    _model_spec,
+    _Normalizer,
+    _place_images,
+    _take,
+    _uses_channels_last,
+    check_images,
+    check_labels,
+    compute_normalization,
+    imagenet_normalization,
+)
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-CHECKPOINT_FORMAT = "muffin-checkpoint"
-CHECKPOINT_VERSION = 1
 # Part of every trial key and checkpoint-reuse check (with imageio.PREPROCESS_VERSION and execution_key):
 # bump when an architecture in models.py or the training step changes results.
 CODE_VERSION = 2
-# Put the whole uint8 training set on the GPU when it takes less than this share of free memory.
-GPU_RESIDENT_FRACTION = 0.4
 # Fields that change speed but not what is learnt; left out of TrainConfig.key().
 _PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile")
 
@@ -135,157 +141,6 @@ class FitResult:
     best_epoch: int | None = None  # the epoch whose weights were restored by early stopping
     stopped_early: bool = False
     extra: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- input checks
-
-
-def check_images(images, what: str, *, channels: int | None = None, image_size: int | None = None) -> torch.Tensor:
-    """``images`` as a uint8 N x C x H x W tensor, or a MuffinError that says what is wrong with it."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor):
-        raise MuffinError(f"{what} must be a uint8 tensor N x C x H x W, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise MuffinError(
-            f"{what} must have dtype uint8 (decoded pixels 0-255, as cache.load_images gives), got {images.dtype}"
-        )
-    if images.dim() != 4:
-        raise MuffinError(f"{what} must be 4-D N x C x H x W, got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise MuffinError(f"{what} is empty (0 images); check the data folder and split")
-    if channels is not None and images.shape[1] != channels:
-        raise MuffinError(
-            f"{what} have {images.shape[1]} channel(s) but the model expects {channels} "
-            f"({'grayscale' if channels == 1 else 'rgb'}); load the images with the matching color_mode"
-        )
-    if image_size is not None and tuple(images.shape[2:]) != (image_size, image_size):
-        raise MuffinError(
-            f"{what} are {images.shape[3]}x{images.shape[2]} px but the model expects "
-            f"{image_size}x{image_size}; load the images with image_size={image_size}"
-        )
-    return images
-
-
-def check_labels(labels, n: int, what: str, num_classes: int = len(CLASSES)) -> torch.Tensor:
-    labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
-    if labels.dim() != 1 or labels.shape[0] != n:
-        raise MuffinError(f"{what} must be a 1-D sequence of {n} labels (one per image), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise MuffinError(f"{what} must be integer class indices, got dtype {labels.dtype}")
-    labels = labels.to(torch.int64)
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise MuffinError(
-            f"{what} must lie in 0..{num_classes - 1} ({', '.join(CLASSES)}), found "
-            f"{int(labels.min())}..{int(labels.max())}"
-        )
-    return labels
-
-
-def _model_spec(model: nn.Module) -> dict:
-    return getattr(model, "muffin_spec", {})
-
-
-# ----------------------------------------------------------------------------- normalisation, batches
-
-
-def compute_normalization(images: torch.Tensor, *, chunk: int = 256) -> dict:
-    """Per-channel mean and std of uint8 ``images`` on the [0, 1] scale, in float64 chunks."""
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
-    for block in images.split(chunk):
-        block = block.to("cpu", torch.float64)
-        total += block.sum(dim=(0, 2, 3))
-        total_sq += block.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean.square()).clamp(min=0).sqrt().clamp(min=1.0)  # flat images: avoid /0
-    return {"mean": (mean / 255).tolist(), "std": (std / 255).tolist()}
-
-
-def imagenet_normalization(channels: int) -> dict:
-    if channels == 3:
-        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    # Greyscale is repeated to 3 channels inside TransferNet; one shared statistic is the closest fit.
-    return {"mean": [sum(IMAGENET_MEAN) / 3], "std": [sum(IMAGENET_STD) / 3]}
-
-
-class _Normalizer:
-    """uint8 batch on the device -> normalised float32 (in the model's memory format)."""
-
-    def __init__(self, normalization: dict, device: torch.device, channels_last: bool):
-        mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(normalization["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -mean / std
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.shift, batch.to(torch.float32), self.scale)
-        return x.contiguous(memory_format=self.memory_format)
-
-
-def _place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The image set where batches are cut from: on the GPU when it fits comfortably, else on the CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.numel() < GPU_RESIDENT_FRACTION * free:
-            return images.to(device)
-        return images
-    if device.type == "mps":
-        return images.to(device)
-    return images
-
-
-def _take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    batch = images.index_select(0, idx.to(images.device))
-    if batch.device == device:
-        return batch
-    if device.type == "cuda":  # pinned staging buffer -> asynchronous copy that overlaps compute
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch.to(device)
-
-
-def _uses_channels_last(model: nn.Module) -> bool:
-    return any(
-        p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-        for p in model.parameters()
-    )
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = full float32)."""
-    if amp not in AMP_MODES:
-        raise MuffinError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    if amp == "off":
-        return None
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if amp == "auto":
-            return torch.bfloat16 if bf16_ok else torch.float16
-        if amp == "bf16" and not bf16_ok:
-            raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --amp fp16")
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu":
-        # CPU autocast only when asked: without AVX-512-BF16/AMX, bf16 convolutions are slower than fp32.
-        if amp == "fp16":
-            raise MuffinError("amp='fp16' needs a CUDA GPU; on the CPU use amp='bf16' or 'off'")
-        return torch.bfloat16 if amp == "bf16" else None
-    # MPS: explicit choices only.
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-
-
-_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def execution_key(amp: str, device: str | torch.device = "auto") -> str:
-    """``"<device type>/<precision>"`` a run with ``amp`` on ``device`` trains in, e.g. ``cpu/fp32``,
-    ``cuda/bf16``, ``cuda/fp16``: the resolved device (``auto`` -> what this machine has) and autocast
-    dtype (``resolve_amp``; none = fp32). Part of trial keys and checkpoint reuse, so results of another
-    device type or precision are never taken for this one."""
-    device = runtime.resolve_device(device)
-    return f"{device.type}/{_PRECISION_NAMES[resolve_amp(amp, device)]}"
 
 
 # ----------------------------------------------------------------------------- training
@@ -564,87 +419,3 @@ def predict_proba(model: nn.Module, images, normalization: dict, *, device="auto
     return torch.softmax(logits, dim=1).cpu().numpy()
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _versions() -> dict:
-    import torchvision
-
-    from muffin_lib import __version__
-
-    return {"muffin_lib": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
-
-
-def save_checkpoint(path, fit_result: FitResult, *, class_names=CLASSES, extra: dict | None = None) -> Path:
-    """Write the model and everything needed to use it again to ``path`` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = fit_result.config
-    model = fit_result.model
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "model_name": config.model,
-        "config": config.to_dict(),
-        "config_key": config.key(),
-        "image_size": config.image_size,
-        "color_mode": config.color_mode,
-        "in_channels": config.in_channels,
-        "num_classes": _model_spec(model).get("num_classes", len(class_names)),
-        "normalization": {k: list(v) for k, v in fit_result.normalization.items()},
-        "class_names": list(class_names),
-        "history": [dict(h) for h in fit_result.history],
-        "best_epoch": fit_result.best_epoch,
-        "trained_on": fit_result.device,
-        "amp": fit_result.amp,
-        "versions": _versions(),
-        "extra": dict(extra or {}),
-        "state_dict": state,
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def load_checkpoint(path, device="auto") -> tuple[nn.Module, dict]:
-    """The model (eval mode, on ``device``) and the checkpoint dict written by ``save_checkpoint``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MuffinError(f"checkpoint {path} does not exist; train one with `python -m muffin_lib train ... --out {path}`")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise MuffinError(
-            f"checkpoint {path} could not be read ({type(error).__name__}: {str(error)[:200]}); "
-            "it is damaged or not a PyTorch file: train again to recreate it"
-        ) from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise MuffinError(f"{path} is a PyTorch file but not a muffin checkpoint (no format={CHECKPOINT_FORMAT!r})")
-    if checkpoint.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise MuffinError(
-            f"checkpoint {path} has format version {checkpoint['format_version']}, newer than this "
-            f"muffin_lib understands ({CHECKPOINT_VERSION}); update muffin_lib"
-        )
-    model = build_model(
-        checkpoint["model_name"],
-        in_channels=checkpoint["in_channels"],
-        image_size=checkpoint["image_size"],
-        num_classes=checkpoint["num_classes"],
-    )
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise MuffinError(f"checkpoint {path}: weights do not fit model {checkpoint['model_name']!r} ({error})") from error
-    device = runtime.resolve_device(device)
-    model.to(device)
-    if checkpoint["config"].get("channels_last", False):
-        model.to(memory_format=torch.channels_last)
-    model.eval()
-    return model, checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -29,3 +30,23 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda temp: temp.write_text(text))
+
+
+def jsonable(value):
+    """A JSON-friendly copy: numpy/torch scalars and arrays, paths, tuples and sets become plain values;
+    NaN and infinities become null (JSON has no NaN). The one JSON cleaner of the project."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "detach"):  # torch tensors
+        value = value.detach().cpu()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -14,47 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.metrics import scores_by_part
+from muffin_lib.splits import twin_free_test_images
 
 PARTS = ("twin_free", "all", "with_train_twin")
 # The notebooks whose checkpoints are candidates (their results files name them under "models").
 TRAINING_NOTEBOOKS = ("03_simple_cnn", "04_deeper_cnn", "05_resnet_like", "08_transfer_learning")
-
-
-def scores(correct, confidence: float = 0.95) -> dict:
-    """Zero-one loss of a boolean "prediction correct" array, with its Wilson interval."""
-    from muffin_lib.metrics import binomial_interval
-
-    correct = np.asarray(correct, dtype=bool)
-    n = int(correct.size)
-    if n == 0:
-        nan = float("nan")
-        return {"zero_one_loss": nan, "errors": 0, "n": 0, "ci_low": nan, "ci_high": nan}
-    errors = int(n - correct.sum())
-    low, high = binomial_interval(errors, n, confidence, method="wilson")
-    return {"zero_one_loss": errors / n, "errors": errors, "n": n, "ci_low": float(low), "ci_high": float(high)}
-
-
-def scores_by_part(correct, twin_free, confidence: float = 0.95) -> dict:
-    """``{"twin_free": ..., "all": ..., "with_train_twin": ...}`` scores of one candidate's test predictions."""
-    correct, twin_free = np.asarray(correct, dtype=bool), np.asarray(twin_free, dtype=bool)
-    if correct.shape != twin_free.shape:
-        raise MuffinError(f"{correct.size} predictions but a twin-free mask of {twin_free.size} test images")
-    return {
-        "twin_free": scores(correct[twin_free], confidence),
-        "all": scores(correct, confidence),
-        "with_train_twin": scores(correct[~twin_free], confidence),
-    }
-
-
-def test_split_twin_free(data_dir, work_dir=None, relpaths=None) -> tuple[list[str], np.ndarray]:
-    """(test relpaths in cache order, True where the image has no twin in train)."""
-    from muffin_lib.scan import scan_dataset
-    from muffin_lib.twins import find_twins
-
-    scan = scan_dataset(data_dir, work_dir, progress=False)
-    twins = find_twins(scan.records, work_dir, progress=False)
-    paths = list(relpaths) if relpaths is not None else [r.relpath for r in scan.records_for("test")]
-    return paths, twins.twin_free_mask(paths)
 
 
 @dataclass
@@ -92,8 +57,8 @@ class FinalTest:
         for name, by_part in self.scores.items():
             free, whole = by_part["twin_free"], by_part["all"]
             summary[name] = {
-                "test_twin_free": free["zero_one_loss"],
-                "test_twin_free_ci": [free["ci_low"], free["ci_high"]],
+                "twin_free_test_images": free["zero_one_loss"],
+                "twin_free_test_images_ci": [free["ci_low"], free["ci_high"]],
                 "test_zero_one_loss": whole["zero_one_loss"],
                 "test_ci": [whole["ci_low"], whole["ci_high"]],
             }
@@ -121,7 +86,7 @@ def evaluate_candidates(
         model, stored = engine.load_checkpoint(checkpoint, device=device)
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
         if relpaths is None:
-            relpaths, free_mask = test_split_twin_free(data_dir, work_dir, test.relpaths)
+            relpaths, free_mask = twin_free_test_images(data_dir, work_dir, test.relpaths)
         elif list(test.relpaths) != relpaths:
             raise MuffinError(f"{name}: its test cache lists other images than the first candidate's; same data_dir?")
         proba = engine.predict_proba(model, test.images, stored["normalization"], device=device)
@@ -154,7 +119,7 @@ def collect_candidates(work_dir, notebooks: Sequence[str] = TRAINING_NOTEBOOKS) 
     whose notebook saved a checkpoint path that still exists; ``missing`` says which notebook to run."""
     from pathlib import Path
 
-    from muffin_lib.notebook import load_all_results
+    from muffin_lib.results import load_all_results
 
     results = load_all_results(work_dir)
     candidates, missing = {}, []

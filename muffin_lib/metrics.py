@@ -67,3 +67,27 @@ def binomial_interval(
         raise MuffinError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     interval = stats.binomtest(int(errors), int(n)).proportion_ci(confidence_level=confidence, method=method)
     return float(interval.low), float(interval.high)
+
+
+def scores(correct, confidence: float = 0.95) -> dict:
+    """Zero-one loss of a boolean "prediction correct" array, with its Wilson interval."""
+    correct = np.asarray(correct, dtype=bool)
+    n = int(correct.size)
+    if n == 0:
+        nan = float("nan")
+        return {"zero_one_loss": nan, "errors": 0, "n": 0, "ci_low": nan, "ci_high": nan}
+    errors = int(n - correct.sum())
+    low, high = binomial_interval(errors, n, confidence, method="wilson")
+    return {"zero_one_loss": errors / n, "errors": errors, "n": n, "ci_low": float(low), "ci_high": float(high)}
+
+
+def scores_by_part(correct, twin_free, confidence: float = 0.95) -> dict:
+    """``{"twin_free": ..., "all": ..., "with_train_twin": ...}`` scores of one candidate's test predictions."""
+    correct, twin_free = np.asarray(correct, dtype=bool), np.asarray(twin_free, dtype=bool)
+    if correct.shape != twin_free.shape:
+        raise MuffinError(f"{correct.size} predictions but a twin-free mask of {twin_free.size} test images")
+    return {
+        "twin_free": scores(correct[twin_free], confidence),
+        "all": scores(correct, confidence),
+        "with_train_twin": scores(correct[~twin_free], confidence),
+    }

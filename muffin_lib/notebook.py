@@ -9,7 +9,6 @@ runner's summary reads.
 from __future__ import annotations
 
 import json
-import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +18,9 @@ import numpy as np
 
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
-from muffin_lib.files import write_text_atomic
+from muffin_lib.files import jsonable, write_text_atomic
 from muffin_lib.report import format_ci  # noqa: F401  (notebooks call notebook.format_ci)
+from muffin_lib.results import load_all_results, require_results, results_path  # noqa: F401  (notebooks call notebook.*)
 
 # The one place the repository is named: badges, the Colab install cells and the launcher use it.
 # After changing it, run `python -m muffin_lib.notebook` to rewrite those cells in every notebook.
@@ -230,35 +230,6 @@ def checkpoint_path(work_dir: str | Path, model: str) -> Path:
     return WorkDir(work_dir).checkpoints_dir / f"{model}.pt"
 
 
-def require_results(work_dir: str | Path, notebook: str) -> dict:
-    """The results another notebook saved, or a MuffinError saying to run it first."""
-    path = results_path(work_dir, notebook)
-    if not path.is_file():
-        raise MuffinError(f"no results {path}: run notebooks/{notebook}.ipynb first (same work_dir), then this one.")
-    return json.loads(path.read_text())
-
-
-def results_path(work_dir: str | Path, notebook: str) -> Path:
-    return WorkDir(work_dir).results_dir / f"{notebook}.json"
-
-
-def _to_json(value: Any) -> Any:
-    """JSON-friendly copy: numpy/torch scalars and arrays, paths, tuples; NaN becomes null."""
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return _to_json(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def save_results(settings: Settings, results: dict[str, Any]) -> Path:
     """Write ``results`` to ``work_dir/results/<notebook>.json`` for the runner's summary.
 
@@ -274,18 +245,7 @@ def save_results(settings: Settings, results: dict[str, Any]) -> Path:
         **results,
     }
     path = results_path(settings.work_dir, settings.name)
-    return write_text_atomic(path, json.dumps(_to_json(payload), indent=2))
-
-
-def load_all_results(work_dir: str | Path) -> dict[str, dict]:
-    """Every notebook's results file in ``work_dir``, by notebook name, in name order."""
-    results = {}
-    for path in sorted(WorkDir(work_dir).results_dir.glob("*.json")):
-        try:
-            results[path.stem] = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise MuffinError(f"{path} is not valid JSON ({error}); delete it and re-run {path.stem}.ipynb") from None
-    return results
+    return write_text_atomic(path, json.dumps(jsonable(payload), indent=2))
 
 
 def display_markdown(text: str) -> None:

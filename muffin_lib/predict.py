@@ -124,14 +124,15 @@ def _dataset_of(path: Path) -> Path | None:
 def _twin_free_scores(labelled: list[dict], work_dir) -> dict | None:
     """Scores on the labelled files that are test images of one dataset and have no twin in its train split
     (None when the files are not such test images)."""
-    from muffin_lib.final_test import scores, test_split_twin_free
+    from muffin_lib.metrics import scores
+    from muffin_lib.splits import twin_free_test_images
 
     roots = {_dataset_of(Path(e["path"])) for e in labelled}
     if len(roots) != 1 or None in roots:
         return None
     root = roots.pop()
     relpaths = [Path(e["path"]).resolve().relative_to(root).as_posix() for e in labelled]
-    _, free = test_split_twin_free(root, work_dir, relpaths)
+    _, free = twin_free_test_images(root, work_dir, relpaths)
     kept = [e["correct"] for e, keep in zip(labelled, free, strict=True) if keep]
     return {**scores(kept), "n_with_train_twin": int((~free).sum()), "data_dir": str(root)}
 

@@ -60,7 +60,7 @@ def twin_pairs_to_show(groups: Sequence[Sequence[str]], n: int, seed: int = 0) -
 def validation_summary(val_predictions: dict, confidence: float = 0.95) -> dict:
     """Zero-one loss on the validation images with its Wilson interval, confusion matrix, per-class report."""
     from muffin_lib import metrics
-    from muffin_lib.final_test import scores
+    from muffin_lib.metrics import scores
 
     labels = np.asarray(val_predictions["labels"])
     predicted = np.asarray(val_predictions["predicted"])
@@ -143,7 +143,7 @@ def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence
     models of ``others`` whose training notebook saved results (same validation images)."""
     import pandas as pd
 
-    from muffin_lib.notebook import load_all_results
+    from muffin_lib.results import load_all_results
 
     rows = {name: (s["zero_one_loss"], s["ci_low"], s["ci_high"]) for name, s in summaries.items()}
     saved = {}
@@ -348,7 +348,7 @@ def per_class_frame(per_class: dict):
 
 def best_by_cv(work_dir, names: Sequence[str]) -> str:
     """Of ``names``, the one with the lowest CV risk in notebook 07's results (the first name without them)."""
-    from muffin_lib.notebook import load_all_results
+    from muffin_lib.results import load_all_results
 
     models = (load_all_results(work_dir).get("07_cv_risk") or {}).get("models") or {}
     scored = [name for name in names if "cv_risk" in models.get(name, {})]

@@ -23,7 +23,9 @@ from typing import Any
 import muffin_lib
 from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
 from muffin_lib.errors import MuffinError
-from muffin_lib.notebook import PROFILES, format_ci, load_all_results, synthetic_banner
+from muffin_lib.notebook import PROFILES, synthetic_banner
+from muffin_lib.report import format_ci
+from muffin_lib.results import load_all_results
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
@@ -324,7 +326,7 @@ def format_summary(summary: dict) -> str:
             if cv and numbers.get("cv_kind") == "nested":
                 cv += " (nested CV)"
             cells = [
-                _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
+                _ci_cell(numbers, "twin_free_test_images", "twin_free_test_images_ci"),
                 _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
                 cv,
                 _ci_cell(numbers, "val_zero_one_loss", "val_ci"),

@@ -149,3 +149,42 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
     elif resolved.type == "mps":
         info["gpu_name"] = "Apple MPS"
     return info
+
+
+# ----------------------------------------------------------------------------- precision
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None = full float32)."""
+    if amp not in AMP_MODES:
+        raise MuffinError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if amp == "auto":
+            return torch.bfloat16 if bf16_ok else torch.float16
+        if amp == "bf16" and not bf16_ok:
+            raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --amp fp16")
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu":
+        # CPU autocast only when asked: without AVX-512-BF16/AMX, bf16 convolutions are slower than fp32.
+        if amp == "fp16":
+            raise MuffinError("amp='fp16' needs a CUDA GPU; on the CPU use amp='bf16' or 'off'")
+        return torch.bfloat16 if amp == "bf16" else None
+    # MPS: explicit choices only.
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def execution_key(amp: str, device: str | torch.device = "auto") -> str:
+    """``"<device type>/<precision>"`` a run with ``amp`` on ``device`` trains in, e.g. ``cpu/fp32``,
+    ``cuda/bf16``, ``cuda/fp16``: the resolved device (``auto`` -> what this machine has) and autocast
+    dtype (``resolve_amp``; none = fp32). Part of trial keys and checkpoint reuse, so results of another
+    device type or precision are never taken for this one."""
+    device = resolve_device(device)
+    return f"{device.type}/{_PRECISION_NAMES[resolve_amp(amp, device)]}"

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 SPLITS_VERSION = 2  # 2: twin-grouped splits, content fingerprints (1 was ungrouped)
 
-
 @dataclass
 class SplitPlan:
     seed: int
@@ -55,10 +54,8 @@ class SplitPlan:
         """Groups of more than one index (twins)."""
         return _multi_member_groups(self.groups)
 
-
 def plan_key(seed: int, val_fraction: float, n_splits: int) -> str:
     return f"seed={seed},val_fraction={val_fraction:g},n_splits={n_splits}"
-
 
 def _multi_member_groups(groups) -> list[list[int]]:
     if groups is None:
@@ -68,13 +65,11 @@ def _multi_member_groups(groups) -> list[list[int]]:
         members.setdefault(group, []).append(index)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
 
-
 def _groups_from_lists(twin_groups: list[list[int]], n: int) -> np.ndarray:
     groups = np.arange(n, dtype=np.int64) + n  # singletons: their own id
     for number, members in enumerate(twin_groups):
         groups[np.asarray(members, dtype=np.int64)] = number
     return groups
-
 
 def _check_groups(groups, n: int) -> np.ndarray:
     if groups is None:
@@ -83,7 +78,6 @@ def _check_groups(groups, n: int) -> np.ndarray:
     if groups.shape != (n,):
         raise MuffinError(f"need one group id per image ({n}), got an array of shape {groups.shape}")
     return groups
-
 
 def _check_labels(labels, n_splits: int, what: str) -> np.ndarray:
     labels = np.asarray(labels)
@@ -98,7 +92,6 @@ def _check_labels(labels, n_splits: int, what: str) -> np.ndarray:
         )
     return labels
 
-
 def grouped_folds(labels, groups, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_splits`` seeded folds, stratified by label, never splitting a group (scikit-learn's
     ``StratifiedGroupKFold``); indices are positions in ``labels``."""
@@ -109,7 +102,6 @@ def grouped_folds(labels, groups, n_splits: int, seed: int) -> list[tuple[np.nda
     if any(test.size == 0 or train.size == 0 for train, test in folds):
         raise MuffinError(f"{len(np.unique(groups))} groups of images are too few for {n_splits} folds; use fewer folds")
     return folds
-
 
 def grouped_part(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(rest, part): a seeded, stratified, group-respecting ``part`` of about ``fraction`` of the indices.
@@ -123,7 +115,6 @@ def grouped_part(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray
     k = max(2, int(round(1.0 / small)))
     train, test = grouped_folds(labels, groups, k, seed)[0]
     return (train, test) if fraction <= 0.5 else (test, train)
-
 
 def make_split_plan(
     labels, groups=None, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0, fingerprint: str = ""
@@ -149,11 +140,9 @@ def make_split_plan(
         groups=groups,
     )
 
-
 def inner_folds(labels_subset, n_splits: int, seed: int, groups_subset=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified, grouped folds over a subset for nested CV; indices are positions within ``labels_subset``."""
     return grouped_folds(labels_subset, groups_subset, n_splits, seed)
-
 
 def _to_json(plan: SplitPlan) -> dict:
     return {
@@ -168,7 +157,6 @@ def _to_json(plan: SplitPlan) -> dict:
         # a fold's training part is the complement of its test part
         "fold_test_idx": [test.tolist() for _, test in plan.folds],
     }
-
 
 def _from_json(data: dict) -> SplitPlan:
     n = data["n"]
@@ -190,7 +178,6 @@ def _from_json(data: dict) -> SplitPlan:
         groups=_groups_from_lists(data["twin_groups"], n),
     )
 
-
 def _read(path) -> dict:
     if not path.is_file():
         return {"version": SPLITS_VERSION, "plans": {}}
@@ -208,7 +195,6 @@ def _read(path) -> dict:
         )
         return {"version": SPLITS_VERSION, "plans": {}}
     return stored
-
 
 def load_or_create_splits(
     work_dir: str | os.PathLike,
@@ -252,7 +238,6 @@ def load_or_create_splits(
     write_text_atomic(path, json.dumps(stored))
     return plan
 
-
 def plan_for_scan(scan, work_dir, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0,
                   progress: bool = False):
     """``(SplitPlan, TwinGroups)`` of a ``scan.ScanResult``: twins are found over train and test, the
@@ -273,7 +258,6 @@ def plan_for_scan(scan, work_dir, *, val_fraction: float = 0.2, n_splits: int = 
     )
     return plan, twins
 
-
 def plan_for_cache(cache, work_dir, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0) -> SplitPlan:
     """The twin-grouped split plan of an ``ImageCache`` of the train split."""
     from muffin_lib.scan import scan_dataset
@@ -286,9 +270,17 @@ def plan_for_cache(cache, work_dir, *, val_fraction: float = 0.2, n_splits: int 
     plan, _ = plan_for_scan(scan, work_dir, val_fraction=val_fraction, n_splits=n_splits, seed=seed)
     return plan
 
+def twin_free_test_images(data_dir, work_dir=None, relpaths=None) -> tuple[list[str], np.ndarray]:
+    """(test relpaths in cache order, True where the image has no twin in train)."""
+    from muffin_lib.scan import scan_dataset
+    from muffin_lib.twins import find_twins
+
+    scan = scan_dataset(data_dir, work_dir, progress=False)
+    twins = find_twins(scan.records, work_dir, progress=False)
+    paths = list(relpaths) if relpaths is not None else [r.relpath for r in scan.records_for("test")]
+    return paths, twins.twin_free_mask(paths)
 
 # ----------------------------------------------------------------------------- CLI: python -m muffin_lib split
-
 
 def add_split_arguments(parser) -> None:
     from pathlib import Path
@@ -301,7 +293,6 @@ def add_split_arguments(parser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of train held out for validation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split plan")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object (last line)")
-
 
 def split_plan_report(plan: SplitPlan, twins, scan) -> dict:
     """The plan in relative paths: fit/validation, the held-out part of each fold, twin groups, and the
@@ -317,10 +308,9 @@ def split_plan_report(plan: SplitPlan, twins, scan) -> dict:
         "validation": [train_paths[i] for i in plan.val_idx],
         "folds": [[train_paths[i] for i in test] for _, test in plan.folds],
         "twin_groups": twins.groups,
-        "test_twin_free": [p for p, keep in zip(test_paths, free, strict=True) if keep],
+        "twin_free_test_images": [p for p, keep in zip(test_paths, free, strict=True) if keep],
         "test_with_train_twin": [p for p, keep in zip(test_paths, free, strict=True) if not keep],
     }
-
 
 def format_split_report(report: dict) -> str:
     from collections import Counter
@@ -335,11 +325,10 @@ def format_split_report(report: dict) -> str:
     within = sum(1 for g in report["twin_groups"] if all(p.startswith("train/") for p in g))
     lines += [
         f"  twin groups: {len(report['twin_groups'])} ({within} inside train, each kept on one side of every split)",
-        f"  test, twin-free part      {counts(report['test_twin_free'])}",
+        f"  test, twin-free part      {counts(report['twin_free_test_images'])}",
         f"  test, with a twin in train {counts(report['test_with_train_twin'])}",
     ]
     return "\n".join(lines)
-
 
 def split_command(args) -> int:
     from muffin_lib.scan import scan_dataset

@@ -191,9 +191,10 @@ def evaluate_on_split(
     y_true, y_pred = predictions["labels"], predictions["predicted"]
     by_part = None
     if split == "test":
-        from muffin_lib.final_test import scores_by_part, test_split_twin_free
+        from muffin_lib.metrics import scores_by_part
+        from muffin_lib.splits import twin_free_test_images
 
-        _, twin_free = test_split_twin_free(data_dir, work_dir, cache.relpaths)
+        _, twin_free = twin_free_test_images(data_dir, work_dir, cache.relpaths)
         by_part = scores_by_part(np.asarray(y_true) == np.asarray(y_pred), twin_free, confidence)
     return {
         "checkpoint": str(checkpoint),

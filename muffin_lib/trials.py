@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.files import jsonable
 
 # Connection-level wait for a lock held by another writer (Ray driver, a second `cv` process).
 LOCK_TIMEOUT_SECONDS = 60.0
@@ -109,16 +110,6 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 class TrialStore:
     """SQLite store of finished trials at ``path`` (usually ``WorkDir(work_dir).trials_db``)."""
 
@@ -187,9 +178,9 @@ class TrialStore:
             config_key,
             int(fold),
             scope,
-            json.dumps(config, sort_keys=True, default=_json_default),
+            json.dumps(jsonable(config), sort_keys=True),
             None if seed is None else int(seed),
-            json.dumps(metrics, sort_keys=True, default=_json_default),
+            json.dumps(jsonable(metrics), sort_keys=True),
             None if zero_one is None else float(zero_one),
             None if n_train is None else int(n_train),
             None if n_test is None else int(n_test),

@@ -13,7 +13,7 @@ from PIL import Image
 from muffin_lib import twins
 from muffin_lib.cli import main
 from muffin_lib.config import WorkDir
-from muffin_lib.final_test import scores_by_part
+from muffin_lib.metrics import scores_by_part
 from muffin_lib.scan import audit_dataset, scan_dataset
 from muffin_lib.splits import load_or_create_splits, make_split_plan, plan_for_scan
 from muffin_lib.synthetic import make_image, twin_variant

@@ -69,7 +69,7 @@ def test_gpu_keyed_trials_need_gpus_per_trial():
     pytest.importorskip("ray.tune")
     from types import SimpleNamespace
 
-    from muffin_lib import ray_backend
+    from muffin_lib.selection import ray_backend
 
     task = SimpleNamespace(execution="cuda/bf16", setting=(32, "grayscale"))
     with pytest.raises(MuffinError, match="gpus-per-trial"):

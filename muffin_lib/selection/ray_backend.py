@@ -77,13 +77,14 @@ def _trainable(params: dict, *, tasks, arrays, device: str, threads: int) -> Non
     import torch
     from ray import tune
 
-    from muffin_lib.selection import _jsonable, run_task
+    from muffin_lib.files import jsonable
+    from muffin_lib.selection.trial import run_task
 
     torch.set_num_threads(max(1, threads))
     task = tasks[params["task"]]
     images, labels = arrays[_setting_name(task.setting)]
     record = run_task(task, images, labels, device=device, progress=False)
-    tune.report({_RECORD_KEY: json.dumps(_jsonable(record))})
+    tune.report({_RECORD_KEY: json.dumps(jsonable(record))})
 
 
 def run_tasks(

@@ -1,0 +1,58 @@
+"""Model selection: K-fold cross-validation, grid search, nested CV, paired comparison, one test evaluation.
+
+Rules that keep the estimates honest:
+
+* every configuration of a grid is scored on the SAME folds (indices into the cache order);
+* each fold trains a fresh model, seeded from ``config.seed`` and the fold number, on the other K-1
+  folds (normalisation and augmentation come from those only, inside ``engine.fit``);
+* the held-out fold is only evaluated, once, with the model after the configured number of epochs.
+  No epoch is chosen on it; when ``early_stopping_patience`` is set, the early-stopping split is
+  carved out of the training folds;
+* the test split is touched by :func:`refit_and_test` only.
+
+Every finished trial is committed to the :class:`~muffin_lib.trials.TrialStore` at once, so an
+interrupted run resumes where it stopped; trials already stored are never trained again.
+"""
+
+from muffin_lib.selection.cv import CVResult, compare_all, compare_configs, cross_validate
+from muffin_lib.selection.refit import refit_and_test
+from muffin_lib.selection.search import (
+    GridResult,
+    NestedCVResult,
+    expand_grid,
+    grid_search,
+    nested_cv,
+    stratified_folds,
+)
+from muffin_lib.selection.trial import (
+    BACKENDS,
+    EARLY_STOPPING_FRACTION,
+    SUMMARY_COLUMNS,
+    TrialTask,
+    describe_trial,
+    fold_seed,
+    run_task,
+    run_trial,
+)
+
+__all__ = [
+    "BACKENDS",
+    "EARLY_STOPPING_FRACTION",
+    "SUMMARY_COLUMNS",
+    "CVResult",
+    "GridResult",
+    "NestedCVResult",
+    "TrialTask",
+    "compare_all",
+    "compare_configs",
+    "cross_validate",
+    "describe_trial",
+    "expand_grid",
+    "fold_seed",
+    "grid_search",
+    "nested_cv",
+    "refit_and_test",
+    "run_task",
+    "run_trial",
+    "stratified_folds",
+]

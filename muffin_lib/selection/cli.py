@@ -1,0 +1,174 @@
+"""``python -m muffin_lib cv``: grid search (or nested CV) scored by twin-grouped K-fold CV, resumable."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from muffin_lib.errors import MuffinError
+from muffin_lib.files import jsonable
+from muffin_lib.selection.cv import _print_trial
+from muffin_lib.selection.search import grid_search, nested_cv
+from muffin_lib.selection.trial import BACKENDS, SUMMARY_COLUMNS
+from muffin_lib.trials import TrialStore
+
+# --------------------------------------------------------------------------------------------------
+# CLI: python -m muffin_lib cv
+
+
+def _split_list(kind):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as error:
+            raise ValueError(f"{text!r}: {error}") from error
+        if not values:
+            raise ValueError("empty list")
+        return values
+
+    parse.__name__ = f"list of {kind.__name__}"
+    return parse
+
+
+def add_cv_arguments(parser) -> None:
+    from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
+
+    add = parser.add_argument
+    add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
+    add("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache, splits.json and trials.sqlite")
+    add("--model", type=_split_list(str), default=["simple_cnn"], help="model name(s), comma-separated")
+    add("--lr", type=_split_list(float), default=None, help="peak learning rate(s), e.g. 1e-3,1e-4")
+    add("--batch-size", type=_split_list(int), default=None, help="batch size(s), e.g. 64,128")
+    add("--epochs", type=_split_list(int), default=None, help="epoch count(s); the last epoch is scored")
+    add("--image-size", type=_split_list(int), default=[128], help="image size(s) in px, e.g. 64,128")
+    add("--color-mode", type=_split_list(str), default=["grayscale"], help="grayscale and/or rgb")
+    add("--folds", type=int, default=5, help="K of K-fold CV (the outer folds with --nested)")
+    add("--seed", type=int, default=0, help="seed of the fold plan and of the models")
+    add("--nested", action="store_true", help="nested CV: the risk of tuning by inner CV, then refitting")
+    add("--inner-folds", type=int, default=3, help="inner folds of nested CV")
+    add("--rung-epochs", type=_split_list(int), default=[], metavar="E1[,E2]",
+        help="successive halving: every configuration first at these epochs, the best third goes on")
+    add("--backend", choices=BACKENDS, default="serial", help="run trials one by one, or in parallel on Ray Tune")
+    add("--ray-address", default=None, help="Ray: an existing cluster (default: a local instance)")
+    add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
+    add("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions share a GPU)")
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add("--quiet", action="store_true", help="no progress bars or training logs; one line per trial remains")
+    add("--json", action="store_true", help="print the results as one JSON object on the last line")
+
+
+def _trial_summary(record: dict, shown: Sequence[str]) -> dict:
+    return {
+        "config_key": record["config_key"],
+        "fold": record["fold"],
+        "scope": record["scope"],
+        **{name: record["config"].get(name) for name in shown},
+        "zero_one_loss": record["zero_one_loss"],
+        "seconds": record.get("seconds"),
+        "status": record.get("status"),
+    }
+
+
+def _print_table(frame) -> None:
+    print(frame.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+
+
+def cv_command(args) -> int:
+    import logging
+
+    from muffin_lib import engine
+    from muffin_lib.cache import load_images
+    from muffin_lib.config import COLOR_MODES, WorkDir
+    from muffin_lib.splits import plan_for_cache
+
+    for mode in args.color_mode:
+        if mode not in COLOR_MODES:
+            raise MuffinError(f"--color-mode {mode!r} is not one of {', '.join(COLOR_MODES)}")
+    if args.folds < 2 or args.inner_folds < 2:
+        raise MuffinError(f"--folds and --inner-folds must be >= 2, got {args.folds} and {args.inner_folds}")
+    progress = not args.quiet
+    if args.quiet:
+        logging.getLogger("muffin_lib.engine").setLevel(logging.WARNING)
+    store = TrialStore(WorkDir(args.work_dir).trials_db)
+    size, mode = args.image_size[0], args.color_mode[0]
+    cache = load_images(args.data_dir, args.work_dir, "train", size, mode, progress=progress)
+    plan = plan_for_cache(cache, args.work_dir, n_splits=args.folds, seed=args.seed)
+
+    base = engine.TrainConfig(model=args.model[0], image_size=size, color_mode=mode, seed=args.seed)
+    grid: dict[str, list] = {"model": args.model, "image_size": args.image_size, "color_mode": args.color_mode}
+    for name in ("epochs", "lr", "batch_size"):
+        if getattr(args, name) is not None:
+            grid[name] = getattr(args, name)
+    varied = [name for name, values in grid.items() if len(values) > 1] or ["model"]
+    if args.rung_epochs:
+        if len(grid.get("epochs", [None])) > 1:
+            raise MuffinError("--rung-epochs sets the early rungs; give --epochs one value (the last rung's)")
+        if "epochs" in grid:
+            base = base.replace(epochs=grid.pop("epochs")[0])
+    ray_options = None
+    if args.backend == "ray":
+        ray_options = {
+            "address": args.ray_address,
+            "cpus_per_trial": args.cpus_per_trial,
+            "gpus_per_trial": args.gpus_per_trial,
+        }
+    common = dict(
+        rung_epochs=args.rung_epochs,
+        store=store,
+        data_dir=args.data_dir,
+        work_dir=args.work_dir,
+        device=args.device,
+        progress=progress,
+        backend=args.backend,
+        on_trial=_print_trial(varied),
+        ray_options=ray_options,
+    )
+    n_configs = math.prod(len(values) for values in grid.values())
+    fixed = ", ".join(f"{name}={values[0]}" for name, values in grid.items() if name not in varied)
+    print(f"trial store: {store.path} ({len(store)} trials stored)", flush=True)
+    print(f"{cache.images.shape[0]} training images; fixed: {fixed or 'nothing'}", flush=True)
+
+    if args.nested:
+        print(
+            f"nested CV: {n_configs} configurations x {args.inner_folds} inner folds, "
+            f"inside {args.folds} outer folds",
+            flush=True,
+        )
+        nested = nested_cv(
+            base, grid, cache, outer_folds=plan.folds, inner_folds=args.inner_folds, seed=args.seed,
+            groups=plan.groups, **common
+        )
+        print("\nconfiguration chosen by inner CV in each outer fold, and its outer held-out zero-one loss:")
+        _print_table(nested.table[["outer_fold", *varied, "inner_mean", "zero_one_loss", "n_test"]])
+        risk = nested.summary
+        print(
+            f"\nnested-CV risk (zero-one loss): {risk['mean']:.4f}, se {risk['se']:.4f}, "
+            f"{risk['interval']} interval [{risk['ci_low']:.4f}, {risk['ci_high']:.4f}] over {risk['n']} outer folds"
+        )
+        if args.json:
+            outcome = {
+                "nested": True,
+                "trials": [_trial_summary(trial, varied) for trial in nested.trials],
+                "table": nested.chosen,
+                "risk": nested.summary,
+            }
+            print(json.dumps(jsonable(outcome)))
+        return 0
+
+    n_trials = n_configs * len(plan.folds)
+    print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
+    result = grid_search(base, grid, cache, plan.folds, **common)
+    print(f"\nzero-one loss over the folds ({result.best_result.summary['interval']} interval):")
+    _print_table(result.table[["rung", "epochs", *[v for v in varied if v != "epochs"], *SUMMARY_COLUMNS, "n_folds", "seconds"]])
+    best = ", ".join(f"{name}={getattr(result.best, name)}" for name in varied)
+    print(f"\nbest: {best} (mean zero-one loss {result.best_result.summary['mean']:.4f})")
+    if args.json:
+        outcome = {
+            "trials": [_trial_summary(trial, varied) for trial in result.trials],
+            "table": json.loads(result.table.to_json(orient="records")),
+            "best": {**{name: getattr(result.best, name) for name in varied}, "config": result.best.to_dict()},
+        }
+        print(json.dumps(jsonable(outcome)))
+    return 0

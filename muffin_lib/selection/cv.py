@@ -1,0 +1,217 @@
+"""K-fold cross-validation of one configuration, and the corrected paired comparison of two."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from muffin_lib.errors import MuffinError
+from muffin_lib.selection.execute import _run_tasks
+from muffin_lib.selection.trial import (
+    Folds,
+    OnTrial,
+    TrialTask,
+    _Caches,
+    _check_backend,
+    config_setting,
+    describe_trial,
+    fold_seed,
+)
+from muffin_lib.stats import corrected_resampled_ttest, summarize_losses
+from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+
+# --------------------------------------------------------------------------------------------------
+# Cross-validation
+
+
+@dataclass
+class CVResult:
+    """Per-fold zero-one losses of one configuration on one fold plan, and their summary."""
+
+    config: object
+    config_key: str
+    plan_key: str
+    losses: list[float]
+    summary: dict
+    trials: list[dict]
+    n_train: float
+    n_test: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "config_key": self.config_key,
+            "plan_key": self.plan_key,
+            "losses": self.losses,
+            "summary": self.summary,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "seconds": self.seconds,
+        }
+
+
+def _check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    checked = []
+    for number, (train_idx, test_idx) in enumerate(folds):
+        train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+        if train_idx.size == 0 or test_idx.size == 0:
+            raise MuffinError(f"fold {number} has an empty training or held-out part; use fewer folds")
+        if np.intersect1d(train_idx, test_idx).size:
+            raise MuffinError(f"fold {number}: training and held-out indices overlap; the fold plan is broken")
+        if max(train_idx.max(), test_idx.max()) >= n_samples or min(train_idx.min(), test_idx.min()) < 0:
+            raise MuffinError(
+                f"fold {number} indexes beyond the {n_samples} cached images: the folds were made for "
+                "another dataset; recreate the split plan for this cache"
+            )
+        checked.append((train_idx, test_idx))
+    if not checked:
+        raise MuffinError("no folds given; make a split plan with n_splits >= 2")
+    return checked
+
+
+def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, device) -> list[TrialTask]:
+    from muffin_lib import engine
+
+    plan = fold_plan_key(folds)
+    execution = engine.execution_key(config.amp, device)
+    key = trial_key(config.key(), fingerprint, plan, execution=execution)
+    return [
+        TrialTask(
+            config=config,
+            setting=setting,
+            fold=number,
+            train_idx=train_idx,
+            test_idx=test_idx,
+            config_key=key,
+            scope=scope,
+            plan_key=plan,
+            fingerprint=fingerprint,
+            seed=fold_seed(config.seed, number),
+            execution=execution,
+        )
+        for number, (train_idx, test_idx) in enumerate(folds)
+    ]
+
+
+def _test_train_ratio(trials: list[dict]) -> float | None:
+    """n_test / n_train of the folds, for the corrected (Nadeau-Bengio) variance of their mean loss."""
+    n_train = float(np.mean([t["n_train"] for t in trials]))
+    return float(np.mean([t["n_test"] for t in trials])) / n_train if n_train > 0 else None
+
+
+def _cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
+    trials = [records[task.identity] for task in tasks]
+    losses = [float(trial["zero_one_loss"]) for trial in trials]
+    return CVResult(
+        config=config,
+        config_key=tasks[0].config_key,
+        plan_key=tasks[0].plan_key,
+        losses=losses,
+        summary=summarize_losses(losses, test_train_ratio=_test_train_ratio(trials)),
+        trials=trials,
+        n_train=float(np.mean([t["n_train"] for t in trials])),
+        n_test=float(np.mean([t["n_test"] for t in trials])),
+        seconds=float(sum(t.get("seconds") or 0.0 for t in trials)),
+    )
+
+
+def _fingerprint(cache, fingerprint: str | None) -> str | None:
+    return fingerprint if fingerprint is not None else getattr(cache, "fingerprint", None)
+
+
+def _print_trial(varied: Sequence[str]) -> OnTrial:
+    return lambda record: print(describe_trial(record, varied), flush=True)
+
+
+def cross_validate(
+    config,
+    cache,
+    folds: Folds,
+    *,
+    store: TrialStore | None = None,
+    scope: str = "cv",
+    device: str = "auto",
+    progress: bool = True,
+    backend: str = "serial",
+    fingerprint: str | None = None,
+    on_trial: OnTrial | None = None,
+    ray_options: dict | None = None,
+) -> CVResult:
+    """K-fold CV of one configuration: zero-one loss on each held-out fold, after the last epoch.
+
+    ``folds`` index ``cache`` (e.g. ``SplitPlan.folds``). Trials already in ``store`` are not re-run.
+    ``on_trial(record)`` is called for every trial (``record["status"]`` is ``trained`` or ``stored``);
+    by default a line per trial is printed when ``progress`` is on.
+    """
+    _check_backend(backend)
+    caches = _Caches(cache)
+    caches.check(config)
+    checked = _check_folds(folds, len(cache.labels))
+    fp = _fingerprint(cache, fingerprint)
+    tasks = _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
+    if on_trial is None and progress:
+        on_trial = _print_trial(())
+    records = _run_tasks(
+        tasks,
+        caches,
+        store=store,
+        device=device,
+        progress=progress,
+        backend=backend,
+        on_trial=on_trial,
+        ray_options=ray_options,
+    )
+    return _cv_result(config, tasks, records)
+
+
+# --------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+# Comparison and the one test evaluation
+
+
+def compare_configs(
+    config_a,
+    config_b,
+    cv_a: CVResult,
+    cv_b: CVResult,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    confidence: float = 0.95,
+) -> dict:
+    """Corrected resampled t-test (Nadeau & Bengio) of two configurations scored on identical folds.
+
+    ``mean_diff`` is loss(a) - loss(b): negative means ``config_a`` is better. ``n_train`` / ``n_test``
+    default to the fold sizes recorded in the CV results.
+    """
+    if cv_a.plan_key != cv_b.plan_key or len(cv_a.losses) != len(cv_b.losses):
+        raise MuffinError(
+            "compare_configs needs both configurations cross-validated on the same folds "
+            "(same split plan and dataset); re-run cross_validate with the same folds"
+        )
+    for config, result, name in ((config_a, cv_a, "a"), (config_b, cv_b, "b")):
+        if config.key() != result.config.key():
+            raise MuffinError(f"cv_{name} holds the results of another configuration than config_{name}")
+    test = corrected_resampled_ttest(
+        cv_a.losses,
+        cv_b.losses,
+        n_train=int(round(n_train if n_train is not None else cv_a.n_train)),
+        n_test=int(round(n_test if n_test is not None else cv_a.n_test)),
+        confidence=confidence,
+    )
+    return {"mean_a": cv_a.summary["mean"], "mean_b": cv_b.summary["mean"], **test}
+
+
+def compare_all(configs: dict, results: dict[str, CVResult], confidence: float = 0.95) -> list[dict]:
+    """:func:`compare_configs` for every pair of ``configs`` (name -> config), in insertion order:
+    dicts with ``a``, ``b`` and the corrected t-test fields."""
+    names = list(configs)
+    return [
+        {"a": a, "b": b, **compare_configs(configs[a], configs[b], results[a], results[b], confidence=confidence)}
+        for a, b in itertools.combinations(names, 2)
+    ]
+
+

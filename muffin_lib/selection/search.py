@@ -1,0 +1,332 @@
+"""Grid search (optionally by successive halving) and nested cross-validation, on shared folds."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from muffin_lib.errors import MuffinError
+from muffin_lib.selection.cv import (
+    CVResult,
+    _check_folds,
+    _cv_result,
+    _cv_tasks,
+    _fingerprint,
+    _print_trial,
+    _test_train_ratio,
+)
+from muffin_lib.selection.execute import _run_tasks
+from muffin_lib.selection.trial import (
+    SUMMARY_COLUMNS,
+    Folds,
+    OnTrial,
+    TrialTask,
+    _Caches,
+    _check_backend,
+    config_setting,
+    fold_seed,
+)
+from muffin_lib.stats import summarize_losses
+from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+
+# Grid search
+
+
+def expand_grid(base_config, grid: dict[str, Sequence]) -> list:
+    """Every combination of ``grid`` applied to ``base_config``, in the order the values are listed."""
+    names = {f.name for f in dataclasses.fields(base_config)}
+    unknown = sorted(set(grid) - names)
+    if unknown:
+        raise MuffinError(f"grid names {unknown} are not TrainConfig fields; choose from {sorted(names)}")
+    for name, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise MuffinError(f"grid[{name!r}] must be a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    combos = itertools.product(*(grid[k] for k in keys))
+    return [base_config.replace(**dict(zip(keys, combo, strict=True))) for combo in combos]
+
+
+@dataclass
+class GridResult:
+    """CV results of a grid, all on the same folds.
+
+    ``results`` are the configurations of the last rung (all of them without successive halving);
+    ``rungs`` holds every rung's results, ``table`` one row per (rung, configuration).
+    """
+
+    results: list[CVResult]
+    varied: list[str]
+    table: object  # pandas.DataFrame
+    best: object  # engine.TrainConfig
+    best_result: CVResult
+    trials: list[dict] = field(repr=False)
+    rungs: list[list[CVResult]] = field(default_factory=list, repr=False)
+
+    def heatmap(self, row: str, col: str, value: str = "mean", aggfunc: str = "min", rung: int = 0):
+        """Pivot of ``value`` over two grid parameters at ``rung`` (0: the first, where every configuration
+        ran); other varied parameters are reduced with ``aggfunc`` (``min`` = the best setting of the rest)."""
+        for name in (row, col):
+            if name not in self.table.columns:
+                raise MuffinError(f"{name!r} is not a column of the grid table; choose from {self.varied}")
+        table = self.table[self.table["rung"] == rung] if "rung" in self.table.columns else self.table
+        return table.pivot_table(index=row, columns=col, values=value, aggfunc=aggfunc)
+
+    def to_dict(self) -> dict:
+        return {
+            "varied": self.varied,
+            "table": json.loads(self.table.to_json(orient="records")),
+            "best": self.best.to_dict(),
+            "best_config_key": self.best_result.config_key,
+        }
+
+
+def _grid_table(rungs: list[list[CVResult]], varied: Sequence[str]):
+    import pandas as pd
+
+    rows = []
+    for rung, results in enumerate(rungs):
+        for result in results:
+            rows.append(_grid_row(result, varied, rung))
+    return pd.DataFrame(rows)
+
+
+def _grid_row(result: CVResult, varied: Sequence[str], rung: int) -> dict:
+    row = {"rung": rung, "epochs": result.config.epochs, **{name: getattr(result.config, name) for name in varied}}
+    row.update({column: result.summary[column] for column in SUMMARY_COLUMNS})
+    row.update({"n_folds": result.summary["n"], "seconds": result.seconds, "config_key": result.config_key})
+    return row
+
+
+def _pick_best(results: list[CVResult]) -> int:
+    # Lowest mean; ties go to the earlier grid entry (list simpler settings first).
+    return min(range(len(results)), key=lambda i: (results[i].summary["mean"], i))
+
+
+def grid_search(
+    base_config,
+    grid: dict[str, Sequence],
+    cache,
+    folds: Folds,
+    *,
+    store: TrialStore | None,
+    scope: str = "cv",
+    cache_for: Callable | None = None,
+    data_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    backend: str = "serial",
+    fingerprint: str | None = None,
+    on_trial: OnTrial | None = None,
+    ray_options: dict | None = None,
+    rung_epochs: Sequence[int] = (),
+    keep: float = 1 / 3,
+) -> GridResult:
+    """Cross-validate every combination of ``grid`` (TrainConfig field -> values) on the same ``folds``.
+
+    Successive halving with ``rung_epochs`` (e.g. ``(3,)``): every configuration is first cross-validated
+    with a complete schedule of ``rung_epochs[0]`` epochs, the best ``keep`` share (at least one) moves on
+    to the next rung, and so on; the last rung runs at ``base_config.epochs``. Each rung's score is a
+    last-epoch CV score of a whole schedule, so rungs are honest estimates, only cheaper; ``best`` comes
+    from the last rung. Without ``rung_epochs`` every configuration runs at ``base_config.epochs``.
+
+    Grids over ``image_size`` / ``color_mode`` need a cache per setting: give ``cache_for(image_size,
+    color_mode)`` or ``data_dir`` and ``work_dir``. All trials of a rung are queued at once, so the
+    Ray backend runs them in parallel.
+    """
+    _check_backend(backend)
+    configs = expand_grid(base_config, grid)
+    schedule = [int(e) for e in rung_epochs] + [int(base_config.epochs)]
+    if any(e < 1 for e in schedule) or schedule != sorted(set(schedule)):
+        raise MuffinError(
+            f"rung_epochs must increase and stay below the final epochs ({base_config.epochs}); got {list(rung_epochs)}"
+        )
+    if not 0.0 < keep < 1.0:
+        raise MuffinError(f"keep must lie strictly between 0 and 1 (the share kept per rung), got {keep}")
+    caches = _Caches(cache, cache_for, data_dir, work_dir, progress)
+    for config in configs:
+        caches.check(config)
+    checked = _check_folds(folds, len(cache.labels))
+    fp = _fingerprint(cache, fingerprint)
+    varied = list(grid)
+    if on_trial is None and progress:
+        on_trial = _print_trial(varied)
+    options = dict(store=store, device=device, progress=progress, backend=backend, on_trial=on_trial,
+                   ray_options=ray_options)
+
+    rungs: list[list[CVResult]] = []
+    alive = configs
+    for number, epochs in enumerate(schedule):
+        rung_configs = [config.replace(epochs=epochs) for config in alive]
+        per_config = [
+            _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
+            for config in rung_configs
+        ]
+        records = _run_tasks([task for tasks in per_config for task in tasks], caches, **options)
+        results = [_cv_result(c, tasks, records) for c, tasks in zip(rung_configs, per_config, strict=True)]
+        rungs.append(results)
+        if number < len(schedule) - 1:
+            n_keep = max(1, math.ceil(len(results) * keep))
+            ranked = sorted(range(len(results)), key=lambda i: (results[i].summary["mean"], i))[:n_keep]
+            alive = [alive[i] for i in sorted(ranked)]  # grid order kept: ties still favour the earlier entry
+    results = rungs[-1]
+    best = _pick_best(results)
+    return GridResult(
+        results=results,
+        varied=varied,
+        table=_grid_table(rungs, varied),
+        best=results[best].config,
+        best_result=results[best],
+        trials=[trial for rung in rungs for result in rung for trial in result.trials],
+        rungs=rungs,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Nested cross-validation
+
+
+@dataclass
+class NestedCVResult:
+    """Outer-fold risk of "grid search by inner CV, then refit on the outer-training part"."""
+
+    outer_losses: list[float]
+    summary: dict
+    chosen: list[dict]
+    inner: list[GridResult] = field(repr=False)
+    trials: list[dict] = field(repr=False)
+
+    @property
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.chosen)
+
+    def to_dict(self) -> dict:
+        return {"outer_losses": self.outer_losses, "summary": self.summary, "chosen": self.chosen}
+
+
+def stratified_folds(labels, n_splits: int, seed: int, indices=None, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified K folds over ``indices`` (default: all) that keep each group of ``groups`` (one id per
+    image of ``labels``; twins share one) whole; returned as indices into the full ``labels``."""
+    from muffin_lib.splits import inner_folds
+
+    all_labels = np.asarray(labels)
+    indices = np.arange(len(all_labels)) if indices is None else np.asarray(indices, dtype=np.int64)
+    subset_groups = None if groups is None else np.asarray(groups)[indices]
+    return [(indices[a], indices[b]) for a, b in inner_folds(all_labels[indices], n_splits, seed, subset_groups)]
+
+
+def nested_cv(
+    base_config,
+    grid: dict[str, Sequence],
+    cache,
+    *,
+    outer_folds: int | Folds = 5,
+    inner_folds: int = 3,
+    seed: int = 0,
+    store: TrialStore | None = None,
+    indices=None,
+    groups=None,
+    cache_for: Callable | None = None,
+    data_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    backend: str = "serial",
+    fingerprint: str | None = None,
+    on_trial: OnTrial | None = None,
+    ray_options: dict | None = None,
+    rung_epochs: Sequence[int] = (),
+    keep: float = 1 / 3,
+) -> NestedCVResult:
+    """Nested CV: for each outer fold, grid-search by stratified inner CV on its training part, refit the
+    winner on the whole outer-training part and score it once on the outer held-out fold.
+
+    ``outer_folds`` is a number (stratified folds over ``indices``, default all of ``cache``) or explicit
+    folds such as ``SplitPlan.folds``. ``groups`` (e.g. ``SplitPlan.groups``: one id per cached image,
+    twins share one) keeps near-duplicates on one side of every inner and generated outer fold.
+    ``rung_epochs`` and ``keep`` make each inner grid search a successive halving (see :func:`grid_search`).
+    Inner trials are stored with scope ``nested-inner``, outer refits with ``nested-outer``.
+    """
+    from muffin_lib import engine
+
+    _check_backend(backend)
+    labels = np.asarray(cache.labels)
+    if isinstance(outer_folds, int):
+        outer = stratified_folds(labels, outer_folds, seed, indices, groups)
+    else:
+        outer = _check_folds(outer_folds, len(labels))
+    outer_plan = fold_plan_key(outer)
+    fp = _fingerprint(cache, fingerprint)
+    caches = _Caches(cache, cache_for, data_dir, work_dir, progress)
+    varied = list(grid)
+    if on_trial is None and progress:
+        on_trial = _print_trial(varied)
+    options = dict(
+        device=device, progress=progress, backend=backend, on_trial=on_trial, ray_options=ray_options
+    )
+
+    inner_results, chosen, outer_losses, trials, trials_outer = [], [], [], [], []
+    for number, (outer_train, outer_test) in enumerate(outer):
+        inner = stratified_folds(labels, inner_folds, seed + 1 + number, outer_train, groups)
+        searched = grid_search(
+            base_config,
+            grid,
+            cache,
+            inner,
+            store=store,
+            scope="nested-inner",
+            cache_for=caches.get,
+            fingerprint=fp,
+            rung_epochs=rung_epochs,
+            keep=keep,
+            **options,
+        )
+        winner = searched.best
+        execution = engine.execution_key(winner.amp, device)
+        task = TrialTask(
+            config=winner,
+            setting=config_setting(winner),
+            fold=number,
+            train_idx=outer_train,
+            test_idx=outer_test,
+            config_key=trial_key(winner.key(), fp, outer_plan, execution=execution),
+            scope="nested-outer",
+            plan_key=outer_plan,
+            fingerprint=fp,
+            seed=fold_seed(winner.seed, number),
+            execution=execution,
+        )
+        record = _run_tasks([task], caches, store=store, **options)[task.identity]
+        inner_results.append(searched)
+        trials.extend([*searched.trials, record])
+        trials_outer.append(record)
+        outer_losses.append(float(record["zero_one_loss"]))
+        chosen.append(
+            {
+                "outer_fold": number,
+                **{name: getattr(winner, name) for name in varied},
+                "inner_mean": searched.best_result.summary["mean"],
+                "inner_se": searched.best_result.summary["se"],
+                "zero_one_loss": float(record["zero_one_loss"]),
+                "n_test": int(record["n_test"]),
+                "config_key": task.config_key,
+            }
+        )
+    return NestedCVResult(
+        outer_losses=outer_losses,
+        summary=summarize_losses(outer_losses, test_train_ratio=_test_train_ratio(trials_outer)),
+        chosen=chosen,
+        inner=inner_results,
+        trials=trials,
+    )
+
+

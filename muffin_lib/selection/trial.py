@@ -1,0 +1,246 @@
+"""One trial: a fresh model trained on one fold's training part and scored once on its held-out part;
+the caches a grid needs, and how a finished trial becomes a trial-store record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from muffin_lib.errors import MuffinError
+from muffin_lib.files import jsonable
+
+BACKENDS = ("serial", "ray")
+# Share of the training folds held back for early stopping when a config asks for it.
+EARLY_STOPPING_FRACTION = 0.2
+SUMMARY_COLUMNS = ("mean", "std", "se", "ci_low", "ci_high")
+
+Folds = Sequence[tuple[np.ndarray, np.ndarray]]
+OnTrial = Callable[[dict], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# One trial
+
+
+@dataclass
+class TrialTask:
+    """One (configuration, fold) to train and score; ``setting`` names the cache its images come from."""
+
+    config: object  # engine.TrainConfig
+    setting: tuple[int, str]
+    fold: int
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    config_key: str
+    scope: str
+    plan_key: str
+    fingerprint: str | None
+    seed: int
+    execution: str  # engine.execution_key of the run, e.g. "cpu/fp32"; part of config_key
+
+    @property
+    def identity(self) -> tuple[str, int, str]:
+        return (self.config_key, self.fold, self.scope)
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """A per-fold seed derived from the config seed, so folds never share an initialisation by accident."""
+    return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0] % (2**31 - 1))
+
+
+def _take(values, indices: np.ndarray) -> torch.Tensor:
+    """The rows ``indices`` of a tensor or array, as a tensor. Fancy indexing copies, so this also works
+    on the read-only buffers of Ray's object store."""
+    if isinstance(values, torch.Tensor):
+        return values[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+    return torch.from_numpy(np.asarray(values)[np.asarray(indices, dtype=np.int64)])
+
+
+def _early_stopping_split(train_idx: np.ndarray, labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    train_labels = np.asarray(_take(labels, train_idx))
+    fit_idx, stop_idx = train_test_split(
+        np.asarray(train_idx),
+        test_size=EARLY_STOPPING_FRACTION,
+        stratify=train_labels,
+        random_state=seed,
+    )
+    return np.sort(fit_idx), np.sort(stop_idx)
+
+
+def run_trial(
+    config,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    *,
+    seed: int,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """Fit a fresh model on the training part and evaluate it once on the held-out part.
+
+    Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history),
+    ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
+    precision the fit really used, ``engine.execution_key``).
+    """
+    from muffin_lib import engine
+
+    trial_config = config.replace(seed=int(seed))
+    fit_images, fit_labels = train_images, train_labels
+    stop_images = stop_labels = None
+    if getattr(config, "early_stopping_patience", None):
+        fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed)
+        fit_images, fit_labels = _take(train_images, fit_idx), _take(train_labels, fit_idx)
+        stop_images, stop_labels = _take(train_images, stop_idx), _take(train_labels, stop_idx)
+    started = time.perf_counter()
+    fitted = engine.fit(
+        trial_config,
+        fit_images,
+        fit_labels,
+        stop_images,
+        stop_labels,
+        device=device,
+        progress=progress,
+    )
+    scores = engine.evaluate(fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device)
+    seconds = time.perf_counter() - started
+    n_test = int(scores.get("n", len(test_labels)))
+    # Exact errors / n: the engine's float32 accuracy would store 0.40909093... for 9/22.
+    errors = int(round(float(scores["zero_one_loss"]) * n_test))
+    metrics = {
+        "zero_one_loss": errors / n_test,
+        "loss": float(scores["loss"]),
+        "accuracy": 1.0 - errors / n_test,
+        "n": n_test,
+        "errors": errors,
+        "history": jsonable(fitted.history),
+    }
+    return {
+        "metrics": metrics,
+        "seed": int(seed),
+        "n_train": int(len(fit_labels)),
+        "n_test": n_test,
+        "seconds": seconds,
+        "device": str(fitted.device),
+        "execution": engine.execution_key(trial_config.amp, fitted.device),
+    }
+
+
+def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress: bool = False) -> dict:
+    """:func:`run_trial` for a :class:`TrialTask` on its cache arrays; returns the full store record."""
+    outcome = run_trial(
+        task.config,
+        _take(images, task.train_idx),
+        _take(labels, task.train_idx),
+        _take(images, task.test_idx),
+        _take(labels, task.test_idx),
+        seed=task.seed,
+        device=device,
+        progress=progress,
+    )
+    return _record(task, outcome)
+
+
+def _record(task: TrialTask, outcome: dict) -> dict:
+    ran = outcome.get("execution", task.execution)
+    if ran != task.execution:
+        # E.g. a Ray worker without a GPU resolving device 'auto' to the CPU: never store that under this key.
+        raise MuffinError(
+            f"trial {task.config_key} fold {task.fold} ({task.scope}) was keyed for {task.execution} but trained "
+            f"as {ran} (device {outcome.get('device')}); pass an explicit --device that every worker has "
+            "(with Ray on a GPU also --gpus-per-trial > 0) and run again"
+        )
+    return {
+        "config_key": task.config_key,
+        "fold": int(task.fold),
+        "scope": task.scope,
+        "config": task.config.to_dict(),
+        "fingerprint": task.fingerprint,
+        "plan_key": task.plan_key,
+        "zero_one_loss": outcome["metrics"]["zero_one_loss"],
+        **outcome,
+        # The store has no column for it: it is kept in the metrics JSON (TrialStore returns it as "execution").
+        "metrics": {**outcome["metrics"], "execution": task.execution},
+        "execution": task.execution,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Caches per (image_size, color_mode) and running a batch of trials
+
+
+def cache_setting(cache) -> tuple[int, str]:
+    """``(image_size, color_mode)`` of an ImageCache, read from its tensor shape."""
+    channels, height = int(cache.images.shape[1]), int(cache.images.shape[2])
+    return height, "grayscale" if channels == 1 else "rgb"
+
+
+def config_setting(config) -> tuple[int, str]:
+    return int(config.image_size), str(config.color_mode)
+
+
+class _Caches:
+    """The caches a grid needs, all in the same record order (the folds index every one of them)."""
+
+    def __init__(self, cache, cache_for=None, data_dir=None, work_dir=None, progress=True):
+        self.base = cache
+        self._by_setting = {cache_setting(cache): cache}
+        if cache_for is None and data_dir is not None and work_dir is not None:
+
+            def cache_for(image_size, color_mode):
+                from muffin_lib.cache import load_images
+
+                split = "train"
+                return load_images(data_dir, work_dir, split, image_size, color_mode, progress=progress)
+
+        self._cache_for = cache_for
+
+    def get(self, setting: tuple[int, str]):
+        if setting in self._by_setting:
+            return self._by_setting[setting]
+        if self._cache_for is None:
+            have = cache_setting(self.base)
+            raise MuffinError(
+                f"configuration wants image_size={setting[0]}, color_mode={setting[1]!r} but the cache holds "
+                f"{have[0]} px {have[1]!r} images; pass cache_for=(image_size, color_mode) -> ImageCache, "
+                "or data_dir and work_dir, so the matching cache can be loaded"
+            )
+        cache = self._cache_for(*setting)
+        if cache_setting(cache) != setting:
+            raise MuffinError(f"cache_for{setting} returned a cache of {cache_setting(cache)} images")
+        same_order = list(cache.relpaths) == list(self.base.relpaths) and np.array_equal(
+            np.asarray(cache.labels), np.asarray(self.base.labels)
+        )
+        if not same_order:
+            raise MuffinError(
+                f"the {setting[0]} px {setting[1]} cache lists other images (or another order) than the "
+                f"{cache_setting(self.base)} cache, so the folds would not match; load both from the same data_dir"
+            )
+        self._by_setting[setting] = cache
+        return cache
+
+    def check(self, config) -> None:
+        self.get(config_setting(config))
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise MuffinError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def describe_trial(record: dict, varied: Sequence[str] = ()) -> str:
+    """One progress line: ``[trained] lr=0.001 batch_size=32 fold 2 (cv): zero-one loss 0.2150 (41.2 s)``."""
+    parts = [f"[{record.get('status', 'trained'):>7}]"]
+    parts += [f"{name}={record['config'].get(name)}" for name in varied]
+    parts.append(f"fold {record['fold']} ({record['scope']}): zero-one loss {record['zero_one_loss']:.4f}")
+    parts.append(f"({record.get('seconds') or 0.0:.1f} s)")
+    return " ".join(parts)
+
+
