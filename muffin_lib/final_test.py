@@ -57,8 +57,8 @@ class FinalTest:
         for name, by_part in self.scores.items():
             free, whole = by_part["twin_free"], by_part["all"]
             summary[name] = {
-                "twin_free_test_images": free["zero_one_loss"],
-                "twin_free_test_images_ci": [free["ci_low"], free["ci_high"]],
+                "test_twin_free": free["zero_one_loss"],
+                "test_twin_free_ci": [free["ci_low"], free["ci_high"]],
                 "test_zero_one_loss": whole["zero_one_loss"],
                 "test_ci": [whole["ci_low"], whole["ci_high"]],
             }

@@ -326,7 +326,7 @@ def format_summary(summary: dict) -> str:
             if cv and numbers.get("cv_kind") == "nested":
                 cv += " (nested CV)"
             cells = [
-                _ci_cell(numbers, "twin_free_test_images", "twin_free_test_images_ci"),
+                _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
                 _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
                 cv,
                 _ci_cell(numbers, "val_zero_one_loss", "val_ci"),

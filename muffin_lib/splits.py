@@ -308,7 +308,7 @@ def split_plan_report(plan: SplitPlan, twins, scan) -> dict:
         "validation": [train_paths[i] for i in plan.val_idx],
         "folds": [[train_paths[i] for i in test] for _, test in plan.folds],
         "twin_groups": twins.groups,
-        "twin_free_test_images": [p for p, keep in zip(test_paths, free, strict=True) if keep],
+        "test_twin_free": [p for p, keep in zip(test_paths, free, strict=True) if keep],
         "test_with_train_twin": [p for p, keep in zip(test_paths, free, strict=True) if not keep],
     }
 
@@ -325,7 +325,7 @@ def format_split_report(report: dict) -> str:
     within = sum(1 for g in report["twin_groups"] if all(p.startswith("train/") for p in g))
     lines += [
         f"  twin groups: {len(report['twin_groups'])} ({within} inside train, each kept on one side of every split)",
-        f"  test, twin-free part      {counts(report['twin_free_test_images'])}",
+        f"  test, twin-free part      {counts(report['test_twin_free'])}",
         f"  test, with a twin in train {counts(report['test_with_train_twin'])}",
     ]
     return "\n".join(lines)

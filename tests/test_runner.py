@@ -189,3 +189,18 @@ def test_auto_profile_is_full_on_real_data_and_smoke_on_the_synthetic_fallback(
     for name in ("00_first", "01_second", "02_third"):
         assert json.loads((tmp_path / "w2" / "results" / f"{name}.json").read_text())["seen"]["profile"] == "smoke"
     assert summary["profile"] == "auto (smoke)" and summary["synthetic"] is True
+
+
+def test_summary_table_puts_the_twin_free_test_error_first():
+    from muffin_lib.runner import format_summary
+
+    summary = {
+        "synthetic": False, "data_dir": "d", "profile": "full", "work_dir": "w", "environment": {},
+        "notebooks": {}, "findings": [],
+        "models": {"deeper_cnn": {"test_twin_free": 0.05, "test_twin_free_ci": [0.04, 0.07],
+                                  "test_zero_one_loss": 0.045, "test_ci": [0.033, 0.06],
+                                  "cv_risk": 0.08, "cv_ci": [0.06, 0.1], "val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11]}},
+    }
+    text = format_summary(summary)
+    assert "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] |" in text
+    assert "| deeper_cnn | 0.050 [0.040, 0.070] | 0.045 [0.033, 0.060] | 0.080 [0.060, 0.100] | 0.090 [0.070, 0.110] |" in text
