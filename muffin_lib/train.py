@@ -232,9 +232,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    # The reference study's resolution; on a CPU, --image-size 64 or 128 trains 4-16x faster.
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--color-mode", choices=COLOR_MODES, default="grayscale")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--color-mode", choices=COLOR_MODES, default=defaults.color_mode)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -17,6 +17,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from muffin_lib.engine import TrainConfig  # noqa: E402
 from muffin_lib.notebook import colab_badge, colab_install_source  # noqa: E402
 
 MODELS = {
@@ -49,14 +50,14 @@ PARAMETERS = '''data_dir = "../data/muffin-vs-chihuahua"  # the dataset (run 00_
 work_dir = "../work"  # shared by the series; the checkpoint goes to work_dir/checkpoints/{model}.pt
 profile = "full"  # "full" or "smoke"
 seed = 0  # model initialisation and batch order
-image_size = 128  # shorter side scaled to image_size, then a centre crop
-color_mode = "rgb"  # "rgb" or "grayscale"
+image_size = {d.image_size}  # shorter side scaled to image_size, then a centre crop
+color_mode = "{d.color_mode}"  # "rgb" or "grayscale"
 device = "auto"  # "auto" (a GPU when there is one), "cuda", "mps" or "cpu"
-epochs = 15
-lr = 1e-3  # peak learning rate of the one-cycle schedule (AdamW)
-batch_size = 64
-augment = "flip_rotate"  # "none", "flip_rotate" or "flip_rotate_crop"
-label_smoothing = 0.0  # share of the target spread over the other class (0: plain cross-entropy)
+epochs = {d.epochs}
+lr = {d.lr:g}  # peak learning rate of the one-cycle schedule (AdamW)
+batch_size = {d.batch_size}
+augment = "{d.augment}"  # "none", "flip_rotate" or "flip_rotate_crop"
+label_smoothing = {d.label_smoothing}  # share of the target spread over the other class (0: plain cross-entropy)
 val_fraction = 0.2  # share of the training split held out for validation (twin groups kept whole)
 n_misclassified = 12  # wrong validation predictions shown'''
 
@@ -65,7 +66,7 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     number = name[:2]
     install = code(colab_install_source(), metadata={"tags": ["colab-install"]})
-    parameters = code(PARAMETERS.format(model=model), metadata={"tags": ["parameters"], "nbmake": {"mock": NBMAKE_MOCK}})
+    parameters = code(PARAMETERS.format(model=model, d=TrainConfig()), metadata={"tags": ["parameters"], "nbmake": {"mock": NBMAKE_MOCK}})
     return [
         md(
             f"{colab_badge(f'notebooks/{name}.ipynb')}\n\n# {number} · {title} (`{model}`)\n\n{intro}\n\n"
@@ -102,9 +103,10 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
             "notebook.display_markdown(models.describe(config.model, config.in_channels, config.image_size))"
         ),
         md(
-            "## 2. Training\n\n`train_model` loads the image cache and the saved twin-grouped split (both made on demand),\n"
-            "trains with AdamW and a one-cycle schedule, augments each batch on the device, and validates after every\n"
-            "epoch. When `work_dir` already holds a checkpoint of this exact configuration on these data, made by\n"
+            "## 2. Training\n\nThe parameters' defaults are the library's recipe (`engine.TrainConfig`): 128 px colour, 15 epochs of\n"
+            "AdamW with a one-cycle schedule peaking at 3e-3, random-resized-crop, flip and rotation, label smoothing\n"
+            "0.1. `train_model` loads the image cache and the saved twin-grouped split (both made on demand),\n"
+            "augments each batch on the device, and validates after every epoch. When `work_dir` already holds a checkpoint of this exact configuration on these data, made by\n"
             "the same code at the same precision, it is loaded instead."
         ),
         code(

@@ -108,3 +108,25 @@ def test_training_notebooks_are_built_from_the_one_template():
 
     builder = runpy.run_path(str(ROOT / "scripts" / "build_model_notebooks.py"), run_name="not_main")
     assert builder["main"](["--check"]) == 0, "edit scripts/build_model_notebooks.py and run it; never edit 03-05"
+
+
+@pytest.mark.parametrize("name", ["03_simple_cnn", "04_deeper_cnn", "05_resnet_like"])
+def test_training_notebooks_default_to_the_library_recipe(name):
+    import ast
+
+    from muffin_lib.engine import TrainConfig
+
+    defaults = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+    recipe = TrainConfig()
+    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed"):
+        assert ast.literal_eval(defaults[field]["default"]) == getattr(recipe, field), f"{name}: {field}"
+
+
+def test_train_cli_defaults_are_the_recipe():
+    from muffin_lib.cli import build_parser
+    from muffin_lib.engine import TrainConfig
+
+    args = build_parser("train").parse_args(["train"])
+    recipe = TrainConfig()
+    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed"):
+        assert getattr(args, field) == getattr(recipe, field), field
