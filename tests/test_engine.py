@@ -25,7 +25,9 @@ def _bright_vs_dark(n: int = 64, channels: int = 1, seed: int = 0) -> tuple[torc
 
 
 def _config(**changes) -> TrainConfig:
-    return TrainConfig(**{"model": "simple_cnn", "image_size": SIZE, "epochs": 2, "batch_size": 16, **changes})
+    base = {"model": "simple_cnn", "image_size": SIZE, "color_mode": "grayscale", "epochs": 2, "batch_size": 16,
+            "lr": 1e-3, "augment": "flip_rotate", "label_smoothing": 0.0}
+    return TrainConfig(**{**base, **changes})
 
 
 def test_config_key_dict_and_replace():
