@@ -13,7 +13,7 @@ from muffin_lib.selection import cross_validate, grid_search
 from muffin_lib.splits import plan_for_cache
 from muffin_lib.trials import TrialStore
 
-TINY = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16, lr=3e-3)
+TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from muffin_lib.stats import summarize_losses
 from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
+TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_execution_key_names_device_type_and_precision():
 
 
 def test_cross_validate_trains_again_after_a_code_version_bump(synthetic_data_dir, tmp_path, monkeypatch):
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16, amp="off")
+    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
     cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
     order = np.random.default_rng(0).permutation(len(cache.labels))
     folds = [(np.sort(order[32:]), np.sort(order[:32])), (np.sort(order[:32]), np.sort(order[32:]))]
@@ -198,7 +198,7 @@ def test_a_trial_run_otherwise_than_its_key_is_not_stored(synthetic_data_dir, tm
     """A worker that resolves the device otherwise than the driver (Ray without GPUs) must not store its result."""
     from muffin_lib.selection import TrialTask, run_task
 
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16, amp="off")
+    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
     cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
     train_idx, test_idx = np.arange(0, 48), np.arange(48, 64)
     plan = fold_plan_key([(train_idx, test_idx)])
