@@ -80,12 +80,12 @@ def twin_pairs(hashes: np.ndarray, thumbnails: np.ndarray) -> list[tuple[int, in
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     unit = centred / np.where(norms > 0, norms, 1.0)  # a flat image correlates with nothing
     bits = np.unpackbits(np.asarray(hashes, dtype=np.uint8), axis=1).astype(np.float32)
+    ones = bits.sum(axis=1)
     pairs = []
     for start in range(0, n, _BLOCK):
         block = slice(start, min(n, start + _BLOCK))
         correlation = unit[block] @ unit.T
         # Hamming distance of 0/1 vectors: |a| + |b| - 2 a.b
-        ones = bits.sum(axis=1)
         distance = ones[block, None] + ones[None, :] - 2.0 * (bits[block] @ bits.T)
         twin = ((distance <= PHASH_MAX_DISTANCE) & (correlation >= MIN_CORRELATION)) | (correlation >= SURE_CORRELATION)
         rows, cols = np.nonzero(twin)
