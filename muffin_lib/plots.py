@@ -301,3 +301,34 @@ def test_scores(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     ax.set_title(title or "test zero-one loss")
     fig.tight_layout()
     return fig
+
+
+def what_models_see(records, n_per_class: int, image_size: int, color_mode: str, seed: int = 0) -> Figure:
+    """``n_per_class`` random training images per class after the one preprocessing (``preprocess_image``),
+    titled with class and original size."""
+    import random
+
+    from muffin_lib.imageio import preprocess_image
+
+    rng = random.Random(seed)
+    picked = []
+    for label in range(len(CLASSES)):
+        of_class = [r for r in records if r.label == label]
+        picked += rng.sample(of_class, min(n_per_class, len(of_class)))
+    images = [preprocess_image(r.path, image_size, color_mode) for r in picked]
+    titles = [f"{CLASSES[r.label]} ({r.width}x{r.height})" for r in picked]
+    return image_grid(images, titles, ncols=n_per_class, title=f"{image_size} px, {color_mode}: what the models see")
+
+
+def resizing_preview(cache, indices: Sequence[int], image_size: int) -> Figure:
+    """Each row: the original photo of ``cache`` image ``i``, then what a model receives in colour and in grey."""
+    from muffin_lib.datasets import open_original
+    from muffin_lib.imageio import preprocess_image
+
+    images, titles = [], []
+    for i in indices:
+        original = open_original(cache, i)
+        images += [original, preprocess_image(original, image_size, "rgb"), preprocess_image(original, image_size, "grayscale")]
+        titles += [f"{CLASSES[int(cache.labels[i])]} {original.width}x{original.height}", f"{image_size} px rgb",
+                   f"{image_size} px grey"]
+    return image_grid(images, titles, ncols=6, title="original, then what the models see")
