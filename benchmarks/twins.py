@@ -28,12 +28,9 @@ from muffin_lib.synthetic import twin_variant  # noqa: E402
 
 
 def _features(signatures):
-    hashes = np.stack([np.unpackbits(np.frombuffer(s[0], dtype=np.uint8)) for s in signatures]).astype(np.float32)
-    pixels = np.stack([np.frombuffer(s[1], dtype=np.uint8) for s in signatures]).astype(np.float32)
-    pixels -= pixels.mean(axis=1, keepdims=True)
-    pixels /= np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1e-9)
-    ones = hashes.sum(axis=1)
-    return hashes, ones, pixels
+    hashes = np.stack([np.frombuffer(sig[0], dtype=np.uint8) for sig in signatures])
+    thumbnails = np.stack([np.frombuffer(sig[1], dtype=np.uint8) for sig in signatures])
+    return twins.features(hashes, thumbnails)
 
 
 RULES = {
@@ -42,8 +39,7 @@ RULES = {
     "phash <= 8": lambda d, c: d <= 8,
     "phash <= 10": lambda d, c: d <= 10,
     "phash <= 12": lambda d, c: d <= 12,
-    "muffin_lib rule": lambda d, c: ((d <= twins.PHASH_MAX_DISTANCE) & (c >= twins.MIN_CORRELATION))
-    | (c >= twins.SURE_CORRELATION),
+    "muffin_lib rule": twins.is_twin,
 }
 
 

@@ -67,6 +67,24 @@ def image_signature_of(image) -> tuple[bytes, bytes]:
     return np.packbits(bits).tobytes(), np.asarray(thumbnail, dtype=np.uint8).tobytes()
 
 
+def features(hashes, thumbnails) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(bits, ones, unit)``: the hashes as N x 64 float 0/1, their bit counts, and the thumbnails centred
+    and scaled to unit length, so that ``ones_i + ones_j - 2 bits_i.bits_j`` is the Hamming distance and
+    ``unit_i.unit_j`` the Pearson correlation."""
+    n = len(hashes)
+    pixels = np.asarray(thumbnails, dtype=np.float32).reshape(n, -1)
+    centred = pixels - pixels.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    unit = centred / np.where(norms > 0, norms, 1.0)  # a flat image correlates with nothing
+    bits = np.unpackbits(np.asarray(hashes, dtype=np.uint8).reshape(n, -1), axis=1).astype(np.float32)
+    return bits, bits.sum(axis=1), unit
+
+
+def is_twin(distance, correlation):
+    """The rule: hashes close *and* thumbnails correlated, or thumbnails alone almost identical."""
+    return ((distance <= PHASH_MAX_DISTANCE) & (correlation >= MIN_CORRELATION)) | (correlation >= SURE_CORRELATION)
+
+
 def twin_pairs(hashes: np.ndarray, thumbnails: np.ndarray) -> list[tuple[int, int]]:
     """Index pairs (i < j) that are twins under the rule above.
 
@@ -75,19 +93,14 @@ def twin_pairs(hashes: np.ndarray, thumbnails: np.ndarray) -> list[tuple[int, in
     n = len(hashes)
     if n < 2:
         return []
-    pixels = np.asarray(thumbnails, dtype=np.float32).reshape(n, -1)
-    centred = pixels - pixels.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    unit = centred / np.where(norms > 0, norms, 1.0)  # a flat image correlates with nothing
-    bits = np.unpackbits(np.asarray(hashes, dtype=np.uint8), axis=1).astype(np.float32)
-    ones = bits.sum(axis=1)
+    bits, ones, unit = features(hashes, thumbnails)
     pairs = []
     for start in range(0, n, _BLOCK):
         block = slice(start, min(n, start + _BLOCK))
         correlation = unit[block] @ unit.T
         # Hamming distance of 0/1 vectors: |a| + |b| - 2 a.b
         distance = ones[block, None] + ones[None, :] - 2.0 * (bits[block] @ bits.T)
-        twin = ((distance <= PHASH_MAX_DISTANCE) & (correlation >= MIN_CORRELATION)) | (correlation >= SURE_CORRELATION)
+        twin = is_twin(distance, correlation)
         rows, cols = np.nonzero(twin)
         rows = rows + start
         keep = rows < cols
