@@ -99,8 +99,9 @@ def test_every_parameter_is_documented():
         section = readme.split(f"### {path.stem}", 1)
         assert len(section) == 2, f"notebooks/README.md has no '### {path.stem}' section"
         table = section[1].split("\n### ", 1)[0]
-        for name in papermill.inspect_notebook(str(path)):
-            assert f"| `{name}` |" in table, f"{path.stem}: parameter {name} is not in notebooks/README.md"
+        for name, parameter in papermill.inspect_notebook(str(path)).items():
+            row = f"| `{name}` | `{parameter['default']}` |"
+            assert row in table, f"{path.stem}: notebooks/README.md lacks the row starting {row!r}"
 
 
 def test_training_notebooks_are_built_from_the_one_template():
@@ -120,6 +121,40 @@ def test_training_notebooks_default_to_the_library_recipe(name):
     recipe = TrainConfig()
     for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed"):
         assert ast.literal_eval(defaults[field]["default"]) == getattr(recipe, field), f"{name}: {field}"
+
+
+@pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
+def test_selection_notebooks_default_to_the_library_budget(name):
+    import ast
+
+    from muffin_lib.engine import TrainConfig
+    from muffin_lib.selection.budget import SELECTION
+
+    defaults = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb")).items()}
+    expected = {
+        "image_size": SELECTION.image_size,
+        "epochs": SELECTION.epochs,
+        "n_splits": SELECTION.n_splits,
+        "learning_rates": list(SELECTION.learning_rates),
+        "batch_sizes": list(SELECTION.batch_sizes),
+        "rung_epochs": list(SELECTION.rung_epochs),
+        "inner_splits": SELECTION.inner_splits,
+        **{field: getattr(TrainConfig(), field) for field in ("color_mode", "lr", "batch_size", "augment", "label_smoothing", "seed")},
+    }
+    for field, value in expected.items():
+        if field in defaults:
+            assert defaults[field] == value, f"{name}: {field}"
+
+
+def test_cv_cli_defaults_are_the_budget_and_recipe():
+    from muffin_lib.cli import build_parser
+    from muffin_lib.engine import TrainConfig
+    from muffin_lib.selection.budget import SELECTION
+
+    args = build_parser("cv").parse_args(["cv"])
+    assert args.image_size == [SELECTION.image_size] and args.epochs == [SELECTION.epochs]
+    assert args.color_mode == [TrainConfig().color_mode]
+    assert (args.folds, args.inner_folds) == (SELECTION.n_splits, SELECTION.inner_splits)
 
 
 def test_train_cli_defaults_are_the_recipe():

@@ -34,20 +34,23 @@ def _split_list(kind):
 
 def add_cv_arguments(parser) -> None:
     from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
+    from muffin_lib.engine import TrainConfig
+    from muffin_lib.selection.budget import SELECTION
 
+    recipe = TrainConfig()
     add = parser.add_argument
     add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
     add("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache, splits.json and trials.sqlite")
     add("--model", type=_split_list(str), default=["simple_cnn"], help="model name(s), comma-separated")
     add("--lr", type=_split_list(float), default=None, help="peak learning rate(s), e.g. 1e-3,1e-4")
     add("--batch-size", type=_split_list(int), default=None, help="batch size(s), e.g. 64,128")
-    add("--epochs", type=_split_list(int), default=None, help="epoch count(s); the last epoch is scored")
-    add("--image-size", type=_split_list(int), default=[128], help="image size(s) in px, e.g. 64,128")
-    add("--color-mode", type=_split_list(str), default=["grayscale"], help="grayscale and/or rgb")
-    add("--folds", type=int, default=5, help="K of K-fold CV (the outer folds with --nested)")
+    add("--epochs", type=_split_list(int), default=[SELECTION.epochs], help="epoch count(s); the last epoch is scored")
+    add("--image-size", type=_split_list(int), default=[SELECTION.image_size], help="image size(s) in px, e.g. 64,128")
+    add("--color-mode", type=_split_list(str), default=[recipe.color_mode], help="grayscale and/or rgb")
+    add("--folds", type=int, default=SELECTION.n_splits, help="K of K-fold CV (the outer folds with --nested)")
     add("--seed", type=int, default=0, help="seed of the fold plan and of the models")
     add("--nested", action="store_true", help="nested CV: the risk of tuning by inner CV, then refitting")
-    add("--inner-folds", type=int, default=3, help="inner folds of nested CV")
+    add("--inner-folds", type=int, default=SELECTION.inner_splits, help="inner folds of nested CV")
     add("--rung-epochs", type=_split_list(int), default=[], metavar="E1[,E2]",
         help="successive halving: every configuration first at these epochs, the best third goes on")
     add("--backend", choices=BACKENDS, default="serial", help="run trials one by one, or in parallel on Ray Tune")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.selection.budget import SELECTION
 from muffin_lib.selection.cv import (
     CVResult,
     _check_folds,
@@ -230,7 +231,7 @@ def nested_cv(
     cache,
     *,
     outer_folds: int | Folds = 5,
-    inner_folds: int = 3,
+    inner_folds: int = SELECTION.inner_splits,
     seed: int = 0,
     store: TrialStore | None = None,
     indices=None,
