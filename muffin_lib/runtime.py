@@ -39,8 +39,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device = str(device)
     name = str(device).strip().lower()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # with its index: torch.device("cuda") != a tensor's "cuda:0"
+            return torch.device("cuda", torch.cuda.current_device())
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -59,7 +59,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise MuffinError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s)")
-        return resolved
+        return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
     if name == "mps":
         if not torch.backends.mps.is_available():
             raise MuffinError("device 'mps' was asked for but Apple MPS is not available; use --device cpu")
@@ -145,7 +145,7 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
         props = torch.cuda.get_device_properties(resolved)
         info["gpu_name"] = props.name
         info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
-        info["bf16_supported"] = torch.cuda.is_bf16_supported()
+        info["bf16_supported"] = native_bf16(resolved)
     elif resolved.type == "mps":
         info["gpu_name"] = "Apple MPS"
     return info
@@ -156,6 +156,12 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 tensor cores: Ampere (compute capability 8.0) and later. ``torch.cuda.is_bf16_supported()`` also
+    says yes on a Turing T4 (Colab's usual GPU), where bf16 is emulated and far slower than fp16."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None = full float32)."""
     if amp not in AMP_MODES:
@@ -163,7 +169,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off":
         return None
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        bf16_ok = native_bf16(device)
         if amp == "auto":
             return torch.bfloat16 if bf16_ok else torch.float16
         if amp == "bf16" and not bf16_ok:

@@ -120,7 +120,7 @@ def _take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torc
     batch = images.index_select(0, idx.to(images.device))
     if batch.device == device:
         return batch
-    if device.type == "cuda":  # pinned staging buffer -> asynchronous copy that overlaps compute
+    if device.type == "cuda" and batch.device.type == "cpu":  # pinned staging -> async copy overlapping compute
         return batch.pin_memory().to(device, non_blocking=True)
     return batch.to(device)
 

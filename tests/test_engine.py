@@ -201,6 +201,21 @@ def test_input_validation():
         engine.predict_proba(result.model, images[:, :, :20, :20], result.normalization, device="cpu")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "auto", "cuda:0"])
+def test_fit_evaluate_predict_on_cuda(device):
+    # "cuda" resolves to an indexed device, so GPU-resident batches are used as they are (never pinned).
+    from muffin_lib import runtime
+
+    assert runtime.resolve_device(device) == torch.device("cuda", torch.cuda.current_device())
+    images, labels = _bright_vs_dark(96)
+    result = engine.fit(_config(epochs=3, lr=3e-3), images, labels, images[:32], labels[:32], device=device, progress=False)
+    assert result.device.startswith("cuda") and result.amp == "bf16"
+    assert result.history[-1]["val_zero_one_loss"] <= 0.1
+    scores = engine.evaluate(result.model, images[:32], labels[:32], result.normalization, device=device)
+    assert scores["zero_one_loss"] == pytest.approx(result.history[-1]["val_zero_one_loss"])
+
+
 def test_device_resolution_errors():
     if not torch.cuda.is_available():
         with pytest.raises(MuffinError, match="no CUDA GPU"):
@@ -263,3 +278,17 @@ def test_describe_environment():
     assert info["device"] == "cpu" and info["torch"] == torch.__version__ and info["cpu_count"] >= 1
     for key in ("python", "gpu_name", "gpu_memory_gb", "ram_gb", "cpu_allocator", "torch_threads"):
         assert key in info
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
+    # A Colab T4 (7.5) "supports" bf16 by emulation, far slower than its fp16 tensor cores.
+    from muffin_lib import runtime
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a test GPU")
+    assert runtime.resolve_amp("auto", torch.device("cuda", 0)) == expected
+    assert runtime.resolve_amp("fp16", torch.device("cuda", 0)) == torch.float16
+    if expected == torch.float16:
+        with pytest.raises(MuffinError, match="no bf16 support"):
+            runtime.resolve_amp("bf16", torch.device("cuda", 0))
