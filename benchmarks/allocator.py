@@ -38,7 +38,7 @@ def child(args, settings: dict) -> None:
         assert libc.mallopt(CODES[name], value) == 1, name
     import torch
 
-    from muffin_lib.models import build_model
+    from muffin_lib.training.models import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from muffin_lib import engine, runtime  # noqa: E402
-from muffin_lib.cache import load_images  # noqa: E402
-from muffin_lib.models import MODEL_NAMES, build_model  # noqa: E402
-from muffin_lib.splits import plan_for_cache  # noqa: E402
+from muffin_lib.data.cache import load_images  # noqa: E402
+from muffin_lib.data.splits import plan_for_cache  # noqa: E402
+from muffin_lib.training import engine, runtime  # noqa: E402
+from muffin_lib.training.models import MODEL_NAMES, build_model  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""How the near-duplicate rule of ``muffin_lib.twins`` was chosen: counts per rule on a dataset, and the
+"""How the near-duplicate rule of ``muffin_lib.data.twins`` was chosen: counts per rule on a dataset, and the
 recall of each rule on made-up twins (re-encoded, resized, trimmed copies) of its photos.
 
     python benchmarks/twins.py --data-dir ../shared/data/muffin-chihuahua-dev [--variants 200]
@@ -21,10 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from muffin_lib import twins  # noqa: E402
-from muffin_lib.imageio import load_image  # noqa: E402
-from muffin_lib.scan import scan_dataset  # noqa: E402
-from muffin_lib.synthetic import twin_variant  # noqa: E402
+from muffin_lib.data import twins  # noqa: E402
+from muffin_lib.data.imageio import load_image  # noqa: E402
+from muffin_lib.data.scan import scan_dataset  # noqa: E402
+from muffin_lib.data.synthetic import twin_variant  # noqa: E402
 
 
 def _features(signatures):
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
               + "".join(f"  {r:>{len(n)}.0%}" for r, n in zip(recalls, made, strict=True)))
 
     if args.gallery:
-        from muffin_lib import plots
+        from muffin_lib.study import plots
 
         edge = np.nonzero(upper & (distance >= 7) & (distance <= 12) & (correlation >= 0.5))
         pairs = sorted(zip(*edge, strict=True), key=lambda p: -correlation[p])[:32]

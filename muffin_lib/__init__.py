@@ -1,8 +1,9 @@
 """muffin_lib: the library behind the muffin-lab notebooks.
 
-Data flows one way, one module per step:
-fetch/extract -> scan (audit) -> splits -> cache -> augment -> models -> engine (fit/evaluate)
--> selection (cross-validation, grid, trial store) -> plots/runner (figures and summary).
+Data flows one way, and the sub-packages follow it:
+``data`` (fetch, audit, twins, splits, decoded cache) -> ``training`` (models, augmentation, fit and
+evaluate, train/predict) -> ``selection`` (cross-validation, grid search, nested CV, trial store, the
+one test evaluation) -> ``study`` (notebook support, findings, figures, the runner).
 The CLI (``python -m muffin_lib``) and the notebooks are two thin faces on the same functions.
 """
 

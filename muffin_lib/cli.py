@@ -15,14 +15,14 @@ import sys
 from muffin_lib.errors import MuffinError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch": ("muffin_lib.fetch", "download the Kaggle dataset (or make the synthetic demo set)"),
-    "audit": ("muffin_lib.scan", "scan and validate a dataset folder; report counts, sizes, duplicates, rejects"),
-    "split": ("muffin_lib.splits", "show the twin-grouped validation split and CV folds a run will use"),
-    "train": ("muffin_lib.train", "train one model on the train split and save a checkpoint"),
-    "predict": ("muffin_lib.predict", "classify image files or folders with a checkpoint"),
-    "bench": ("muffin_lib.bench", "measure images/s of the reference pipeline and ours"),
+    "fetch": ("muffin_lib.data.fetch", "download the Kaggle dataset (or make the synthetic demo set)"),
+    "audit": ("muffin_lib.data.scan", "scan and validate a dataset folder; report counts, sizes, duplicates, rejects"),
+    "split": ("muffin_lib.data.splits", "show the twin-grouped validation split and CV folds a run will use"),
+    "train": ("muffin_lib.training.train", "train one model on the train split and save a checkpoint"),
+    "predict": ("muffin_lib.training.predict", "classify image files or folders with a checkpoint"),
+    "bench": ("muffin_lib.training.bench", "measure images/s of the reference pipeline and ours"),
     "cv": ("muffin_lib.selection.cli", "grid search scored by K-fold cross-validation (resumable)"),
-    "run": ("muffin_lib.runner", "execute the notebook series with papermill and summarise it"),
+    "run": ("muffin_lib.study.runner", "execute the notebook series with papermill and summarise it"),
 }
 
 

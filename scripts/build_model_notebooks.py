@@ -3,7 +3,7 @@
     python scripts/build_model_notebooks.py          # rewrite notebooks/03_*.ipynb .. 05_*.ipynb
     python scripts/build_model_notebooks.py --check  # exit 1 when a committed notebook differs
 
-Edit the template here, never the generated files (tests/test_notebooks_clean.py checks they match).
+Edit the template here, never the generated files (tests/test_study_notebooks.py checks they match).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from muffin_lib.engine import TrainConfig  # noqa: E402
-from muffin_lib.notebook import colab_badge, colab_install_source  # noqa: E402
+from muffin_lib.study.notebook import colab_badge, colab_install_source  # noqa: E402
+from muffin_lib.training.engine import TrainConfig  # noqa: E402
 
 MODELS = {
     "03_simple_cnn": (
@@ -84,7 +84,7 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
         ),
         parameters,
         code(
-            "from muffin_lib import notebook\n\n"
+            "from muffin_lib.study import notebook\n\n"
             "params = notebook.start(\n"
             f'    "{name}",\n'
             "    profile,\n"
@@ -97,7 +97,7 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
         ),
         md("## 1. The network"),
         code(
-            "from muffin_lib import models\n\n"
+            "from muffin_lib.training import models\n\n"
             f'config = notebook.train_config(params, "{model}")\n'
             "print(models.build_model(config.model, in_channels=config.in_channels, image_size=config.image_size))\n"
             "notebook.display_markdown(models.describe(config.model, config.in_channels, config.image_size))"
@@ -110,7 +110,8 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
             "the same code at the same precision, it is loaded instead."
         ),
         code(
-            "from muffin_lib import report, train\n\n"
+            "from muffin_lib.study import report\n"
+            "from muffin_lib.training import train\n\n"
             "run = train.train_model(\n"
             "    params.data_dir, params.work_dir, config, val_fraction=params.val_fraction, device=params.device,\n"
             "    checkpoint_path=notebook.checkpoint_path(params.work_dir, config.model),\n"
@@ -122,7 +123,7 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
             "images. A validation curve that turns up while the training curve keeps falling is overfitting."
         ),
         code(
-            "from muffin_lib import plots\n\n"
+            "from muffin_lib.study import plots\n\n"
             "figure = plots.learning_curves(run.history, title=f\"{config.model}: learning curves\")\n"
             "notebook.show_figure(figure, params, \"learning_curves\")\n"
             "curve_finding = report.curve_finding(config.model, run.history)\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from muffin_lib.synthetic import make_synthetic_dataset
+from muffin_lib.data.synthetic import make_synthetic_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEV_DATA = SHARED_DATA / "muffin-chihuahua-dev"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from muffin_lib import cli, config, fetch
+from muffin_lib import cli, config
+from muffin_lib.data import fetch
+from muffin_lib.data.extract import is_complete, safe_extract_zip
+from muffin_lib.data.synthetic import is_synthetic, make_synthetic_dataset
 from muffin_lib.errors import MuffinError
-from muffin_lib.extract import is_complete, safe_extract_zip
-from muffin_lib.synthetic import is_synthetic, make_synthetic_dataset
 
 JPEG = None
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from muffin_lib.data.imageio import UnreadableImage, inspect_image, load_image, preprocess_image
 from muffin_lib.errors import MuffinError
-from muffin_lib.imageio import UnreadableImage, inspect_image, load_image, preprocess_image
 
 
 def _save(path, image, **kwargs):

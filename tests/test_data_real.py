@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from muffin_lib import config
-from muffin_lib.imageio import load_image, preprocess_image
-from muffin_lib.scan import audit_dataset
+from muffin_lib.data.imageio import load_image, preprocess_image
+from muffin_lib.data.scan import audit_dataset
 
 pytestmark = pytest.mark.realdata
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from muffin_lib import cli
 from muffin_lib.config import CLASSES
+from muffin_lib.data.scan import audit_dataset, format_audit, scan_dataset
 from muffin_lib.errors import MuffinError
-from muffin_lib.scan import audit_dataset, format_audit, scan_dataset
 
 REJECTED = {  # file -> words its reason must contain
     "train/Muffin/truncated.jpg": "truncated",
@@ -102,7 +102,7 @@ def test_fingerprint_follows_the_files(messy):
 def test_scan_index_makes_a_rescan_reuse_results_and_notices_changes(messy, tmp_path, monkeypatch):
     work = tmp_path / "work"
     first = scan_dataset(messy, work, progress=False)
-    import muffin_lib.scan as scan_module
+    import muffin_lib.data.scan as scan_module
 
     checked = []
     real = scan_module.inspect_image

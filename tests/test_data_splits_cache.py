@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from muffin_lib.cache import load_images
 from muffin_lib.config import WorkDir
-from muffin_lib.datasets import TensorImageDataset, open_original
+from muffin_lib.data.cache import load_images
+from muffin_lib.data.datasets import TensorImageDataset, open_original
+from muffin_lib.data.imageio import preprocess_image
+from muffin_lib.data.splits import inner_folds, load_or_create_splits, make_split_plan
 from muffin_lib.errors import MuffinError
-from muffin_lib.imageio import preprocess_image
-from muffin_lib.splits import inner_folds, load_or_create_splits, make_split_plan
 
 LABELS = np.array([0] * 60 + [1] * 40)
 
@@ -81,7 +81,7 @@ def data_copy(synthetic_data_dir, tmp_path):
 
 def test_cache_builds_then_hits_and_matches_preprocess_image(data_copy, tmp_path, caplog):
     work = tmp_path / "work"
-    caplog.set_level(logging.INFO, logger="muffin_lib.cache")
+    caplog.set_level(logging.INFO, logger="muffin_lib.data.cache")
     cache = load_images(data_copy, work, "train", 32, "grayscale", progress=False)
     assert cache.images.dtype == torch.uint8 and tuple(cache.images.shape) == (64, 1, 32, 32)
     assert cache.labels.dtype == torch.int64 and cache.class_counts() == {"chihuahua": 32, "muffin": 32}
@@ -97,7 +97,7 @@ def test_cache_builds_then_hits_and_matches_preprocess_image(data_copy, tmp_path
 
 def test_cache_is_rebuilt_when_files_or_settings_change(data_copy, tmp_path, caplog):
     work = tmp_path / "work"
-    caplog.set_level(logging.INFO, logger="muffin_lib.cache")
+    caplog.set_level(logging.INFO, logger="muffin_lib.data.cache")
     first = load_images(data_copy, work, "test", 24, "rgb", progress=False)
     assert tuple(first.images.shape) == (24, 3, 24, 24)
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from muffin_lib import twins
 from muffin_lib.cli import main
 from muffin_lib.config import WorkDir
-from muffin_lib.metrics import scores_by_part
-from muffin_lib.scan import audit_dataset, scan_dataset
-from muffin_lib.splits import load_or_create_splits, make_split_plan, plan_for_scan
-from muffin_lib.synthetic import make_image, twin_variant
-from muffin_lib.twins import find_twins, group_pairs
+from muffin_lib.data import twins
+from muffin_lib.data.scan import audit_dataset, scan_dataset
+from muffin_lib.data.splits import load_or_create_splits, make_split_plan, plan_for_scan
+from muffin_lib.data.synthetic import make_image, twin_variant
+from muffin_lib.data.twins import find_twins, group_pairs
+from muffin_lib.training.metrics import scores_by_part
 
 
 def _save(image: Image.Image, path, quality=90):

@@ -1,5 +1,6 @@
-"""The library's shape: no import cycle between its modules (lazy imports inside functions included),
-and no module past the size where it stops being one thing."""
+"""The library's shape: sub-packages along the data flow that import only downstream-to-upstream, no import
+cycle between modules (lazy imports inside functions included), and no module past the size where it stops
+being one thing."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("muffin_lib"):
-            for alias in node.names:  # "from muffin_lib import engine" imports the module muffin_lib.engine
+            for alias in node.names:  # "from muffin_lib.training import engine" imports a module
                 candidate = f"{node.module}.{alias.name}"
                 found.add(candidate if candidate in modules else node.module)
         elif isinstance(node, ast.Import):
@@ -62,3 +63,31 @@ def test_no_module_is_too_long():
     long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"split these modules along what they own: {long}"
+
+
+# The data flow, upstream first. A module may import from its own layer and the layers before it; the
+# top level (config, errors, files, pool, progress, results) is shared by all and imports none of them.
+LAYERS = ("data", "training", "selection", "study")
+ENTRY_POINTS = {"muffin_lib.cli", "muffin_lib.__main__"}  # they dispatch to every layer, lazily
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) + 1 if len(parts) > 1 and parts[1] in LAYERS else 0
+
+
+def test_packages_import_only_upstream():
+    wrong = [
+        f"{name} -> {target}"
+        for name, targets in _graph().items()
+        if name not in ENTRY_POINTS
+        for target in targets
+        if _layer(target) > _layer(name)
+    ]
+    assert wrong == [], "imports against the data flow (data -> training -> selection -> study): " + "; ".join(wrong)
+
+
+def test_every_layer_says_what_it_owns():
+    for layer in LAYERS:
+        init = PACKAGE / layer / "__init__.py"
+        assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"muffin_lib/{layer} needs a docstring"

@@ -26,3 +26,19 @@ def test_torch_has_no_upper_bound_so_colab_keeps_its_build():
     for requirement in _requirements(ROOT / "requirements.txt"):
         if _name(requirement) in ("torch", "torchvision"):
             assert "<" not in requirement and "==" not in requirement, requirement
+
+
+def test_the_wheel_holds_every_sub_package(tmp_path):
+    # What Colab's `pip install git+URL` gets: a built wheel, not this checkout.
+    import importlib.util
+    import subprocess
+    import sys
+    import zipfile
+
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("muffin_lab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "muffin_lib").rglob("__init__.py")}
+    assert len(packages) >= 5 and packages <= names, sorted(packages - names)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from muffin_lib import augment, engine
-from muffin_lib.cache import load_images
 from muffin_lib.cli import main as cli_main
+from muffin_lib.data.cache import load_images
+from muffin_lib.data.splits import plan_for_cache
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import (
     compare_configs,
@@ -26,9 +26,9 @@ from muffin_lib.selection import (
     nested_cv,
     refit_and_test,
 )
-from muffin_lib.splits import plan_for_cache
-from muffin_lib.stats import summarize_losses
-from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.stats import summarize_losses
+from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.training import augment, engine
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")

@@ -10,7 +10,7 @@ Rules that keep the estimates honest:
   carved out of the training folds;
 * the test split is touched by :func:`refit_and_test` only.
 
-Every finished trial is committed to the :class:`~muffin_lib.trials.TrialStore` at once, so an
+Every finished trial is committed to the :class:`~muffin_lib.selection.trials.TrialStore` at once, so an
 interrupted run resumes where it stopped; trials already stored are never trained again.
 """
 

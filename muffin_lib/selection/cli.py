@@ -12,7 +12,7 @@ from muffin_lib.files import jsonable
 from muffin_lib.selection.cv import _print_trial
 from muffin_lib.selection.search import grid_search, nested_cv
 from muffin_lib.selection.trial import BACKENDS, SUMMARY_COLUMNS
-from muffin_lib.trials import TrialStore
+from muffin_lib.selection.trials import TrialStore
 
 # --------------------------------------------------------------------------------------------------
 # CLI: python -m muffin_lib cv
@@ -34,8 +34,8 @@ def _split_list(kind):
 
 def add_cv_arguments(parser) -> None:
     from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
-    from muffin_lib.engine import TrainConfig
     from muffin_lib.selection.budget import SELECTION
+    from muffin_lib.training.engine import TrainConfig
 
     recipe = TrainConfig()
     add = parser.add_argument
@@ -81,10 +81,10 @@ def _print_table(frame) -> None:
 def cv_command(args) -> int:
     import logging
 
-    from muffin_lib import engine
-    from muffin_lib.cache import load_images
     from muffin_lib.config import COLOR_MODES, WorkDir
-    from muffin_lib.splits import plan_for_cache
+    from muffin_lib.data.cache import load_images
+    from muffin_lib.data.splits import plan_for_cache
+    from muffin_lib.training import engine
 
     for mode in args.color_mode:
         if mode not in COLOR_MODES:
@@ -93,7 +93,7 @@ def cv_command(args) -> int:
         raise MuffinError(f"--folds and --inner-folds must be >= 2, got {args.folds} and {args.inner_folds}")
     progress = not args.quiet
     if args.quiet:
-        logging.getLogger("muffin_lib.engine").setLevel(logging.WARNING)
+        logging.getLogger("muffin_lib.training.engine").setLevel(logging.WARNING)
     store = TrialStore(WorkDir(args.work_dir).trials_db)
     size, mode = args.image_size[0], args.color_mode[0]
     cache = load_images(args.data_dir, args.work_dir, "train", size, mode, progress=progress)

@@ -10,6 +10,7 @@ import numpy as np
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.execute import _run_tasks
+from muffin_lib.selection.stats import corrected_resampled_ttest, summarize_losses
 from muffin_lib.selection.trial import (
     Folds,
     OnTrial,
@@ -20,8 +21,7 @@ from muffin_lib.selection.trial import (
     describe_trial,
     fold_seed,
 )
-from muffin_lib.stats import corrected_resampled_ttest, summarize_losses
-from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
 
 # --------------------------------------------------------------------------------------------------
 # Cross-validation
@@ -74,7 +74,7 @@ def _check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndar
 
 
 def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, device) -> list[TrialTask]:
-    from muffin_lib import engine
+    from muffin_lib.training import engine
 
     plan = fold_plan_key(folds)
     execution = engine.execution_key(config.amp, device)

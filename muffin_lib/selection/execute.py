@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from muffin_lib.selection.trial import OnTrial, TrialTask, _Caches, _check_backend, run_task
-from muffin_lib.trials import TrialStore
+from muffin_lib.selection.trials import TrialStore
 
 
 def _run_tasks(

@@ -6,7 +6,7 @@ import numpy as np
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.trial import TrialTask, _record, _take, cache_setting, config_setting, run_trial
-from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
 
 
 def refit_and_test(
@@ -26,8 +26,8 @@ def refit_and_test(
     looking at the test split a second time. Returns zero_one_loss, n, errors, accuracy, the Wilson
     interval of the error rate (ci_low, ci_high), seconds and ``status`` (trained / stored).
     """
-    from muffin_lib import engine
-    from muffin_lib.metrics import binomial_interval
+    from muffin_lib.training import engine
+    from muffin_lib.training.metrics import binomial_interval
 
     for name, cache in (("train_cache", train_cache), ("test_cache", test_cache)):
         if cache_setting(cache) != config_setting(config):

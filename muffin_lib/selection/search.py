@@ -24,6 +24,7 @@ from muffin_lib.selection.cv import (
     _test_train_ratio,
 )
 from muffin_lib.selection.execute import _run_tasks
+from muffin_lib.selection.stats import summarize_losses
 from muffin_lib.selection.trial import (
     SUMMARY_COLUMNS,
     Folds,
@@ -34,8 +35,7 @@ from muffin_lib.selection.trial import (
     config_setting,
     fold_seed,
 )
-from muffin_lib.stats import summarize_losses
-from muffin_lib.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
 
 # Grid search
 
@@ -217,7 +217,7 @@ class NestedCVResult:
 def stratified_folds(labels, n_splits: int, seed: int, indices=None, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified K folds over ``indices`` (default: all) that keep each group of ``groups`` (one id per
     image of ``labels``; twins share one) whole; returned as indices into the full ``labels``."""
-    from muffin_lib.splits import inner_folds
+    from muffin_lib.data.splits import inner_folds
 
     all_labels = np.asarray(labels)
     indices = np.arange(len(all_labels)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -257,7 +257,7 @@ def nested_cv(
     ``rung_epochs`` and ``keep`` make each inner grid search a successive halving (see :func:`grid_search`).
     Inner trials are stored with scope ``nested-inner``, outer refits with ``nested-outer``.
     """
-    from muffin_lib import engine
+    from muffin_lib.training import engine
 
     _check_backend(backend)
     labels = np.asarray(cache.labels)

@@ -90,7 +90,7 @@ def run_trial(
     ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
     precision the fit really used, ``engine.execution_key``).
     """
-    from muffin_lib import engine
+    from muffin_lib.training import engine
 
     trial_config = config.replace(seed=int(seed))
     fit_images, fit_labels = train_images, train_labels
@@ -195,7 +195,7 @@ class _Caches:
         if cache_for is None and data_dir is not None and work_dir is not None:
 
             def cache_for(image_size, color_mode):
-                from muffin_lib.cache import load_images
+                from muffin_lib.data.cache import load_images
 
                 split = "train"
                 return load_images(data_dir, work_dir, split, image_size, color_mode, progress=progress)

@@ -1,0 +1,345 @@
+"""Seeded, stratified, twin-grouped validation split and K folds over the train split, saved once and reused.
+
+Every index refers to ``ScanResult.records_for("train")`` (sorted by relative path), i.e. the order
+of the cache. Near-duplicate photos (``twins``) share a group id, and every split keeps a group on one
+side: a twin in the training part would otherwise let a model be scored on a photo it memorised.
+``splits.json`` keeps several plans keyed by their parameters; a plan is reused only while the data
+fingerprint (file contents) and the twin groups it was made for still match, so notebooks and CLI runs
+share one split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from muffin_lib.config import WorkDir
+from muffin_lib.errors import MuffinError
+
+log = logging.getLogger(__name__)
+
+SPLITS_VERSION = 2  # 2: twin-grouped splits, content fingerprints (1 was ungrouped)
+
+@dataclass
+class SplitPlan:
+    seed: int
+    val_fraction: float
+    n_splits: int
+    fingerprint: str
+    n: int
+    train_idx: np.ndarray  # the split used for single-model training with a validation set
+    val_idx: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # K-fold CV over all n
+    groups: np.ndarray | None = None  # group id per index; twins share one
+
+    @property
+    def key(self) -> str:
+        return plan_key(self.seed, self.val_fraction, self.n_splits)
+
+    @property
+    def identity(self) -> str:
+        """The parameters plus a hash of every index: what a checkpoint or result made on it records."""
+        digest = hashlib.sha256(np.asarray(self.val_idx, dtype=np.int64).tobytes())
+        for _, test in self.folds:
+            digest.update(np.asarray(test, dtype=np.int64).tobytes())
+        return f"{self.key},v{SPLITS_VERSION},{digest.hexdigest()[:12]}"
+
+    def twin_groups(self) -> list[list[int]]:
+        """Groups of more than one index (twins)."""
+        return _multi_member_groups(self.groups)
+
+def plan_key(seed: int, val_fraction: float, n_splits: int) -> str:
+    return f"seed={seed},val_fraction={val_fraction:g},n_splits={n_splits}"
+
+def _multi_member_groups(groups) -> list[list[int]]:
+    if groups is None:
+        return []
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(np.asarray(groups).tolist()):
+        members.setdefault(group, []).append(index)
+    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+
+def _groups_from_lists(twin_groups: list[list[int]], n: int) -> np.ndarray:
+    groups = np.arange(n, dtype=np.int64) + n  # singletons: their own id
+    for number, members in enumerate(twin_groups):
+        groups[np.asarray(members, dtype=np.int64)] = number
+    return groups
+
+def _check_groups(groups, n: int) -> np.ndarray:
+    if groups is None:
+        return np.arange(n, dtype=np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise MuffinError(f"need one group id per image ({n}), got an array of shape {groups.shape}")
+    return groups
+
+def _check_labels(labels, n_splits: int, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise MuffinError(f"{what}: need a non-empty 1-D array of labels, got shape {labels.shape}")
+    counts = np.unique(labels, return_counts=True)[1]
+    smallest = int(counts.min())
+    if len(counts) < 2 or smallest < n_splits:
+        raise MuffinError(
+            f"{what}: {n_splits} stratified folds need at least {n_splits} images of every class, "
+            f"but the smallest class has {smallest if len(counts) > 1 else 0}. Add images or lower n_splits."
+        )
+    return labels
+
+def grouped_folds(labels, groups, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_splits`` seeded folds, stratified by label, never splitting a group (scikit-learn's
+    ``StratifiedGroupKFold``); indices are positions in ``labels``."""
+    labels = _check_labels(labels, n_splits, "grouped_folds")
+    groups = _check_groups(groups, len(labels))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds = [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels, groups)]
+    if any(test.size == 0 or train.size == 0 for train, test in folds):
+        raise MuffinError(f"{len(np.unique(groups))} groups of images are too few for {n_splits} folds; use fewer folds")
+    return folds
+
+def grouped_part(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, part): a seeded, stratified, group-respecting ``part`` of about ``fraction`` of the indices.
+
+    One fold of ``StratifiedGroupKFold`` with K = 1/fraction (or its complement for fractions over one
+    half), so the part's size is within a group or so of ``fraction * n`` per class.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise MuffinError(f"the fraction must lie strictly between 0 and 1, got {fraction}")
+    small = min(fraction, 1.0 - fraction)
+    k = max(2, int(round(1.0 / small)))
+    train, test = grouped_folds(labels, groups, k, seed)[0]
+    return (train, test) if fraction <= 0.5 else (test, train)
+
+def make_split_plan(
+    labels, groups=None, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0, fingerprint: str = ""
+) -> SplitPlan:
+    """A stratified hold-out split (``val_fraction``) and ``n_splits`` stratified folds, both seeded and
+    both keeping every group of ``groups`` (one id per image; None = no twins) on one side."""
+    if not 0.0 < val_fraction < 1.0:
+        raise MuffinError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if n_splits < 2:
+        raise MuffinError(f"n_splits must be at least 2, got {n_splits}")
+    labels = _check_labels(labels, n_splits, "make_split_plan")
+    groups = _check_groups(groups, len(labels))
+    train_idx, val_idx = grouped_part(labels, groups, val_fraction, seed)
+    return SplitPlan(
+        seed=seed,
+        val_fraction=val_fraction,
+        n_splits=n_splits,
+        fingerprint=fingerprint,
+        n=len(labels),
+        train_idx=train_idx,
+        val_idx=val_idx,
+        folds=grouped_folds(labels, groups, n_splits, seed),
+        groups=groups,
+    )
+
+def inner_folds(labels_subset, n_splits: int, seed: int, groups_subset=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified, grouped folds over a subset for nested CV; indices are positions within ``labels_subset``."""
+    return grouped_folds(labels_subset, groups_subset, n_splits, seed)
+
+def _to_json(plan: SplitPlan) -> dict:
+    return {
+        "version": SPLITS_VERSION,
+        "seed": plan.seed,
+        "val_fraction": plan.val_fraction,
+        "n_splits": plan.n_splits,
+        "fingerprint": plan.fingerprint,
+        "n": plan.n,
+        "twin_groups": plan.twin_groups(),
+        "val_idx": plan.val_idx.tolist(),
+        # a fold's training part is the complement of its test part
+        "fold_test_idx": [test.tolist() for _, test in plan.folds],
+    }
+
+def _from_json(data: dict) -> SplitPlan:
+    n = data["n"]
+    everything = np.arange(n)
+    val_idx = np.asarray(data["val_idx"], dtype=np.int64)
+    folds = []
+    for test in data["fold_test_idx"]:
+        test = np.asarray(test, dtype=np.int64)
+        folds.append((np.setdiff1d(everything, test), test))
+    return SplitPlan(
+        seed=data["seed"],
+        val_fraction=data["val_fraction"],
+        n_splits=data["n_splits"],
+        fingerprint=data["fingerprint"],
+        n=n,
+        train_idx=np.setdiff1d(everything, val_idx),
+        val_idx=val_idx,
+        folds=folds,
+        groups=_groups_from_lists(data["twin_groups"], n),
+    )
+
+def _read(path) -> dict:
+    if not path.is_file():
+        return {"version": SPLITS_VERSION, "plans": {}}
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored.get("plans"), dict):
+            raise ValueError("no plans")
+    except (ValueError, AttributeError):
+        raise MuffinError(f"{path} is not a valid splits file; delete it to create the splits again") from None
+    if stored.get("version") != SPLITS_VERSION:
+        log.warning(
+            "%s holds split plans made without near-duplicate (twin) groups by an older muffin_lib; they are "
+            "replaced by twin-grouped plans. Results made on the old splits are not reused (their keys differ).",
+            path,
+        )
+        return {"version": SPLITS_VERSION, "plans": {}}
+    return stored
+
+def load_or_create_splits(
+    work_dir: str | os.PathLike,
+    labels,
+    fingerprint: str,
+    *,
+    groups,
+    val_fraction: float = 0.2,
+    n_splits: int = 5,
+    seed: int = 0,
+) -> SplitPlan:
+    """The saved plan for these parameters, or a new one saved to ``WorkDir(work_dir).splits_file``.
+
+    ``groups`` gives one group id per image (twins share one; see :func:`plan_for_cache`), or None when
+    the data are known to hold no twins. A saved plan whose twin groups differ is rebuilt (with a warning);
+    raises MuffinError when the saved plan was made for other files (fingerprint or count differ).
+    """
+    from muffin_lib.files import write_text_atomic
+
+    path = WorkDir(work_dir).splits_file
+    labels = np.asarray(labels)
+    groups = _check_groups(groups, len(labels))
+    stored = _read(path)
+    key = plan_key(seed, val_fraction, n_splits)
+    if key in stored["plans"]:
+        plan = _from_json(stored["plans"][key])
+        if plan.fingerprint != fingerprint or plan.n != len(labels):
+            raise MuffinError(
+                f"the data changed since the splits in {path} were made ({key}: made for {plan.n} images, "
+                f"fingerprint {plan.fingerprint[:12]}; now {len(labels)} images, fingerprint {fingerprint[:12]}). "
+                "Indices would point at other images, so results would not be comparable. Use a new "
+                f"work_dir for the changed data, or delete {path} (and the results made with it) to start over."
+            )
+        if plan.twin_groups() == _multi_member_groups(groups):
+            return plan
+        log.warning("the twin groups of the data differ from those of the saved split %s in %s; making it anew", key, path)
+    plan = make_split_plan(
+        labels, groups, val_fraction=val_fraction, n_splits=n_splits, seed=seed, fingerprint=fingerprint
+    )
+    stored["plans"][key] = _to_json(plan)
+    write_text_atomic(path, json.dumps(stored))
+    return plan
+
+def plan_for_scan(scan, work_dir, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0,
+                  progress: bool = False):
+    """``(SplitPlan, TwinGroups)`` of a ``scan.ScanResult``: twins are found over train and test, the
+    plan covers the train split in ``records_for("train")`` order."""
+    from muffin_lib.data.scan import fingerprint_records
+    from muffin_lib.data.twins import find_twins
+
+    records = scan.records_for("train")
+    twins = find_twins(scan.records, work_dir, progress=progress)
+    plan = load_or_create_splits(
+        work_dir,
+        [r.label for r in records],
+        fingerprint_records(records),
+        groups=twins.group_ids([r.relpath for r in records]),
+        val_fraction=val_fraction,
+        n_splits=n_splits,
+        seed=seed,
+    )
+    return plan, twins
+
+def plan_for_cache(cache, work_dir, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0) -> SplitPlan:
+    """The twin-grouped split plan of an ``ImageCache`` of the train split."""
+    from muffin_lib.data.scan import scan_dataset
+
+    scan = scan_dataset(cache.data_dir, work_dir, progress=False)
+    if [r.relpath for r in scan.records_for("train")] != list(cache.relpaths):
+        raise MuffinError(
+            f"the images in {cache.data_dir} changed since the cache was loaded; load the cache again"
+        )
+    plan, _ = plan_for_scan(scan, work_dir, val_fraction=val_fraction, n_splits=n_splits, seed=seed)
+    return plan
+
+def twin_free_test_images(data_dir, work_dir=None, relpaths=None) -> tuple[list[str], np.ndarray]:
+    """(test relpaths in cache order, True where the image has no twin in train)."""
+    from muffin_lib.data.scan import scan_dataset
+    from muffin_lib.data.twins import find_twins
+
+    scan = scan_dataset(data_dir, work_dir, progress=False)
+    twins = find_twins(scan.records, work_dir, progress=False)
+    paths = list(relpaths) if relpaths is not None else [r.relpath for r in scan.records_for("test")]
+    return paths, twins.twin_free_mask(paths)
+
+# ----------------------------------------------------------------------------- CLI: python -m muffin_lib split
+
+def add_split_arguments(parser) -> None:
+    from pathlib import Path
+
+    from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
+
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where splits.json is kept")
+    parser.add_argument("--folds", type=int, default=5, help="K of K-fold CV")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of train held out for validation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split plan")
+    parser.add_argument("--json", action="store_true", help="print the plan as one JSON object (last line)")
+
+def split_plan_report(plan: SplitPlan, twins, scan) -> dict:
+    """The plan in relative paths: fit/validation, the held-out part of each fold, twin groups, and the
+    test split divided into its twin-free part and the images with a twin in train."""
+    train_paths = [r.relpath for r in scan.records_for("train")]
+    test_paths = [r.relpath for r in scan.records_for("test")]
+    free = twins.twin_free_mask(test_paths)
+    return {
+        "data_dir": str(scan.data_dir),
+        "key": plan.key,
+        "identity": plan.identity,
+        "fit": [train_paths[i] for i in plan.train_idx],
+        "validation": [train_paths[i] for i in plan.val_idx],
+        "folds": [[train_paths[i] for i in test] for _, test in plan.folds],
+        "twin_groups": twins.groups,
+        "test_twin_free": [p for p, keep in zip(test_paths, free, strict=True) if keep],
+        "test_with_train_twin": [p for p, keep in zip(test_paths, free, strict=True) if not keep],
+    }
+
+def format_split_report(report: dict) -> str:
+    from collections import Counter
+
+    def counts(paths):
+        per_class = Counter(p.split("/")[1] for p in paths)
+        return f"{len(paths):>5} images ({', '.join(f'{k} {v}' for k, v in sorted(per_class.items()))})"
+
+    lines = [f"Split plan {report['key']} of {report['data_dir']}", f"  fit         {counts(report['fit'])}",
+             f"  validation  {counts(report['validation'])}"]
+    lines += [f"  fold {i + 1} held out {counts(fold)}" for i, fold in enumerate(report["folds"])]
+    within = sum(1 for g in report["twin_groups"] if all(p.startswith("train/") for p in g))
+    lines += [
+        f"  twin groups: {len(report['twin_groups'])} ({within} inside train, each kept on one side of every split)",
+        f"  test, twin-free part      {counts(report['test_twin_free'])}",
+        f"  test, with a twin in train {counts(report['test_with_train_twin'])}",
+    ]
+    return "\n".join(lines)
+
+def split_command(args) -> int:
+    from muffin_lib.data.scan import scan_dataset
+
+    if args.folds < 2:
+        raise MuffinError(f"--folds must be at least 2, got {args.folds}")
+    scan = scan_dataset(args.data_dir, args.work_dir, progress=not args.json)
+    plan, twins = plan_for_scan(
+        scan, args.work_dir, val_fraction=args.val_fraction, n_splits=args.folds, seed=args.seed,
+        progress=not args.json,
+    )
+    report = split_plan_report(plan, twins, scan)
+    print(json.dumps(report) if args.json else format_split_report(report))
+    return 0

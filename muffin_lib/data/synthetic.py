@@ -1,0 +1,197 @@
+"""A small synthetic stand-in for the Kaggle data, for offline demos and tests.
+
+Muffins are warm-brown domes with dark chocolate chips on a pleated paper cup; chihuahuas are lighter
+heads with two triangular ears, two dark eyes and a nose. Backgrounds, scale, position, rotation,
+colours, blur, noise and greyscale vary, and both classes share dark dots and brown tones, so a small
+CNN learns the task well but not perfectly. Each image depends only on (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from muffin_lib.config import CLASSES, SPLITS, SYNTHETIC_MARKER
+from muffin_lib.errors import MuffinError
+
+GENERATOR_VERSION = 2  # 2: built-in near-duplicate twins
+_OVERSAMPLE = 2  # draw at 2x and downscale: cheap antialiasing
+
+
+def is_synthetic(data_dir: str | os.PathLike) -> bool:
+    """True when ``data_dir`` was made by ``make_synthetic_dataset`` (it holds the marker file)."""
+    return (Path(data_dir) / SYNTHETIC_MARKER).is_file()
+
+
+def _jitter(rng: np.random.Generator, rgb, amount: float) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.normal(0, amount), 0, 255)) for c in rgb)
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    top, bottom = rng.uniform(40, 235, 3), rng.uniform(40, 235, 3)
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    pixels = top * (1 - ramp) + bottom * ramp
+    image = Image.fromarray(np.repeat(pixels, size, axis=1).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(0, 4)):  # clutter, sometimes brown and dotted like either class
+        x, y = rng.uniform(0, size, 2)
+        r = rng.uniform(0.05, 0.15) * size
+        colour = _jitter(rng, (150, 100, 60), 60) if rng.random() < 0.25 else tuple(rng.integers(0, 255, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r * 0.7, x + r, y + r * 0.7), fill=colour)
+        else:
+            draw.rectangle((x - r, y - r, x + r * 1.5, y + r * 0.5), fill=colour)
+    return image
+
+
+def _dots(draw, rng, cx, cy, rx, ry, count, radius, colour):
+    for _ in range(count):
+        angle, dist = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 1))
+        x, y = cx + np.cos(angle) * dist * rx, cy + np.sin(angle) * dist * ry
+        r = radius * rng.uniform(0.6, 1.4)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(rng, colour, 15))
+
+
+def _draw_muffin(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
+    cup_colour = _jitter(rng, [(235, 230, 220), (200, 150, 160), (120, 80, 50), (170, 190, 210)][rng.integers(4)], 20)
+    top_w, bottom_w, cup_h = s * rng.uniform(0.75, 0.95), s * rng.uniform(0.5, 0.7), s * rng.uniform(0.4, 0.55)
+    cup_top = cy
+    draw.polygon(
+        [(cx - top_w / 2, cup_top), (cx + top_w / 2, cup_top), (cx + bottom_w / 2, cup_top + cup_h),
+         (cx - bottom_w / 2, cup_top + cup_h)],
+        fill=cup_colour,
+    )
+    pleat = _jitter(rng, cup_colour, 40)
+    for t in np.linspace(-0.4, 0.4, int(rng.integers(4, 9))):
+        draw.line([(cx + t * top_w, cup_top), (cx + t * bottom_w, cup_top + cup_h)], fill=pleat, width=max(1, int(s / 40)))
+    dome_colour = _jitter(rng, (165, 105, 55), 30)
+    dome_w, dome_h = top_w * rng.uniform(1.0, 1.3), s * rng.uniform(0.35, 0.55)
+    draw.ellipse((cx - dome_w / 2, cup_top - dome_h, cx + dome_w / 2, cup_top + dome_h * 0.25), fill=dome_colour)
+    _dots(draw, rng, cx, cup_top - dome_h * 0.4, dome_w * 0.38, dome_h * 0.4, int(rng.integers(2, 9)), s * 0.035, (50, 30, 20))
+
+
+def _draw_chihuahua(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
+    fur = _jitter(rng, [(215, 175, 125), (235, 215, 185), (190, 140, 90), (90, 70, 55)][rng.integers(4)], 20)
+    head_w, head_h = s * rng.uniform(0.7, 0.9), s * rng.uniform(0.6, 0.8)
+    if rng.random() < 0.5:  # a body below the head, roughly where a muffin's cup would be
+        body_w = head_w * rng.uniform(0.8, 1.1)
+        draw.ellipse((cx - body_w / 2, cy + head_h * 0.2, cx + body_w / 2, cy + head_h * 1.1), fill=_jitter(rng, fur, 15))
+    for side in (-1, 1):
+        if rng.random() < 0.1:  # an ear out of view
+            continue
+        base_x = cx + side * head_w * rng.uniform(0.15, 0.35)
+        ear_h, ear_w = s * rng.uniform(0.3, 0.5), head_w * rng.uniform(0.2, 0.3)
+        tip = (base_x + side * ear_w * rng.uniform(0.3, 1.0), cy - head_h / 2 - ear_h)
+        draw.polygon([(base_x - ear_w, cy - head_h * 0.3), (base_x + ear_w, cy - head_h * 0.3), tip], fill=fur)
+    draw.ellipse((cx - head_w / 2, cy - head_h / 2, cx + head_w / 2, cy + head_h / 2), fill=fur)
+    eye_dx, eye_y, eye_r = head_w * rng.uniform(0.17, 0.25), cy - head_h * rng.uniform(0.0, 0.15), s * rng.uniform(0.045, 0.07)
+    for side in (-1, 1):
+        x = cx + side * eye_dx
+        draw.ellipse((x - eye_r, eye_y - eye_r, x + eye_r, eye_y + eye_r), fill=_jitter(rng, (30, 25, 20), 10))
+    nose_y, nose_r = cy + head_h * rng.uniform(0.15, 0.3), s * rng.uniform(0.035, 0.055)
+    draw.ellipse((cx - nose_r, nose_y - nose_r * 0.8, cx + nose_r, nose_y + nose_r * 0.8), fill=(35, 25, 25))
+
+
+def make_image(label: int, rng: np.random.Generator, image_size: int) -> Image.Image:
+    """One synthetic photo of class ``CLASSES[label]``."""
+    size = image_size * _OVERSAMPLE
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    s = size * rng.uniform(0.5, 0.8)
+    cx, cy = size * rng.uniform(0.3, 0.7, 2)
+    (_draw_muffin if CLASSES[label] == "muffin" else _draw_chihuahua)(draw, rng, cx, cy, s)
+    image = image.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR, fillcolor=image.getpixel((0, 0)))
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.7, 1.2) + rng.uniform(-30, 30)
+    pixels += rng.normal(0, rng.uniform(2, 12), pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return image.convert("L") if rng.random() < 0.15 else image
+
+
+def twin_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A near-duplicate of ``image``: 2-4 % trimmed off one or two sides, resized by 0.8-1.25, re-encoded
+    as JPEG quality 60-75 (what the twins in the Kaggle data look like)."""
+    width, height = image.size
+    left, top = (int(width * rng.uniform(0.0, 0.04)), int(height * rng.uniform(0.0, 0.04)))
+    trimmed = image.crop((left, top, width, height))
+    scale = rng.uniform(0.8, 1.25)
+    resized = trimmed.resize((max(8, round(trimmed.width * scale)), max(8, round(trimmed.height * scale))))
+    buffer = io.BytesIO()
+    resized.save(buffer, "JPEG", quality=int(rng.integers(60, 76)))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _twin_source(split: str, i: int, n_train: int) -> int | None:
+    """Which earlier training image (of the same class) image ``i`` of ``split`` copies, or None.
+
+    About one test image in ten has a twin in train, and one training image in sixteen a twin in train.
+    """
+    if split == "test" and i % 10 == 3 and n_train >= 2:
+        source = (7 * i) % n_train
+        return source if source % 2 == i % 2 else (source + 1 if source + 1 < n_train else source - 1)
+    if split == "train" and i % 16 == 5:
+        return i - 2
+    return None
+
+
+def make_synthetic_dataset(
+    data_dir: str | os.PathLike, *, n_train: int = 240, n_test: int = 60, image_size: int = 96, seed: int = 0
+) -> Path:
+    """Write a seeded synthetic dataset in the Kaggle layout (JPEGs) plus the marker file; returns data_dir.
+
+    The classes alternate, so each split is balanced (chihuahua gets the odd one). The folder is built
+    beside ``data_dir`` and renamed into place; an existing non-empty ``data_dir`` is an error.
+    """
+    data_dir = Path(data_dir)
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise MuffinError(
+            f"{data_dir} is not empty; the synthetic dataset is only written into a new folder. "
+            "Choose another --data-dir or delete that folder."
+        )
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.synthetic-", dir=data_dir.parent))
+    try:
+        counts = {"train": n_train, "test": n_test}
+        train_images: list[Image.Image] = []
+        n_twins = {"train": 0, "test": 0}
+        for split_index, split in enumerate(SPLITS):
+            for name in CLASSES:
+                (staging / split / name).mkdir(parents=True)
+            for i in range(counts[split]):
+                rng = np.random.default_rng([seed, split_index, i])
+                label = i % len(CLASSES)
+                source = _twin_source(split, i, n_train)
+                if source is not None:  # a near-duplicate of an earlier training image, as the Kaggle data hold
+                    image = twin_variant(train_images[source], rng)
+                    n_twins[split] += 1
+                else:
+                    image = make_image(label, rng, image_size)
+                if split == "train":
+                    train_images.append(image)
+                image.save(staging / split / CLASSES[label] / f"synthetic_{i:05d}.jpg", quality=90)
+        marker = {
+            "synthetic": True,
+            "generator": f"muffin_lib.data.synthetic v{GENERATOR_VERSION}",
+            "seed": seed,
+            "counts": counts,
+            "near_duplicates": n_twins,
+            "image_size": image_size,
+            "note": "Synthetic stand-in (drawn muffins and chihuahuas), NOT the Kaggle photos. Results on it "
+            "say nothing about real images. Get the real data with `python -m muffin_lib fetch --source kaggle`.",
+        }
+        (staging / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        if data_dir.exists():
+            data_dir.rmdir()
+        os.replace(staging, data_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return data_dir

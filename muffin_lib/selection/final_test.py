@@ -1,0 +1,145 @@
+"""The one test evaluation: every candidate, scored once on the test split after every choice is fixed.
+
+Each candidate is a checkpoint. Its test predictions are scored on the whole test split and on its
+twin-free part (test images with no near-duplicate in train, ``twins``); the twin-free figure is the
+headline, since a model may have memorised the train twin of any other test image. Candidates are
+compared pairwise on the same twin-free images with exact McNemar tests, Holm-corrected over all pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from muffin_lib.data.splits import twin_free_test_images
+from muffin_lib.errors import MuffinError
+from muffin_lib.training.metrics import scores_by_part
+
+PARTS = ("twin_free", "all", "with_train_twin")
+# The notebooks whose checkpoints are candidates (their results files name them under "models").
+TRAINING_NOTEBOOKS = ("03_simple_cnn", "04_deeper_cnn", "05_resnet_like", "08_transfer_learning")
+
+
+@dataclass
+class FinalTest:
+    """Scores of every candidate on the test split and the paired comparisons between them."""
+
+    scores: dict[str, dict]  # name -> scores_by_part
+    paired: list[dict]  # stats.paired_mcnemar_table on the twin-free part
+    predictions: dict[str, dict] = field(repr=False, default_factory=dict)  # name -> relpaths, predicted, correct
+    n_test: int = 0
+    n_twin_free: int = 0
+    twin_free_paths: list[str] = field(repr=False, default_factory=list)
+
+    @property
+    def table(self):
+        """One row per candidate, best twin-free error first."""
+        import pandas as pd
+
+        rows = []
+        for name, by_part in self.scores.items():
+            row = {"model": name}
+            for part in PARTS:
+                s = by_part[part]
+                row.update({f"{part}": s["zero_one_loss"], f"{part}_low": s["ci_low"], f"{part}_high": s["ci_high"]})
+                row[f"{part}_errors"] = s["errors"]
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("model").sort_values("twin_free")
+
+    def to_dict(self) -> dict:
+        return {"scores": self.scores, "paired": self.paired, "n_test": self.n_test, "n_twin_free": self.n_twin_free}
+
+    def models_summary(self) -> dict:
+        """The ``models`` block of the results file: test numbers per candidate for the summary table."""
+        summary = {}
+        for name, by_part in self.scores.items():
+            free, whole = by_part["twin_free"], by_part["all"]
+            summary[name] = {
+                "test_twin_free": free["zero_one_loss"],
+                "test_twin_free_ci": [free["ci_low"], free["ci_high"]],
+                "test_zero_one_loss": whole["zero_one_loss"],
+                "test_ci": [whole["ci_low"], whole["ci_high"]],
+            }
+        return summary
+
+
+def evaluate_candidates(
+    candidates: dict[str, object],
+    data_dir,
+    work_dir,
+    *,
+    device: str = "auto",
+    alpha: float = 0.05,
+    progress: bool = True,
+) -> FinalTest:
+    """Score every checkpoint of ``candidates`` (name -> path) once on the test split of ``data_dir``."""
+    from muffin_lib.data.cache import load_images
+    from muffin_lib.selection.stats import paired_mcnemar_table
+    from muffin_lib.training import engine
+
+    if not candidates:
+        raise MuffinError("no candidates to evaluate: train the models first (notebooks 03-05 and 08)")
+    all_scores, predictions, free_mask, relpaths = {}, {}, None, None
+    for name, checkpoint in candidates.items():
+        model, stored = engine.load_checkpoint(checkpoint, device=device)
+        test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
+        if relpaths is None:
+            relpaths, free_mask = twin_free_test_images(data_dir, work_dir, test.relpaths)
+        elif list(test.relpaths) != relpaths:
+            raise MuffinError(f"{name}: its test cache lists other images than the first candidate's; same data_dir?")
+        proba = engine.predict_proba(model, test.images, stored["normalization"], device=device)
+        predicted = proba.argmax(axis=1)
+        correct = predicted == test.labels.numpy()
+        all_scores[name] = scores_by_part(correct, free_mask)
+        predictions[name] = {
+            "relpaths": relpaths,
+            "labels": test.labels.tolist(),
+            "predicted": predicted.tolist(),
+            "confidence": proba.max(axis=1).tolist(),
+            "correct": correct.tolist(),
+        }
+    paired = []
+    if len(candidates) > 1:
+        paired = paired_mcnemar_table(
+            {name: np.asarray(p["correct"])[free_mask] for name, p in predictions.items()}, alpha=alpha
+        )
+    return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()),
+                     twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep])
+
+
+def tuned_name(config: dict) -> str:
+    """The name of the configuration notebook 06 chose, as notebooks 07 and 09 and the summary show it."""
+    return f"{config['model']} tuned (lr={config['lr']:g}, batch {config['batch_size']})"
+
+
+def collect_candidates(work_dir, notebooks: Sequence[str] = TRAINING_NOTEBOOKS) -> tuple[dict[str, str], list[str]]:
+    """``({name: checkpoint}, missing)`` from the results files of the training notebooks: every model
+    whose notebook saved a checkpoint path that still exists; ``missing`` says which notebook to run."""
+    from pathlib import Path
+
+    from muffin_lib.results import load_all_results
+
+    results = load_all_results(work_dir)
+    candidates, missing = {}, []
+    for name in notebooks:
+        models = (results.get(name) or {}).get("models") or {}
+        found = {m: n["checkpoint"] for m, n in models.items() if n.get("checkpoint") and Path(n["checkpoint"]).is_file()}
+        if not found:
+            missing.append(f"{name}.ipynb")
+        candidates.update(found)
+    return candidates, missing
+
+
+def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto", val_fraction: float = 0.2,
+                progress: bool = True):
+    """Train the configuration chosen by CV on the same fit split as the other candidates; returns the TrainRun."""
+    from muffin_lib.config import WorkDir
+    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.train import train_model
+
+    config = TrainConfig.from_dict(tuned_config)
+    path = WorkDir(work_dir).checkpoints_dir / "tuned.pt"
+    return train_model(data_dir, work_dir, config, val_fraction=val_fraction, device=device, progress=progress,
+                       checkpoint_path=path)

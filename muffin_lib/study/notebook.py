@@ -1,0 +1,382 @@
+"""What the notebooks share: the Colab links, the smoke profile, prerequisites and the results files.
+
+The notebooks stay thin: each starts with :func:`start` (parameters after the profile), checks what it
+needs with :func:`require_data` / :func:`require_results` (which name the notebook to run first),
+shows and saves figures with :func:`show_figure`, and ends with :func:`save_results`, the file the
+runner's summary reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from muffin_lib.config import WorkDir
+from muffin_lib.errors import MuffinError
+from muffin_lib.files import jsonable, write_text_atomic
+from muffin_lib.results import load_all_results, require_results, results_path  # noqa: F401  (notebooks call notebook.*)
+from muffin_lib.study.report import format_ci  # noqa: F401  (notebooks call notebook.format_ci)
+
+# The one place the repository is named: badges, the Colab install cells and the launcher use it.
+# After changing it, run `python -m muffin_lib.study.notebook` to rewrite those cells in every notebook.
+REPO_URL = "https://github.com/muffin-lab/muffin-lab"
+REPO_BRANCH = "main"
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+PROFILES = ("full", "smoke")
+# The smoke profile caps sizes (it never makes anything bigger, so a smaller value a user passes
+# survives): small images, one epoch, two folds, short grids. Every notebook goes through this table.
+SMOKE_CAPS: dict[str, int] = {
+    "image_size": 32,
+    "epochs": 1,
+    "n_splits": 2,
+    "inner_splits": 2,
+    "n_preview": 4,
+    "n_samples": 8,
+    "max_images": 600,  # cross-validation on a subset (None, "all", is capped too)
+}
+SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3, "rung_epochs": 0}
+
+# Which notebook makes each thing a later notebook needs, for "run X first" messages.
+CHECKPOINT_NOTEBOOKS: dict[str, str] = {
+    "simple_cnn": "03_simple_cnn.ipynb",
+    "deeper_cnn": "04_deeper_cnn.ipynb",
+    "resnet_like": "05_resnet_like.ipynb",
+    "transfer": "08_transfer_learning.ipynb",
+}
+
+
+def colab_url(notebook_path: str, repo_url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
+    """The colab.research.google.com address that opens ``notebook_path`` (relative to the repo root)."""
+    repo = repo_url.removeprefix("https://github.com/").removesuffix(".git").strip("/")
+    return f"https://colab.research.google.com/github/{repo}/blob/{branch}/{notebook_path}"
+
+
+def colab_badge(notebook_path: str, repo_url: str = REPO_URL) -> str:
+    """Markdown of the "Open in Colab" badge for ``notebook_path`` (relative to the repo root)."""
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook_path, repo_url)})"
+
+
+def colab_install_source(repo_url: str = REPO_URL) -> str:
+    """The code cell that installs the project, only inside Colab and only when it is missing.
+
+    Plain ``pip install git+URL``: requirements.txt has no upper bounds, so Colab's torch already
+    satisfies them and is left alone.
+    """
+    return (
+        "# Inside Google Colab only: install muffin_lib from the repository if it is missing.\n"
+        "# Colab's preinstalled torch satisfies the requirements, so it is not reinstalled.\n"
+        "import importlib.util\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:\n'
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "git+{repo_url}"], check=True)'
+    )
+
+
+class Settings(dict):
+    """A notebook's parameters after the profile: ``settings.epochs`` or ``settings["epochs"]``.
+
+    Shown in a notebook as a table that marks what the smoke profile changed.
+    """
+
+    def __init__(self, name: str, profile: str, values: dict[str, Any], changed: dict[str, Any]):
+        super().__init__(values)
+        self._name = name
+        self._profile = profile
+        self._changed = changed
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"{self._name} has no parameter {key!r}") from None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def profile(self) -> str:
+        return self._profile
+
+    @property
+    def workdir(self) -> WorkDir:
+        return WorkDir(self["work_dir"])
+
+    def _repr_markdown_(self) -> str:
+        rows = ["| parameter | value |", "|---|---|"]
+        for key, value in self.items():
+            note = f" (profile {self._profile}; was `{self._changed[key]!r}`)" if key in self._changed else ""
+            rows.append(f"| `{key}` | `{value!s}`{note} |")
+        return f"**{self._name}** parameters, profile **{self._profile}**\n\n" + "\n".join(rows)
+
+
+def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
+    """The parameters ``params`` of notebook ``name`` under ``profile`` ("full" or "smoke").
+
+    "full" keeps them; "smoke" caps sizes by :data:`SMOKE_CAPS` and shortens lists by
+    :data:`SMOKE_LIST_LENGTHS`. ``data_dir`` and ``work_dir`` become absolute paths.
+    """
+    if profile not in PROFILES:
+        raise MuffinError(f"{name}: profile must be one of {PROFILES}, got {profile!r}; set the 'profile' parameter")
+    values = dict(params)
+    for key in ("data_dir", "work_dir"):
+        if key in values:
+            values[key] = Path(values[key]).expanduser().resolve()
+    changed: dict[str, Any] = {}
+    if profile == "smoke":
+        for key, cap in SMOKE_CAPS.items():
+            if key in values and (values[key] is None or (isinstance(values[key], int) and values[key] > cap)):
+                changed[key], values[key] = values[key], cap
+        for key, length in SMOKE_LIST_LENGTHS.items():
+            if isinstance(values.get(key), (list, tuple)) and len(values[key]) > length:
+                changed[key], values[key] = values[key], list(values[key])[:length]
+    return Settings(name, profile, values, changed)
+
+
+def show_errors_briefly() -> None:
+    """In IPython, a MuffinError shows its message instead of a long traceback (still a cell error)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def brief(shell, etype, value, tb, tb_offset=None):
+        message = f"{etype.__name__}: {value}"
+        shell._showtraceback(etype, value, [message])
+        return [message]
+
+    shell.set_custom_exc((MuffinError,), brief)
+
+
+def _text_progress_under_papermill() -> None:
+    """Plain-text progress bars when papermill runs the notebook: its executed copy keeps only a widget's
+    first frame ("0%"). Papermill's injected cell, which starts with "# Parameters", gives it away."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or "MUFFIN_PROGRESS" in os.environ:
+        return
+    if any(str(source).startswith("# Parameters") for source in shell.user_ns.get("In", [])):
+        os.environ["MUFFIN_PROGRESS"] = "text"
+
+
+def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
+    """First call of every notebook: the profile applied (see :func:`apply_profile`), brief errors,
+    text progress bars under papermill."""
+    show_errors_briefly()
+    _text_progress_under_papermill()
+    return apply_profile(profile, name, params)
+
+
+def cv_folds(plan, labels, max_images: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds of the split ``plan``; with ``max_images`` below the number of training images, as many
+    stratified folds over a seeded, stratified subset of about that size (how the smoke profile keeps
+    cross-validation short). Twin groups stay whole, in the subset and in its folds. Notebooks 06 and 07 get the same folds from the same arguments."""
+    from muffin_lib.data.splits import grouped_part
+    from muffin_lib.selection import stratified_folds
+
+    labels = np.asarray(labels)
+    if max_images is None or max_images >= len(labels):
+        return plan.folds
+    _, subset = grouped_part(labels, plan.groups, max_images / len(labels), seed)
+    return stratified_folds(labels, len(plan.folds), seed, indices=subset, groups=plan.groups)
+
+
+def require_data(data_dir: str | Path) -> bool:
+    """Check the dataset is there (else say: run 00_setup); returns whether it is the synthetic set.
+
+    Shows a loud banner when the data are synthetic, so no one mistakes its numbers for the study's.
+    """
+    from muffin_lib.data.extract import is_complete
+    from muffin_lib.data.synthetic import is_synthetic
+
+    if not is_complete(data_dir):
+        raise MuffinError(
+            f"no complete dataset in {data_dir} (it needs train|test/muffin|chihuahua/ with images). "
+            "Run notebooks/00_setup.ipynb first (it downloads the Kaggle data or makes the synthetic set), "
+            "or set the data_dir parameter to the dataset folder."
+        )
+    synthetic = is_synthetic(data_dir)
+    if synthetic:
+        display_markdown(synthetic_banner(data_dir))
+    return synthetic
+
+
+def synthetic_banner(data_dir: str | Path) -> str:
+    return (
+        f"> **⚠️ SYNTHETIC DATA** in `{data_dir}`: generated shapes, not muffin or Chihuahua photos. "
+        "Every number below only shows that the pipeline runs; none of it is a finding about the real "
+        "dataset. Run `00_setup` with Kaggle access (or set `data_dir`) for the real study."
+    )
+
+
+def checkpoint_path(work_dir: str | Path, model: str) -> Path:
+    """Where the training notebooks keep the checkpoint of ``model``."""
+    return WorkDir(work_dir).checkpoints_dir / f"{model}.pt"
+
+
+def save_results(settings: Settings, results: dict[str, Any]) -> Path:
+    """Write ``results`` to ``work_dir/results/<notebook>.json`` for the runner's summary.
+
+    Conventions the summary reads: ``models`` maps a model name to its numbers
+    (``test_zero_one_loss``, ``test_ci``, ``cv_risk``, ``cv_ci``, ...) and ``findings`` is a list of
+    sentences computed from the results. The notebook name, profile, parameters and time are added.
+    """
+    payload = {
+        "notebook": settings.name,
+        "profile": settings.profile,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "parameters": dict(settings),
+        **results,
+    }
+    path = results_path(settings.work_dir, settings.name)
+    return write_text_atomic(path, json.dumps(jsonable(payload), indent=2))
+
+
+def display_markdown(text: str) -> None:
+    """Show ``text`` as Markdown in a notebook; print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        print(text)
+        return
+    if get_ipython() is None:
+        print(text)
+    else:
+        display(Markdown(text))
+
+
+def show_figure(fig, settings: Settings, name: str) -> None:
+    """Save ``fig`` as ``figures/<notebook-number>_<name>.png`` under work_dir, show it inline, close it."""
+    import matplotlib.pyplot as plt
+
+    from muffin_lib.study.plots import save_figure
+
+    save_figure(fig, settings.work_dir, f"{settings.name[:2]}_{name}")
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    except ImportError:
+        pass
+    plt.close(fig)
+
+
+COLAB_INSTALL_TAG = "colab-install"
+COLAB_CLONE_TAG = "colab-clone"
+# Where the Colab launcher clones the repository.
+COLAB_REPO_DIR = "/content/muffin-lab"
+
+
+def colab_clone_source(repo_url: str = REPO_URL) -> str:
+    """The launcher's cell that clones (or updates) the repository and installs it in editable mode."""
+    return (
+        "# Get the project: clone the repository (the notebooks come with it) and install it.\n"
+        "# Colab's preinstalled torch satisfies the requirements, so it is not reinstalled.\n"
+        "import subprocess\n"
+        "import sys\n"
+        "from pathlib import Path\n"
+        "\n"
+        f'REPO_URL = "{repo_url}"\n'
+        f'REPO_DIR = Path("{COLAB_REPO_DIR}")\n'
+        "if (REPO_DIR / \".git\").is_dir():\n"
+        '    subprocess.run(["git", "-C", str(REPO_DIR), "pull", "--ff-only"], check=False)\n'
+        "else:\n"
+        '    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(REPO_DIR)], check=True)\n'
+        'subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(REPO_DIR)], check=True)\n'
+        "# this kernel started before the install: make the clone importable here too\n"
+        "if str(REPO_DIR) not in sys.path:\n"
+        "    sys.path.insert(0, str(REPO_DIR))"
+    )
+
+
+def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
+    """Rewrite the badge (first line of the first cell) and the cells tagged ``colab-install`` /
+    ``colab-clone`` of each notebook from :data:`REPO_URL`; returns the notebooks that changed.
+    Default: the series and the Colab launcher."""
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    if paths is None:
+        paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb")) + sorted(root.glob("colab/*.ipynb"))
+    changed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        relative = path.resolve().relative_to(root).as_posix()
+        before = nbformat.writes(nb)
+        first_lines = nb.cells[0].source.split("\n")
+        if first_lines[0].startswith("[![Open In Colab]"):
+            nb.cells[0].source = "\n".join([colab_badge(relative, repo_url), *first_lines[1:]])
+        for cell in nb.cells:
+            tags = cell.metadata.get("tags", [])
+            if COLAB_INSTALL_TAG in tags:
+                cell.source = colab_install_source(repo_url)
+            if COLAB_CLONE_TAG in tags:
+                cell.source = colab_clone_source(repo_url)
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for changed_path in sync_colab_cells():
+        print(f"updated {changed_path}")
+
+
+# TrainConfig fields a notebook's parameters may set (the rest keep the library's defaults).
+_CONFIG_PARAMETERS = ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed")
+
+
+def train_config(settings: Settings, model: str, **overrides):
+    """The ``engine.TrainConfig`` of ``model`` with every training setting this notebook's parameters hold."""
+    from muffin_lib.training.engine import TrainConfig
+
+    values = {name: settings[name] for name in _CONFIG_PARAMETERS if name in settings}
+    return TrainConfig(model=model, **{**values, **overrides})
+
+
+def display_findings(findings: list[str]) -> None:
+    """The findings of a notebook as a Markdown list."""
+    display_markdown("\n".join(f"- {finding}" for finding in findings))
+
+
+def require_same_settings(settings: Settings, grid_results: dict) -> None:
+    """Notebook 07 reuses 06's folds and grid: stop with a clear message when the two ran with other settings."""
+    tuned = grid_results["base_config"]
+    mismatch = {k: (tuned[k], settings[k]) for k in ("image_size", "color_mode", "seed") if tuned[k] != settings[k]}
+    for key, theirs in (("n_splits", grid_results["n_folds"]), ("max_images", grid_results.get("max_images"))):
+        if theirs != settings[key]:
+            mismatch[key] = (theirs, settings[key])
+    if mismatch:
+        raise MuffinError(
+            "notebook 06 ran with other settings than this one ("
+            + ", ".join(f"{k}: 06 had {a}, here {b}" for k, (a, b) in mismatch.items())
+            + "); run 06_grid_search.ipynb again with the same parameters, then this notebook."
+        )
+
+
+def display_candidates(candidates: dict, missing: list[str]) -> None:
+    """The checkpoints notebook 09 will score, and which training notebooks have not run yet."""
+    lines = [f"- **{name}**: `{path}`" for name, path in candidates.items()]
+    if missing:
+        lines.append(f"- not available yet (run them first to include their models): {', '.join(missing)}")
+    display_markdown("\n".join(lines) or "No candidates: run notebooks 03-05 and 08 first.")

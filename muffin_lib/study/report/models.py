@@ -1,0 +1,141 @@
+"""Notebooks 03-05 and 08: one model's training, validation errors and results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from muffin_lib.config import CLASSES
+from muffin_lib.study.report.text import format_ci
+
+# ----------------------------------------------------------------------------- one model (03-05, 08)
+
+
+def validation_summary(val_predictions: dict, confidence: float = 0.95) -> dict:
+    """Zero-one loss on the validation images with its Wilson interval, confusion matrix, per-class report."""
+    from muffin_lib.training import metrics
+    from muffin_lib.training.metrics import scores
+
+    labels = np.asarray(val_predictions["labels"])
+    predicted = np.asarray(val_predictions["predicted"])
+    summary = scores(labels == predicted, confidence)
+    summary["confusion"] = metrics.confusion(labels, predicted, len(CLASSES)).tolist()
+    summary["per_class"] = metrics.per_class_report(labels, predicted, CLASSES)
+    return summary
+
+
+def most_confident_errors(val_predictions: dict, k: int) -> list[dict]:
+    """The ``k`` wrong predictions with the highest probability for the predicted class."""
+    muffin = CLASSES.index("muffin")
+    rows = []
+    for path, label, guess, p_muffin in zip(val_predictions["relpaths"], val_predictions["labels"],
+                                            val_predictions["predicted"], val_predictions["p_muffin"], strict=True):
+        if label != guess:
+            rows.append({"relpath": path, "label": label, "predicted": guess,
+                         "confidence": p_muffin if guess == muffin else 1.0 - p_muffin})
+    return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]
+
+
+def curve_finding(model: str, history: Sequence[dict]) -> str:
+    """Last and lowest validation zero-one loss, against the training batches' error."""
+    last = history[-1]
+    values = [h["val_zero_one_loss"] for h in history]
+    best_epoch = int(np.argmin(values)) + 1
+    train_error = 1.0 - last["train_accuracy"]
+    return (
+        f"{model}: validation zero-one loss {last['val_zero_one_loss']:.3f} after {len(history)} epoch(s) "
+        f"(lowest {min(values):.3f}, at epoch {best_epoch}), against {train_error:.3f} on the augmented training "
+        f"batches of the last epoch (difference {last['val_zero_one_loss'] - train_error:+.3f})."
+    )
+
+
+def validation_finding(model: str, summary: dict) -> str:
+    confusion = summary["confusion"]
+    worst = max(range(len(CLASSES)), key=lambda c: confusion[c][1 - c] / max(1, sum(confusion[c])))
+    return (
+        f"{model}: validation zero-one loss "
+        f"{format_ci(summary['zero_one_loss'], summary['ci_low'], summary['ci_high'])} ({summary['errors']} errors "
+        f"in {summary['n']} validation images, 95% Wilson interval; no twin of a validation image was trained on). "
+        f"Most errors are {CLASSES[worst]}s taken for {CLASSES[1 - worst]}s ({confusion[worst][1 - worst]} of "
+        f"{sum(confusion[worst])}). The test split is scored once, for every model together, in notebook 09."
+    )
+
+
+def model_results(run, summary: dict, findings: list[str], synthetic: bool, name: str | None = None) -> dict:
+    """The results file of a training notebook: config, history, validation scores, the models row."""
+    seconds = sum(h.get("seconds") or 0 for h in run.history)
+    name = name or run.config.model
+    return {
+        "synthetic": synthetic,
+        "config": run.config.to_dict(),
+        "checkpoint": run.checkpoint_path,
+        "resumed": run.resumed,
+        "history": run.history,
+        "validation": {k: v for k, v in summary.items() if k not in ("confusion", "per_class")},
+        "models": {
+            name: {
+                "val_zero_one_loss": summary["zero_one_loss"],
+                "val_ci": [summary["ci_low"], summary["ci_high"]],
+                "epochs": len(run.history),
+                "train_seconds": seconds,
+                "checkpoint": str(run.checkpoint_path),
+            }
+        },
+        "findings": findings,
+    }
+
+
+def training_note(run) -> str:
+    seconds = sum(h.get("seconds") or 0 for h in run.history)
+    if run.resumed:
+        return f"Reused the checkpoint `{run.checkpoint_path}` (same configuration, data, code and precision)."
+    return f"Trained {len(run.history)} epoch(s) in {seconds:.0f} s on {run.device}; checkpoint `{run.checkpoint_path}`."
+
+
+def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence[str]):
+    """Validation zero-one loss with its interval for ``summaries`` (name -> validation_summary) and the
+    models of ``others`` whose training notebook saved results (same validation images)."""
+    import pandas as pd
+
+    from muffin_lib.results import load_all_results
+
+    rows = {name: (s["zero_one_loss"], s["ci_low"], s["ci_high"]) for name, s in summaries.items()}
+    saved = {}
+    for result in load_all_results(work_dir).values():
+        saved.update(result.get("models") or {})
+    for name in others:
+        numbers = saved.get(name, {})
+        if "val_zero_one_loss" in numbers:
+            rows[name] = (numbers["val_zero_one_loss"], *numbers["val_ci"])
+    return pd.DataFrame(rows, index=["val", "val_low", "val_high"]).T
+
+
+def transfer_initialisation(pretrained: bool) -> tuple[bool, str, str | None]:
+    """``(use_pretrained, what the network starts from, why the weights are missing or None)`` for notebook
+    08: the ImageNet weights when asked for and loadable (downloaded once, or cached), else random init."""
+    from muffin_lib.errors import MuffinError
+    from muffin_lib.training import models
+
+    if not pretrained:
+        return False, "ResNet-18 from random initialisation (pretrained=False)", None
+    try:
+        models.load_pretrained_state_dict(progress=False)
+    except MuffinError as error:
+        return False, "ResNet-18 from RANDOM initialisation (the ImageNet weights could not be loaded)", str(error)
+    return True, "ImageNet-pretrained ResNet-18", None
+
+
+def initialisation_note(init_text: str, weights_note: str | None) -> str:
+    note = f"**Initialisation: {init_text}.**"
+    if weights_note:
+        note += f"\n\n> {weights_note}\n\nEverything below is therefore *not* a transfer-learning result."
+    return note
+
+
+def per_class_frame(per_class: dict):
+    """``metrics.per_class_report`` as a table: precision, recall, F1 and integer support per class."""
+    import pandas as pd
+
+    rows = {name: scores for name, scores in per_class.items() if name != "accuracy"}
+    return pd.DataFrame(rows).T.astype({"support": int}).round(3)

@@ -1,0 +1,212 @@
+"""Notebooks 06, 07 and 09: grid, cross-validation, nested CV and the one test evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from muffin_lib.study.report.text import format_ci
+
+# ----------------------------------------------------------------------------- cross-validation (06, 07)
+
+
+def grid_plan(base, grid: dict, folds, rung_epochs: Sequence[int], n_images: int) -> str:
+    """What notebook 06 is about to run: configurations, rungs, trials, fold sizes."""
+    n_configs = int(np.prod([len(v) for v in grid.values()]))
+    k = len(folds)
+    subset = sum(len(t) for _, t in folds)
+    if rung_epochs:
+        schedule = [*rung_epochs, base.epochs]
+        survivors, trials = n_configs, 0
+        for _ in schedule:
+            trials += survivors * k
+            survivors = max(1, int(np.ceil(survivors / 3)))
+        plan = (f"successive halving over {n_configs} configurations at {' -> '.join(map(str, schedule))} epochs "
+                f"(the best third goes on): at most **{trials} trials** instead of {n_configs * k} at {base.epochs} epochs")
+    else:
+        plan = f"{n_configs} configurations x {k} folds = **{n_configs * k} trials** at {base.epochs} epochs"
+    return (
+        f"{plan}, of `{base.model}` ({base.image_size} px {base.color_mode}); each trains on {len(folds[0][0]):,} "
+        f"images and is scored on {len(folds[0][1]):,} others"
+        + (f" (a stratified, twin-grouped subset of {subset:,} of the {n_images:,} training images)." if subset < n_images
+           else ".")
+    )
+
+
+def grid_table(result):
+    """The grid's table, best first within the last rung, then the earlier rungs."""
+    columns = ["rung", "epochs", *result.varied, "mean", "std", "ci_low", "ci_high", "n_folds", "seconds"]
+    return result.table.sort_values(["rung", "mean"], ascending=[False, True])[columns].reset_index(drop=True)
+
+
+def grid_findings(result, model: str, n_folds: int) -> list[str]:
+    """The best configuration (and how many others the last rung cannot tell apart) and each parameter's effect."""
+    best = result.best_result.summary
+    last = result.table[result.table["rung"] == result.table["rung"].max()]
+    within = int((last["mean"] <= best["ci_high"]).sum()) - 1
+    setting = ", ".join(f"{name}={getattr(result.best, name):g}" for name in result.varied)
+    best_finding = (
+        f"Best of {len(result.rungs[0])} configurations for {model}: {setting}, CV zero-one risk "
+        f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds, {result.best.epochs} epochs; "
+        f"{best['interval']} interval). "
+        + (f"{within} other configuration(s) of the last rung have a mean inside its interval, so the grid cannot "
+           "tell them apart from the best." if within > 0 else "No other configuration of the last rung has a mean "
+           "inside its interval.")
+    )
+    first = result.table[result.table["rung"] == 0]
+    effects = []
+    for name in result.varied:
+        series = first.groupby(name)["mean"].mean()
+        if len(series) > 1:
+            effects.append(f"{name} moves the average first-rung risk from {series.min():.3f} (at {series.idxmin():g}) "
+                           f"to {series.max():.3f} (at {series.idxmax():g})")
+    effect_finding = "Effect of each hyper-parameter: " + ("; ".join(effects) or "only one value of each was tried") + "."
+    return [best_finding, effect_finding]
+
+
+def grid_results(result, base, grid: dict, folds, settings, findings: list[str], synthetic: bool) -> dict:
+    """The results file of notebook 06 (read by 07 and 09)."""
+    best = result.best_result.summary
+    return {
+        "synthetic": synthetic,
+        "base_config": base.to_dict(),
+        "grid": grid,
+        "rung_epochs": list(settings.rung_epochs),
+        "n_folds": len(folds),
+        "max_images": settings.max_images,
+        "best_config": result.best.to_dict(),
+        "best": {
+            **{name: getattr(result.best, name) for name in result.varied},
+            "cv_risk": best["mean"],
+            "cv_ci": [best["ci_low"], best["ci_high"]],
+            "cv_interval": best["interval"],
+        },
+        "table": result.table.drop(columns=["config_key"]).to_dict(orient="records"),
+        "findings": findings,
+    }
+
+
+def cv_table(results: dict) -> object:
+    """One row per model: CV mean (``cv``), its corrected interval (``cv_low``, ``cv_high``), the naive one,
+    and the per-fold losses."""
+    import pandas as pd
+
+    rows = []
+    for name, result in results.items():
+        s = result.summary
+        rows.append({
+            "model": name, "cv": s["mean"], "cv_low": s["ci_low"], "cv_high": s["ci_high"],
+            "naive_ci_low": s["naive_ci_low"], "naive_ci_high": s["naive_ci_high"],
+            **{f"fold {i + 1}": loss for i, loss in enumerate(result.losses)},
+        })
+    return pd.DataFrame(rows).set_index("model")
+
+
+def cv_finding(results: dict, n_folds: int) -> str:
+    ranked = sorted(results, key=lambda m: results[m].summary["mean"])
+    interval = results[ranked[0]].summary["interval"]
+    parts = [f"{m} {format_ci(results[m].summary['mean'], results[m].summary['ci_low'], results[m].summary['ci_high'])}"
+             for m in ranked]
+    return (f"{n_folds}-fold twin-grouped CV zero-one risk ({interval} interval): " + ", ".join(parts)
+            + f" (lowest: {ranked[0]}).")
+
+
+def comparison_finding(row: dict) -> str:
+    better, worse = (row["a"], row["b"]) if row["mean_diff"] < 0 else (row["b"], row["a"])
+    verdict = "a significant difference" if row["p_value"] < 0.05 else "not a significant difference"
+    return (
+        f"{better} vs {worse}: CV risk lower by {abs(row['mean_diff']):.3f} (corrected 95% CI of the difference "
+        f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}], p = {row['p_value']:.3f}): {verdict} at the 5% level"
+    )
+
+
+def nested_finding(nested, grid_best_risk: float, model: str, grid_names: Sequence[str], n_outer: int,
+                   n_inner: int) -> str:
+    s = nested.summary
+    chosen = nested.table.groupby(list(grid_names)).size()
+    return (
+        f"Nested CV ({n_outer} outer x {n_inner} inner folds, twin-grouped) puts the risk of tuning {model} over "
+        f"{', '.join(grid_names)} at {format_ci(s['mean'], s['ci_low'], s['ci_high'])} ({s['interval']} interval), "
+        f"against {grid_best_risk:.3f} for the best grid entry's own CV risk (optimism "
+        f"{s['mean'] - grid_best_risk:+.3f}); "
+        + ("the inner searches chose the same configuration in every outer fold." if len(chosen) == 1
+           else f"the inner searches chose {len(chosen)} different configurations over {n_outer} outer folds.")
+    )
+
+
+def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, findings: list[str],
+               synthetic: bool) -> dict:
+    """The results file of notebook 07: CV risk per model (corrected interval), comparisons, nested CV."""
+    models = {
+        name: {"cv_risk": r.summary["mean"], "cv_ci": [r.summary["ci_low"], r.summary["ci_high"]],
+               "cv_interval": r.summary["interval"], "cv_losses": r.losses}
+        for name, r in cv.items()
+    }
+    from muffin_lib.selection.final_test import tuned_name
+
+    best = grid_results["best_config"]
+    models[tuned_name(best)] = {
+        "cv_risk": nested.summary["mean"],
+        "cv_ci": [nested.summary["ci_low"], nested.summary["ci_high"]],
+        "cv_interval": nested.summary["interval"],
+        "cv_kind": "nested",
+    }
+    return {
+        "synthetic": synthetic,
+        "models": models,
+        "comparisons": comparisons,
+        "nested": {**nested.to_dict(), "grid": grid_results["grid"]},
+        "tuned_config": best,
+        "findings": findings,
+    }
+
+
+# ----------------------------------------------------------------------------- the one test evaluation (09)
+
+
+def final_test_findings(final) -> list[str]:
+    """Sentences for notebook 09 from ``final_test.evaluate_candidates``."""
+    table = final.table
+    lines = []
+    for name, row in table.iterrows():
+        lines.append(
+            f"{name}: test zero-one loss on the twin-free part "
+            f"{format_ci(row['twin_free'], row['twin_free_low'], row['twin_free_high'])} "
+            f"({int(row['twin_free_errors'])} errors in {final.n_twin_free}); on the whole test split "
+            f"{format_ci(row['all'], row['all_low'], row['all_high'])} ({final.n_test} images)."
+        )
+    for pair in final.paired:
+        if pair["better"] is None:
+            verdict = "a tie"
+        else:
+            verdict = (f"{pair['better']} ahead, {'significant' if pair['significant'] else 'not significant'} "
+                       "at the 5% level")
+        lines.append(
+            f"{pair['a']} vs {pair['b']} on the twin-free test images: {pair['only_a_wrong']} only {pair['a']} gets "
+            f"wrong, {pair['only_b_wrong']} only {pair['b']} (exact McNemar p = {pair['p_value']:.3g}, Holm-adjusted "
+            f"{pair['p_holm']:.3g}; {verdict})."
+        )
+    return lines
+
+
+def best_by_cv(work_dir, names: Sequence[str]) -> str:
+    """Of ``names``, the one with the lowest CV risk in notebook 07's results (the first name without them)."""
+    from muffin_lib.results import load_all_results
+
+    models = (load_all_results(work_dir).get("07_cv_risk") or {}).get("models") or {}
+    scored = [name for name in names if "cv_risk" in models.get(name, {})]
+    return min(scored, key=lambda name: models[name]["cv_risk"]) if scored else list(names)[0]
+
+
+def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
+    """The ``k`` twin-free test images ``name`` got wrong with the highest confidence."""
+    p = final.predictions[name]
+    free = set(final.twin_free_paths)
+    rows = [
+        {"relpath": path, "label": label, "predicted": guess, "confidence": conf}
+        for path, label, guess, conf, ok in zip(p["relpaths"], p["labels"], p["predicted"], p["confidence"],
+                                                p["correct"], strict=True)
+        if not ok and path in free
+    ]
+    return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]

@@ -1,0 +1,382 @@
+"""Run the notebook series with papermill, in order, and summarise what it found.
+
+``python -m muffin_lib run`` executes ``notebooks/NN_*.ipynb`` into ``<work_dir>/executed/``, stops at
+the first failure (naming the notebook, the cell and the executed copy), and writes ``summary.json``
+and ``summary.md`` in ``work_dir`` from the notebooks' ``results/*.json``. Running it again resumes:
+training notebooks continue from their checkpoints and cross-validation from the trial store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import muffin_lib
+from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
+from muffin_lib.errors import MuffinError
+from muffin_lib.results import load_all_results
+from muffin_lib.study.notebook import PROFILES, synthetic_banner
+from muffin_lib.study.report import format_ci
+
+NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
+KERNEL_NAME = "python3"
+# Injected into every notebook (as absolute paths for the two folders).
+SERIES_PARAMETERS = ("data_dir", "work_dir", "profile")
+# "auto" (the runner's default): the full study on real photos, the smoke profile on the synthetic
+# fallback, whose numbers mean nothing and whose full study would take hours on a CPU.
+RUNNER_PROFILES = ("auto", *PROFILES)
+
+
+def default_notebooks_dir() -> Path:
+    """``notebooks/`` beside the package: present in a clone or an editable install."""
+    path = Path(muffin_lib.__file__).resolve().parents[1] / "notebooks"
+    if not path.is_dir():
+        raise MuffinError(
+            f"no notebooks folder at {path}: the notebooks ship with the repository, not the installed "
+            "package. Run from a clone (`pip install -e .`) or pass --notebooks-dir DIR."
+        )
+    return path
+
+
+def find_notebooks(notebooks_dir: Path, only: str | list[str] | None = None) -> list[Path]:
+    """The series in order; ``only`` ("03,04", ["3", "04_deeper_cnn"]) picks some of them."""
+    notebooks = sorted(Path(notebooks_dir).glob(NOTEBOOK_PATTERN))
+    if not notebooks:
+        raise MuffinError(f"no notebooks matching {NOTEBOOK_PATTERN} in {notebooks_dir}; check --notebooks-dir")
+    if not only:
+        return notebooks
+    wanted = [token.strip() for token in (only.split(",") if isinstance(only, str) else only) if token.strip()]
+    picked = []
+    for token in wanted:
+        matches = [
+            nb for nb in notebooks if nb.stem == token or nb.name == token or (token.isdigit() and int(token) == int(nb.stem[:2]))
+        ]
+        if not matches:
+            names = ", ".join(nb.stem for nb in notebooks)
+            raise MuffinError(f"--only {token!r} matches no notebook; the series is: {names}")
+        picked.extend(m for m in matches if m not in picked)
+    return sorted(picked)
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p NAME VALUE`` value: a Python literal (1, 1e-3, True, [64, 128], 'x'), a YAML list such
+    as ``[simple_cnn, deeper_cnn]``, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    if text.strip().startswith(("[", "{")):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            pass
+    return text
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """Name -> default of the ``parameters`` cell of ``path`` (papermill's own reading of it)."""
+    import papermill
+
+    return {name: info["default"] for name, info in papermill.inspect_notebook(str(path)).items()}
+
+
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """Kernels inherit this process's environment: plain-text progress bars (unless turned off) and
+    this very muffin_lib first on the path, whatever is installed."""
+    saved = {key: os.environ.get(key) for key in ("MUFFIN_PROGRESS", "PYTHONPATH")}
+    if os.environ.get("MUFFIN_PROGRESS", "").lower() != "off":
+        os.environ["MUFFIN_PROGRESS"] = "text"
+    package_root = str(Path(muffin_lib.__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved["PYTHONPATH"]) if p)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _failure_message(name: str, error: BaseException, executed: Path) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):
+        first_line = next((line for line in error.source.splitlines() if line.strip()), "")
+        where = f"cell In [{error.exec_count}] (`{first_line.strip()[:80]}`)"
+        what = f"{error.ename}: {error.evalue}"
+    else:
+        where, what = "while running", f"{type(error).__name__}: {error}"
+    return (
+        f"{name} failed in {where}: {what}\n"
+        f"The executed notebook with the full output: {executed}\n"
+        "Fix the cause and run the same command again: finished work is kept and resumed."
+    )
+
+
+def run_series(
+    *,
+    profile: str = "auto",
+    data_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    only: str | list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    progress: bool = True,
+    notebooks_dir: str | Path | None = None,
+) -> dict:
+    """Execute the notebooks in order with papermill; returns the summary (also written to work_dir).
+
+    ``parameters`` go to every notebook that has a parameter of that name. Raises MuffinError at the
+    first failing notebook, after writing the summary.
+    """
+    import papermill
+
+    if profile not in RUNNER_PROFILES:
+        raise MuffinError(f"--profile must be one of {RUNNER_PROFILES}, got {profile!r}")
+    data_dir = Path(data_dir or DEFAULT_DATA_DIR).expanduser().resolve()
+    workdir = WorkDir(work_dir or DEFAULT_WORK_DIR)
+    notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
+    notebooks = find_notebooks(notebooks_dir, only)
+    extras = dict(parameters or {})
+
+    plans = []
+    for path in notebooks:
+        known = notebook_parameters(path)
+        injected = {"data_dir": str(data_dir), "work_dir": str(workdir.root), "profile": profile}
+        injected = {k: v for k, v in injected.items() if k in known}
+        injected.update({k: v for k, v in extras.items() if k in known})
+        plans.append((path, injected, known))
+    unused = [name for name in extras if not any(name in known for _, _, known in plans)]
+    if unused:
+        raise MuffinError(
+            f"-p {', '.join(unused)}: no notebook run here has such a parameter; see the parameters "
+            "tables in notebooks/README.md"
+        )
+
+    records: dict[str, dict] = {}
+    started = time.perf_counter()
+    log = _Log(progress)
+    log(f"muffin-lab: {len(plans)} notebook(s), profile {profile}, data {data_dir}, work {workdir.root}")
+    failure: str | None = None
+    warned_synthetic = False
+    with _kernel_environment():
+        for number, (path, injected, _) in enumerate(plans, 1):
+            executed = workdir.executed_dir / path.name
+            if profile == "auto" and "profile" in injected:
+                injected["profile"] = "smoke" if _is_synthetic(data_dir, {}) else "full"
+            log(f"[{number}/{len(plans)}] {path.name} ...")
+            t0 = time.perf_counter()
+            record = {"status": "running", "executed": str(executed), "parameters": injected}
+            records[path.stem] = record
+            try:
+                papermill.execute_notebook(
+                    str(path),
+                    str(executed),
+                    parameters=injected,
+                    kernel_name=KERNEL_NAME,
+                    cwd=str(notebooks_dir),
+                    progress_bar=progress,
+                    # ipykernel's start-up warning about unencrypted local TCP is noise on this terminal
+                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                )
+            except KeyboardInterrupt:
+                record.update(status="interrupted", seconds=round(time.perf_counter() - t0, 1))
+                write_summary(workdir.root, data_dir, profile, records)
+                raise
+            except Exception as error:  # papermill/nbclient raise several types; all end the series here
+                failure = _failure_message(path.stem, error, executed)
+                record.update(status="failed", seconds=round(time.perf_counter() - t0, 1), error=failure)
+                log(f"    FAILED after {record['seconds']:.1f} s")
+                break
+            record.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
+            record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            log(f"    ok in {record['seconds']:.1f} s (total {time.perf_counter() - started:.0f} s)")
+            if not warned_synthetic and _is_synthetic(data_dir, {}):
+                warned_synthetic = True
+                advice = {
+                    "auto": "; so the rest runs in the smoke profile (--profile full forces the full study)",
+                    "full": "; --profile smoke gets there in minutes",
+                }.get(profile, "")
+                log(f"    !!! the data in {data_dir} are SYNTHETIC: every number of this run only shows that the "
+                    f"pipeline works{advice}")
+    for path, _, _ in plans[len(records):]:
+        records[path.stem] = {"status": "not run (an earlier notebook failed)"}
+    summary = write_summary(workdir.root, data_dir, profile, records)
+    log(f"summary: {workdir.root / 'summary.md'}")
+    if failure:
+        raise MuffinError(failure)
+    return summary
+
+
+class _Log:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+
+
+def _is_synthetic(data_dir: Path, results: dict[str, dict]) -> bool | None:
+    """Whether the data are the synthetic set: the data folder's marker, else what 00_setup recorded."""
+    if data_dir.is_dir():
+        from muffin_lib.data.synthetic import is_synthetic
+
+        return bool(is_synthetic(data_dir))
+    setup = results.get("00_setup", {})
+    return setup.get("synthetic")
+
+
+def write_summary(work_dir: str | Path, data_dir: Path, profile: str, records: dict[str, dict]) -> dict:
+    """summary.json and summary.md from this run's notebook records plus every results/*.json.
+
+    Records of notebooks not run this time (``--only``) are kept from the previous summary.
+    """
+    workdir = WorkDir(work_dir)
+    if profile == "auto":  # say which profile(s) it chose
+        used = sorted({r.get("parameters", {}).get("profile") for r in records.values()} - {None})
+        profile = f"auto ({', '.join(used)})" if used else profile
+    summary_json = workdir.root / "summary.json"
+    previous = {}
+    if summary_json.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            previous = json.loads(summary_json.read_text()).get("notebooks", {})
+    notebooks = {**previous, **records}
+    notebooks = dict(sorted(notebooks.items()))
+    results = load_all_results(workdir.root)
+    models: dict[str, dict] = {}
+    findings: list[dict] = []
+    for name, result in results.items():
+        for model, numbers in (result.get("models") or {}).items():
+            models.setdefault(model, {}).update(numbers)
+        findings.extend({"notebook": name, "text": text} for text in result.get("findings") or [])
+    summary = {
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": profile,
+        "data_dir": str(data_dir),
+        "work_dir": str(workdir.root),
+        "synthetic": _is_synthetic(data_dir, results),
+        "environment": results.get("00_setup", {}).get("environment"),
+        "notebooks": notebooks,
+        "models": models,
+        "findings": findings,
+        "results": results,
+    }
+    summary_json.write_text(json.dumps(summary, indent=2))
+    (workdir.root / "summary.md").write_text(format_summary(summary))
+    return summary
+
+
+def _ci_cell(numbers: dict, value_key: str, ci_key: str) -> str:
+    value = numbers.get(value_key)
+    if value is None:
+        return ""
+    low, high = numbers.get(ci_key) or (None, None)
+    return format_ci(value, low, high)
+
+
+def format_summary(summary: dict) -> str:
+    """The Markdown summary: a loud synthetic-data warning, the notebook table, models, findings."""
+    lines = ["# muffin-lab: summary of the notebook series", ""]
+    if summary["synthetic"]:
+        lines += [synthetic_banner(summary["data_dir"]), ""]
+    elif summary["synthetic"] is None:
+        lines += ["> Data folder not found: no notebook has fetched the data yet.", ""]
+    lines += [
+        f"- profile: **{summary['profile']}**",
+        f"- data: `{summary['data_dir']}`" + (" (**SYNTHETIC**)" if summary["synthetic"] else ""),
+        f"- work_dir: `{summary['work_dir']}`",
+    ]
+    environment = summary.get("environment") or {}
+    if environment.get("summary"):
+        lines.append(f"- environment: {environment['summary']}")
+    lines += ["", "## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
+    for name, record in summary["notebooks"].items():
+        seconds = record.get("seconds")
+        lines.append(f"| {name} | {record['status']} | {'' if seconds is None else f'{seconds:.1f}'} |")
+    total = sum(record.get("seconds") or 0 for record in summary["notebooks"].values())
+    lines.append(f"| **total** | | {total:.1f} |")
+    if summary["models"]:
+        lines += [
+            "",
+            "## Zero-one loss per model",
+            "",
+            "Test: scored once (notebook 09) with 95% Wilson intervals, on the **twin-free** part of the test split "
+            "(test images with no near-duplicate in train: the headline) and on the whole split. CV: twin-grouped "
+            "K-fold cross-validation risk on the training split with the corrected (Nadeau-Bengio) 95% t interval; "
+            "nested CV for the tuned procedure. Validation: the shared twin-grouped hold-out, 95% Wilson interval.",
+            "",
+            "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] | validation [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
+        for model, numbers in summary["models"].items():
+            cv = _ci_cell(numbers, "cv_risk", "cv_ci")
+            if cv and numbers.get("cv_kind") == "nested":
+                cv += " (nested CV)"
+            cells = [
+                _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
+                _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
+                cv,
+                _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
+            ]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if summary["findings"]:
+        lines += ["", "## Findings (computed by the notebooks)", ""]
+        lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]
+    failed = [(name, r) for name, r in summary["notebooks"].items() if r["status"] == "failed"]
+    for name, record in failed:
+        lines += ["", f"## {name} failed", "", "```", record.get("error", ""), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        choices=RUNNER_PROFILES,
+        default="auto",
+        help="full: the study; smoke: tiny and fast; auto (default): full on real data, smoke on the synthetic fallback",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help=f"dataset folder (default: {DEFAULT_DATA_DIR})")
+    parser.add_argument("--work-dir", type=Path, default=None, help=f"results, checkpoints, cache (default: {DEFAULT_WORK_DIR})")
+    parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 03,04")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter in every notebook that has it, e.g. -p epochs 5 -p image_size 64",
+    )
+    parser.add_argument("--notebooks-dir", type=Path, default=None, help="the notebooks (default: the repo's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    # papermill logs every input/output path at INFO; the runner's own lines say the same more briefly
+    logging.getLogger("papermill").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+    parameters = {name: parse_value(value) for name, value in args.parameter}
+    summary = run_series(
+        profile=args.profile,
+        data_dir=args.data_dir,
+        work_dir=args.work_dir,
+        only=args.only,
+        parameters=parameters,
+        progress=not args.quiet,
+        notebooks_dir=args.notebooks_dir,
+    )
+    print()
+    print(format_summary(summary))
+    return 0

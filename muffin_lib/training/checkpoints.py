@@ -1,0 +1,94 @@
+"""Checkpoints: a trained model with everything needed to use it again (config, normalisation, class
+names, history, versions), written atomically and checked when read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from muffin_lib.config import CLASSES
+from muffin_lib.errors import MuffinError
+from muffin_lib.files import write_atomic
+from muffin_lib.training import runtime
+from muffin_lib.training.models import build_model
+
+CHECKPOINT_FORMAT = "muffin-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _versions() -> dict:
+    import torchvision
+
+    from muffin_lib import __version__
+
+    return {"muffin_lib": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+
+
+def save_checkpoint(path, fit_result, *, class_names=CLASSES, extra: dict | None = None) -> Path:
+    """Write ``fit_result``'s model (an ``engine.FitResult``) and everything needed to use it again to
+    ``path``, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = fit_result.config
+    model = fit_result.model
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model_name": config.model,
+        "config": config.to_dict(),
+        "config_key": config.key(),
+        "image_size": config.image_size,
+        "color_mode": config.color_mode,
+        "in_channels": config.in_channels,
+        "num_classes": getattr(model, "muffin_spec", {}).get("num_classes", len(class_names)),
+        "normalization": {k: list(v) for k, v in fit_result.normalization.items()},
+        "class_names": list(class_names),
+        "history": [dict(h) for h in fit_result.history],
+        "best_epoch": fit_result.best_epoch,
+        "trained_on": fit_result.device,
+        "amp": fit_result.amp,
+        "versions": _versions(),
+        "extra": dict(extra or {}),
+        "state_dict": state,
+    }
+    return write_atomic(path, lambda temp: torch.save(checkpoint, temp))
+
+
+def load_checkpoint(path, device="auto") -> tuple[nn.Module, dict]:
+    """The model (eval mode, on ``device``) and the checkpoint dict written by ``save_checkpoint``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MuffinError(f"checkpoint {path} does not exist; train one with `python -m muffin_lib train ... --out {path}`")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise MuffinError(
+            f"checkpoint {path} could not be read ({type(error).__name__}: {str(error)[:200]}); "
+            "it is damaged or not a PyTorch file: train again to recreate it"
+        ) from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise MuffinError(f"{path} is a PyTorch file but not a muffin checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    if checkpoint.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise MuffinError(
+            f"checkpoint {path} has format version {checkpoint['format_version']}, newer than this "
+            f"muffin_lib understands ({CHECKPOINT_VERSION}); update muffin_lib"
+        )
+    model = build_model(
+        checkpoint["model_name"],
+        in_channels=checkpoint["in_channels"],
+        image_size=checkpoint["image_size"],
+        num_classes=checkpoint["num_classes"],
+    )
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise MuffinError(f"checkpoint {path}: weights do not fit model {checkpoint['model_name']!r} ({error})") from error
+    device = runtime.resolve_device(device)
+    model.to(device)
+    if checkpoint["config"].get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    model.eval()
+    return model, checkpoint

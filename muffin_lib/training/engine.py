@@ -1,0 +1,430 @@
+"""Training and evaluation of one model on in-memory uint8 images: the one loop every notebook,
+the ``train`` CLI and cross-validation share.
+
+Images arrive decoded once (``cache.load_images``) as a uint8 N x C x H x W tensor. Each step draws a
+seeded random batch, moves it to the device, converts, normalises and augments it there
+(``augment.augment_batch``), and runs the model under autocast where that pays. No DataLoader, no
+PIL, no per-sample Python in the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muffin_lib.config import COLOR_MODES, channels_for
+from muffin_lib.errors import MuffinError
+from muffin_lib.progress import progress_bar
+from muffin_lib.training import augment, runtime
+from muffin_lib.training.checkpoints import (  # noqa: F401
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    save_checkpoint,
+)
+from muffin_lib.training.models import MIN_IMAGE_SIZE, MODEL_NAMES, build_model
+from muffin_lib.training.runtime import AMP_MODES, execution_key, resolve_amp  # noqa: F401  (engine.* for callers)
+from muffin_lib.training.tensors import (  # noqa: F401  (engine.* for callers)
+    GPU_RESIDENT_FRACTION,
+    _model_spec,
+    _Normalizer,
+    _place_images,
+    _take,
+    _uses_channels_last,
+    check_images,
+    check_labels,
+    compute_normalization,
+    imagenet_normalization,
+)
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+# Part of every trial key and checkpoint-reuse check (with imageio.PREPROCESS_VERSION and execution_key):
+# bump when an architecture in models.py or the training step changes results.
+CODE_VERSION = 2
+# Fields that change speed but not what is learnt; left out of TrainConfig.key().
+_PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run. ``lr`` is the peak learning rate of the schedule."""
+
+    # The defaults are the study's from-scratch recipe, the one home of these settings: the `train` CLI
+    # and the training notebooks read them (tests check). Measured on the twin-grouped validation split of
+    # the dev data (benchmarks/README.md, "recipe"): deeper_cnn 7.1 % validation error against 10.0 %
+    # for the earlier 128 px greyscale, 10-epoch, lr 1e-3 defaults.
+    model: str = "simple_cnn"
+    image_size: int = 128
+    color_mode: str = "rgb"
+    epochs: int = 15
+    lr: float = 3e-3
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    augment: str = "flip_rotate_crop"
+    label_smoothing: float = 0.1
+    early_stopping_patience: int | None = None
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        choices = {
+            "model": MODEL_NAMES,
+            "color_mode": COLOR_MODES,
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "augment": tuple(augment.AUGMENT_PRESETS),
+            "amp": AMP_MODES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise MuffinError(f"TrainConfig.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise MuffinError(f"TrainConfig.image_size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise MuffinError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise MuffinError(
+                f"need lr > 0, weight_decay >= 0 and 0 <= label_smoothing < 1; got lr={self.lr}, "
+                f"weight_decay={self.weight_decay}, label_smoothing={self.label_smoothing}"
+            )
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise MuffinError(f"early_stopping_patience must be None or >= 1, got {self.early_stopping_patience}")
+        if self.pretrained and self.model != "transfer":
+            raise MuffinError(f"pretrained=True needs model='transfer', got model={self.model!r}")
+
+    @property
+    def in_channels(self) -> int:
+        return channels_for(self.color_mode)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MuffinError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> TrainConfig:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise MuffinError(f"unknown TrainConfig field(s) {unknown}")
+        return dataclasses.replace(self, **changes)
+
+    def key(self) -> str:
+        """Stable 12-hex-digit hash of the fields that affect results (not channels_last/compile)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in _PERFORMANCE_ONLY_FIELDS}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # in eval mode, on ``device``
+    history: list[dict]
+    normalization: dict  # {"mean": [...], "std": [...]} per channel, for inputs scaled to [0, 1]
+    device: str
+    config: TrainConfig
+    amp: str = "off"
+    best_epoch: int | None = None  # the epoch whose weights were restored by early stopping
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on biases and BatchNorm parameters (the usual AdamW recipe).
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    if device.type in ("cuda", "cpu"):
+        # The fused kernel is one pass over each parameter; on CPU it beats the per-tensor loop.
+        try:
+            return optimizer_class(groups, lr=config.lr, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused CPU kernel
+            pass
+    return optimizer_class(groups, lr=config.lr)
+
+
+def _make_scheduler(optimizer, config: TrainConfig, total_steps: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return None
+
+
+def _grad_scaler(device: torch.device, enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
+class TrainStep:
+    """One optimisation step of ``fit`` on a uint8 batch already on the device: normalise, augment,
+    forward and backward under autocast, optimizer and schedule step. ``bench`` times this same object."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, normalization: dict,
+                 total_steps: int):
+        self.amp_dtype = resolve_amp(config.amp, device)
+        self.device = device
+        self.model = torch.compile(model) if config.compile else model
+        self.normalize = _Normalizer(normalization, device, config.channels_last)
+        self.augment_kwargs = augment.AUGMENT_PRESETS[config.augment]
+        self.generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.optimizer = _make_optimizer(model, config, device)
+        self.scheduler = _make_scheduler(self.optimizer, config, total_steps)
+        self.scaler = _grad_scaler(device, enabled=self.amp_dtype == torch.float16)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def __call__(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on uint8 ``batch`` (N x C x H x W); returns the (detached) loss and logits."""
+        x = augment.augment_batch(self.normalize(batch), generator=self.generator, **self.augment_kwargs)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+
+def _batch_starts(n: int, batch_size: int) -> list[int]:
+    starts = list(range(0, n, batch_size))
+    # A last batch of one image would make BatchNorm's batch statistics degenerate; drop it.
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
+def _as_log(log) -> Callable[[str], None]:
+    if log is None:
+        return logger.info
+    if isinstance(log, logging.Logger):
+        return log.info
+    return log
+
+
+def fit(
+    config: TrainConfig,
+    train_images,
+    train_labels,
+    val_images=None,
+    val_labels=None,
+    *,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    on_epoch: Callable[[dict], bool | None] | None = None,
+    log: Callable[[str], None] | logging.Logger | None = None,
+) -> FitResult:
+    """Train ``config.model`` on uint8 ``train_images`` (N x C x S x S) and integer ``train_labels``.
+
+    With validation images, each epoch is also scored on them (never augmented) and early stopping
+    (``config.early_stopping_patience``) may stop training and restore the best weights.
+    ``on_epoch(record)`` is called with each history record; returning True stops training.
+    ``log`` is ``print``, a logger or None (this module's logger).
+    """
+    say = _as_log(log)
+    channels, size = config.in_channels, config.image_size
+    train_images = check_images(train_images, "training images", channels=channels, image_size=size)
+    train_labels = check_labels(train_labels, train_images.shape[0], "training labels")
+    has_val = val_images is not None
+    if has_val:
+        if val_labels is None:
+            raise MuffinError("val_images were given without val_labels; pass both or neither")
+        val_images = check_images(val_images, "validation images", channels=channels, image_size=size)
+        val_labels = check_labels(val_labels, val_images.shape[0], "validation labels")
+    if config.early_stopping_patience is not None and not has_val:
+        raise MuffinError("early_stopping_patience needs a validation set; pass val_images and val_labels")
+
+    runtime.seed_everything(config.seed)
+    device = runtime.resolve_device(device)
+    if device.type == "cpu":
+        runtime.tune_cpu_allocator()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = resolve_amp(config.amp, device)
+    amp_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    normalization = imagenet_normalization(channels) if config.pretrained else compute_normalization(train_images)
+
+    model = build_model(config.model, in_channels=channels, image_size=size, pretrained=config.pretrained)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    n_train = train_images.shape[0]
+    images = _place_images(train_images, device)
+    labels = train_labels.to(device)
+    if has_val:
+        val_images = _place_images(val_images, device)
+    starts = _batch_starts(n_train, config.batch_size)
+    total_steps = config.epochs * len(starts)
+    train_step = TrainStep(model, config, device, normalization, total_steps)
+    order_generator = torch.Generator().manual_seed(config.seed)
+
+    say(
+        f"training {config.model} on {n_train} images ({channels}x{size}x{size}), "
+        f"{val_images.shape[0] if has_val else 0} validation; device {device}, amp {amp_name}, "
+        f"batch {config.batch_size}, {config.epochs} epochs x {len(starts)} steps, "
+        f"{config.optimizer} lr {config.lr:g} ({config.schedule}), augment {config.augment}"
+    )
+    history: list[dict] = []
+    best = {"loss": math.inf, "epoch": None, "state": None}
+    stopped_early = False
+    epochs = progress_bar(range(1, config.epochs + 1), enabled=progress, desc=config.model, unit="epoch")
+    for epoch in epochs:
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        order = torch.randperm(n_train, generator=order_generator)
+        steps = progress_bar(starts, enabled=progress, desc=f"epoch {epoch}", unit="batch", leave=False)
+        for start in steps:
+            idx = order[start : start + config.batch_size]
+            y = labels[idx.to(labels.device)]
+            loss, logits = train_step(_take(images, idx, device), y)
+            loss_sum += loss * len(idx)
+            correct += (logits.argmax(dim=1) == y).sum()
+            seen += len(idx)
+        train_loss, train_accuracy = loss_sum.item() / seen, correct.item() / seen
+        if not math.isfinite(train_loss):
+            raise MuffinError(
+                f"training diverged in epoch {epoch} (loss {train_loss}); lower the learning rate "
+                f"(lr={config.lr:g}) or use amp='off'"
+            )
+        train_seconds = time.perf_counter() - started
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": None,
+            "val_accuracy": None,
+            "val_zero_one_loss": None,
+            "lr": train_step.optimizer.param_groups[0]["lr"],
+            "seconds": None,
+            "images_per_s": seen / train_seconds,
+        }
+        if has_val:
+            scores = evaluate(
+                model, val_images, val_labels, normalization, device=device, batch_size=2 * config.batch_size
+            )
+            record.update(
+                val_loss=scores["loss"], val_accuracy=scores["accuracy"], val_zero_one_loss=scores["zero_one_loss"]
+            )
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        postfix = {"loss": f"{train_loss:.3f}"}
+        if has_val:
+            postfix.update(val_loss=f"{record['val_loss']:.3f}", val_err=f"{record['val_zero_one_loss']:.3f}")
+        epochs.set_postfix(postfix)
+
+        if config.early_stopping_patience is not None:
+            if record["val_loss"] < best["loss"]:
+                best = {"loss": record["val_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            elif epoch - (best["epoch"] or 0) >= config.early_stopping_patience:
+                stopped_early = True
+        if on_epoch is not None and on_epoch(dict(record)):
+            stopped_early = True
+        if stopped_early:
+            say(f"stopped after epoch {epoch}")
+            break
+    epochs.close()
+
+    best_epoch = None
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        best_epoch = best["epoch"]
+    model.eval()
+    last = history[-1]
+    say(
+        f"done: {len(history)} epochs, {sum(h['seconds'] for h in history):.0f} s, "
+        f"{last['images_per_s']:.0f} images/s, train loss {last['train_loss']:.3f}"
+        + (f", val zero-one loss {last['val_zero_one_loss']:.3f}" if has_val else "")
+        + (f"; restored the weights of epoch {best_epoch}" if best_epoch is not None else "")
+    )
+    return FitResult(
+        model=model,
+        history=history,
+        normalization=normalization,
+        device=str(device),
+        config=config,
+        amp=amp_name,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _logits(model: nn.Module, images, normalization: dict, device, batch_size: int) -> tuple[torch.Tensor, torch.device]:
+    """float32 logits of ``model`` (eval mode, no augmentation) for every image, on ``device``."""
+    device = runtime.resolve_device(device)
+    spec = _model_spec(model)
+    images = check_images(images, "images", channels=spec.get("in_channels"), image_size=spec.get("image_size"))
+    if len(normalization["mean"]) != images.shape[1]:
+        raise MuffinError(
+            f"normalization has {len(normalization['mean'])} channel(s) but the images have {images.shape[1]}"
+        )
+    model.to(device)
+    normalize = _Normalizer(normalization, device, _uses_channels_last(model))
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            idx = torch.arange(start, min(start + batch_size, images.shape[0]))
+            outputs.append(model(normalize(_take(images, idx, device))).float())
+    model.train(was_training)
+    return torch.cat(outputs), device
+
+
+def evaluate(model: nn.Module, images, labels, normalization: dict, *, device="auto", batch_size: int = 256) -> dict:
+    """Mean cross-entropy, accuracy, zero-one loss and error count of ``model`` on uint8 ``images`` (``n`` of them)."""
+    logits, device = _logits(model, images, normalization, device, batch_size)
+    labels = check_labels(labels, logits.shape[0], "labels", num_classes=logits.shape[1]).to(device)
+    loss = F.cross_entropy(logits, labels).item()
+    n = int(labels.shape[0])
+    errors = int((logits.argmax(dim=1) != labels).sum().item())
+    return {"loss": loss, "accuracy": 1.0 - errors / n, "zero_one_loss": errors / n, "errors": errors, "n": n}
+
+
+def predict_proba(model: nn.Module, images, normalization: dict, *, device="auto", batch_size: int = 256) -> np.ndarray:
+    """Class probabilities, N x num_classes (columns in ``config.CLASSES`` order)."""
+    logits, _ = _logits(model, images, normalization, device, batch_size)
+    return torch.softmax(logits, dim=1).cpu().numpy()
+
+

@@ -1,0 +1,185 @@
+"""Classify image files or folders with a checkpoint: ``predict_paths`` and the ``predict`` CLI.
+
+Any size or mode works (the same ``imageio.preprocess_image`` as the cache). A file that cannot be
+read is reported on its own line and skipped. Files that sit in a class folder (``muffin/`` or
+``chihuahua/``, any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is
+reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS
+from muffin_lib.data.imageio import preprocess_image
+from muffin_lib.errors import MuffinError
+from muffin_lib.progress import progress_bar
+from muffin_lib.training import engine, metrics
+
+
+def _expand(paths) -> list[tuple[Path, str | None]]:
+    """(file, problem) for every image under ``paths``: files as given, folders recursively (sorted)."""
+    found: list[tuple[Path, str | None]] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            files = sorted(
+                Path(root) / name
+                for root, _, names in os.walk(path)
+                for name in names
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+            )
+            found += [(f, None) for f in files]
+        elif path.is_file():
+            found.append((path, None))
+        else:
+            found.append((path, "no such file or folder"))
+    return found
+
+
+def label_from_path(path: Path) -> int | None:
+    """The class index when the file's folder is named after a class (any case), else None."""
+    folder = path.parent.name.lower()
+    return CLASSES.index(folder) if folder in CLASSES else None
+
+
+def predict_paths(
+    checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False, work_dir=None
+) -> dict:
+    """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
+    path, label, probability, probabilities, true_label, correct, error), ``n``, ``n_failed``,
+    ``n_labelled`` and, when some files are labelled by their folder, ``zero_one_loss`` with a 95 %
+    Wilson interval (``ci_low``, ``ci_high``). When they are the test images of a dataset
+    (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
+    (twins found once and cached in ``work_dir`` when given)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    model, stored = engine.load_checkpoint(checkpoint, device=device)
+    device = next(model.parameters()).device
+    image_size, color_mode = stored["image_size"], stored["color_mode"]
+    class_names = list(stored.get("class_names", CLASSES))
+    files = _expand(paths)
+    if not files:
+        raise MuffinError(f"no images found under {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+
+    predictions: list[dict] = []
+    for start in progress_bar(range(0, len(files), batch_size), enabled=progress, desc="predict", unit="batch"):
+        chunk = files[start : start + batch_size]
+        entries, tensors = [], []
+        for path, problem in chunk:
+            true = label_from_path(path)
+            entry = {"path": str(path), "label": None, "probability": None, "probabilities": None,
+                     "true_label": class_names[true] if true is not None else None, "correct": None, "error": problem}
+            if problem is None:
+                try:
+                    tensors.append(preprocess_image(path, image_size, color_mode))
+                except MuffinError as error:
+                    entry["error"] = getattr(error, "reason", None) or str(error)
+            entries.append(entry)
+            predictions.append(entry)
+        if not tensors:
+            continue
+        proba = engine.predict_proba(model, torch.stack(tensors), stored["normalization"], device=device,
+                                     batch_size=batch_size)
+        readable = [e for e in entries if e["error"] is None]
+        for entry, p in zip(readable, proba, strict=True):
+            k = int(np.argmax(p))
+            entry.update(label=class_names[k], probability=float(p[k]),
+                         probabilities={name: float(q) for name, q in zip(class_names, p, strict=True)})
+            if entry["true_label"] is not None:
+                entry["correct"] = entry["label"] == entry["true_label"]
+
+    labelled = [e for e in predictions if e["correct"] is not None]
+    result = {
+        "checkpoint": str(checkpoint),
+        "model": stored["model_name"],
+        "predictions": predictions,
+        "n": len(predictions),
+        "n_failed": sum(e["error"] is not None for e in predictions),
+        "n_labelled": len(labelled),
+    }
+    if labelled:
+        errors = sum(not e["correct"] for e in labelled)
+        low, high = metrics.binomial_interval(errors, len(labelled))
+        result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
+        result["twin_free"] = _twin_free_scores(labelled, work_dir)
+    return result
+
+
+def _dataset_of(path: Path) -> Path | None:
+    """``DATA`` when ``path`` is ``DATA/test/<class>/file`` of a dataset that also has ``DATA/train``."""
+    path = path.resolve()
+    if len(path.parents) < 3 or path.parents[1].name.lower() != "test":
+        return None
+    root = path.parents[2]
+    return root if (root / "train").is_dir() else None
+
+
+def _twin_free_scores(labelled: list[dict], work_dir) -> dict | None:
+    """Scores on the labelled files that are test images of one dataset and have no twin in its train split
+    (None when the files are not such test images)."""
+    from muffin_lib.data.splits import twin_free_test_images
+    from muffin_lib.training.metrics import scores
+
+    roots = {_dataset_of(Path(e["path"])) for e in labelled}
+    if len(roots) != 1 or None in roots:
+        return None
+    root = roots.pop()
+    relpaths = [Path(e["path"]).resolve().relative_to(root).as_posix() for e in labelled]
+    _, free = twin_free_test_images(root, work_dir, relpaths)
+    kept = [e["correct"] for e, keep in zip(labelled, free, strict=True) if keep]
+    return {**scores(kept), "n_with_train_twin": int((~free).sum()), "data_dir": str(root)}
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by `train`")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="cache the near-duplicate search here (used when PATH is a dataset's test split)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    result = predict_paths(
+        args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size, work_dir=args.work_dir
+    )
+    if args.json:
+        keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
+                "n_labelled", "model")
+        print(json.dumps({k: result[k] for k in keep if k in result}))
+        return 0
+    for entry in result["predictions"]:
+        if entry["error"] is not None:
+            print(f"{'unreadable':10s} {'':6s} {entry['path']}: {entry['error']}")
+            continue
+        mark = ""
+        if entry["true_label"] is not None:
+            mark = "  ok" if entry["correct"] else f"  WRONG (is {entry['true_label']})"
+        print(f"{entry['label']:10s} {entry['probability']:6.3f} {entry['path']}{mark}")
+    summary = f"{result['n'] - result['n_failed']} of {result['n']} files classified"
+    if result["n_failed"]:
+        summary += f", {result['n_failed']} unreadable"
+    print(summary)
+    if "zero_one_loss" in result:
+        print(
+            f"zero-one loss {result['zero_one_loss']:.4f} ({result['errors']}/{result['n_labelled']} labelled "
+            f"files wrong; 95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f})"
+        )
+        free = result.get("twin_free")
+        if free:
+            print(
+                f"twin-free part ({free['n']} test images with no near-duplicate in train; "
+                f"{free['n_with_train_twin']} left out): zero-one loss {free['zero_one_loss']:.4f} "
+                f"({free['errors']}/{free['n']}; 95% CI {free['ci_low']:.3f}-{free['ci_high']:.3f})"
+            )
+    else:
+        print("zero-one loss: unknown (no file sits in a muffin/ or chihuahua/ folder)")
+    return 0

@@ -1,0 +1,322 @@
+"""Train one model on the train split (hold-out validation from the saved split plan) and keep a
+checkpoint; score a checkpoint on a split. Used by the ``train`` CLI and notebooks 03-05.
+
+A checkpoint made for the same ``TrainConfig.key()``, data fingerprint, split, image size and colour
+mode, model/training code version (``engine.CODE_VERSION``), preprocessing version
+(``imageio.PREPROCESS_VERSION``) and execution (resolved device type and precision,
+``engine.execution_key``, e.g. ``cpu/fp32``) is reused instead of training again, so re-running a
+notebook costs seconds; any difference in these (kept in the checkpoint's ``extra``) trains again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from muffin_lib.config import CLASSES, COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
+from muffin_lib.data import imageio
+from muffin_lib.training import augment, engine, metrics, runtime
+from muffin_lib.training.models import MODEL_NAMES
+
+log = logging.getLogger(__name__)
+
+SPLIT_SEED = 0  # the one validation split every notebook and CLI run shares
+# What a checkpoint's ``extra`` must match (besides its config key) to be reused.
+REUSE_KEYS = (
+    "data_fingerprint",
+    "split",
+    "color_mode",
+    "image_size",
+    "code_version",
+    "preprocess_version",
+    "execution",
+)
+
+
+@dataclass
+class TrainRun:
+    model: nn.Module  # eval mode
+    history: list[dict]
+    checkpoint_path: Path
+    normalization: dict
+    config: engine.TrainConfig
+    device: str
+    resumed: bool  # True when the checkpoint was reused instead of training
+    val_scores: dict = field(default_factory=dict)  # loss, accuracy, zero_one_loss, errors, n
+    val_predictions: dict = field(default_factory=dict)  # relpaths, labels, predicted, p_muffin
+
+
+def _predictions(model, images, labels, relpaths, normalization, device) -> tuple[dict, dict]:
+    proba = engine.predict_proba(model, images, normalization, device=device)
+    predicted = proba.argmax(axis=1)
+    labels = np.asarray(labels)
+    errors = int((predicted != labels).sum())
+    logits_loss = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    scores = {
+        "loss": logits_loss,
+        "accuracy": 1 - errors / len(labels),
+        "zero_one_loss": errors / len(labels),
+        "errors": errors,
+        "n": len(labels),
+    }
+    predictions = {
+        "relpaths": list(relpaths),
+        "labels": labels.tolist(),
+        "predicted": predicted.tolist(),
+        "p_muffin": proba[:, CLASSES.index("muffin")].tolist(),
+    }
+    return scores, predictions
+
+
+def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | None:
+    """The checkpoint at ``path`` when it was made by this config on these data and split, by this code and
+    preprocessing version, on this device type and precision (``REUSE_KEYS`` of ``extra``), else None."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file is simply retrained
+        log.warning("ignoring unreadable checkpoint %s (%s); training again", path, error)
+        return None
+    if not isinstance(checkpoint, dict) or checkpoint.get("config_key") != config.key():
+        return None
+    stored = checkpoint.get("extra", {})
+    if not isinstance(stored, dict) or any(stored.get(k) != extra[k] for k in REUSE_KEYS):
+        return None
+    return checkpoint
+
+
+def train_model(
+    data_dir,
+    work_dir,
+    config: engine.TrainConfig,
+    *,
+    val_fraction: float = 0.2,
+    device: str = "auto",
+    progress: bool = True,
+    checkpoint_path=None,
+    resume: bool = True,
+    log_to=None,
+) -> TrainRun:
+    """Fit ``config`` on the training part of the split, validate on its validation part, save a checkpoint.
+
+    The checkpoint defaults to ``work_dir/checkpoints/<model>.pt``; with ``resume`` an existing one made
+    for the same config key, data fingerprint, split, code and preprocessing version and execution
+    (device type and precision) is loaded instead of training again (see the module docstring).
+    """
+    from muffin_lib.data.cache import load_images
+    from muffin_lib.data.splits import plan_for_cache
+
+    cache = load_images(data_dir, work_dir, "train", config.image_size, config.color_mode, progress=progress)
+    plan = plan_for_cache(cache, work_dir, val_fraction=val_fraction, seed=SPLIT_SEED)
+    path = Path(checkpoint_path) if checkpoint_path else WorkDir(work_dir).checkpoints_dir / f"{config.model}.pt"
+    extra = {
+        "data_fingerprint": cache.fingerprint,
+        "data_dir": str(cache.data_dir),
+        "synthetic": bool(cache.synthetic),
+        "split": plan.identity,
+        "image_size": config.image_size,
+        "color_mode": config.color_mode,
+        "n_train": len(plan.train_idx),
+        "n_val": len(plan.val_idx),
+        "code_version": engine.CODE_VERSION,
+        "preprocess_version": imageio.PREPROCESS_VERSION,
+        "execution": engine.execution_key(config.amp, device),
+    }
+    train_idx = torch.as_tensor(plan.train_idx, dtype=torch.int64)
+    val_idx = torch.as_tensor(plan.val_idx, dtype=torch.int64)
+    val_images, val_labels = cache.images[val_idx], cache.labels[val_idx]
+    val_relpaths = [cache.relpaths[i] for i in plan.val_idx]
+
+    checkpoint = _reusable(path, config, extra) if resume else None
+    if checkpoint is not None:
+        model, checkpoint = engine.load_checkpoint(path, device=device)
+        history, normalization = checkpoint["history"], checkpoint["normalization"]
+        used_device = str(runtime.resolve_device(device))
+        log.info("reusing checkpoint %s (same config %s and data); delete it to train again", path, config.key())
+    else:
+        result = engine.fit(
+            config,
+            cache.images[train_idx],
+            cache.labels[train_idx],
+            val_images,
+            val_labels,
+            device=device,
+            progress=progress,
+            log=log_to,
+        )
+        engine.save_checkpoint(path, result, class_names=CLASSES, extra=extra)
+        model, history, normalization, used_device = result.model, result.history, result.normalization, result.device
+    scores, predictions = _predictions(model, val_images, val_labels, val_relpaths, normalization, used_device)
+    return TrainRun(
+        model=model,
+        history=history,
+        checkpoint_path=path,
+        normalization=normalization,
+        config=config,
+        device=used_device,
+        resumed=checkpoint is not None,
+        val_scores=scores,
+        val_predictions=predictions,
+    )
+
+
+def evaluate_on_split(
+    checkpoint,
+    data_dir,
+    work_dir,
+    split: str = "test",
+    *,
+    device: str = "auto",
+    confidence: float = 0.95,
+    progress: bool = True,
+) -> dict:
+    """Score a checkpoint on ``split`` of ``data_dir``: zero-one loss with its binomial (Wilson) interval,
+    on the test split also on its twin-free part (``twin_free``: images with no near-duplicate in train),
+    confusion matrix, per-class report and one prediction per file (JSON-friendly)."""
+    from muffin_lib.data.cache import load_images
+
+    model, stored = engine.load_checkpoint(checkpoint, device=device)
+    cache = load_images(data_dir, work_dir, split, stored["image_size"], stored["color_mode"], progress=progress)
+    scores, predictions = _predictions(
+        model, cache.images, cache.labels, cache.relpaths, stored["normalization"], device
+    )
+    low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)
+    y_true, y_pred = predictions["labels"], predictions["predicted"]
+    by_part = None
+    if split == "test":
+        from muffin_lib.data.splits import twin_free_test_images
+        from muffin_lib.training.metrics import scores_by_part
+
+        _, twin_free = twin_free_test_images(data_dir, work_dir, cache.relpaths)
+        by_part = scores_by_part(np.asarray(y_true) == np.asarray(y_pred), twin_free, confidence)
+    return {
+        "checkpoint": str(checkpoint),
+        "model": stored["model_name"],
+        "split": split,
+        "synthetic": bool(cache.synthetic),
+        **scores,
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": confidence,
+        "twin_free": by_part["twin_free"] if by_part else None,  # test images with no twin in train
+        "confusion": metrics.confusion(y_true, y_pred, len(CLASSES)).tolist(),
+        "per_class": metrics.per_class_report(y_true, y_pred, CLASSES),
+        "predictions": [
+            {"relpath": r, "label": CLASSES[t], "predicted": CLASSES[p], "p_muffin": q, "correct": t == p}
+            for r, t, p, q in zip(predictions["relpaths"], y_true, y_pred, predictions["p_muffin"], strict=True)
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = engine.TrainConfig()
+    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--color-mode", choices=COLOR_MODES, default=defaults.color_mode)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--optimizer", choices=engine.OPTIMIZERS, default=defaults.optimizer)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--schedule", choices=engine.SCHEDULES, default=defaults.schedule)
+    parser.add_argument("--augment", choices=tuple(augment.AUGMENT_PRESETS), default=defaults.augment)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    parser.add_argument("--amp", choices=engine.AMP_MODES, default=defaults.amp)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--pretrained", type=parse_bool, default=False, metavar="true|false")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--out", type=Path, default=None, metavar="CKPT",
+                        help="checkpoint path (default: WORK_DIR/checkpoints/MODEL.pt)")
+    parser.add_argument("--no-resume", action="store_true", help="train even if a matching checkpoint exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
+
+
+def format_history(history: list[dict]) -> str:
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_zero_one_loss", "lr", "seconds", "images_per_s"]
+    header = "  ".join(f"{c:>17s}" if c != "epoch" else "epoch" for c in columns)
+    lines = [header]
+    for record in history:
+        cells = [f"{record['epoch']:5d}"]
+        for column in columns[1:]:
+            value = record.get(column)
+            cells.append(f"{'-':>17s}" if value is None else f"{value:17.4g}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    config = engine.TrainConfig(
+        model=args.model,
+        image_size=args.image_size,
+        color_mode=args.color_mode,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        augment=args.augment,
+        label_smoothing=args.label_smoothing,
+        early_stopping_patience=args.early_stopping,
+        amp=args.amp,
+        compile=args.compile,
+        seed=args.seed,
+        pretrained=args.pretrained,
+    )
+    run = train_model(
+        args.data_dir,
+        args.work_dir,
+        config,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        progress=not args.quiet,
+        checkpoint_path=args.out,
+        resume=not args.no_resume,
+    )
+    if not args.json:
+        print(format_history(run.history))
+    scores = run.val_scores
+    how = "reused" if run.resumed else "saved"
+    if not args.json:
+        print(
+            f"validation zero-one loss {scores['zero_one_loss']:.4f} ({scores['errors']}/{scores['n']}); "
+            f"checkpoint {how}: {run.checkpoint_path}"
+        )
+    else:
+        print(json.dumps({
+            "checkpoint": str(run.checkpoint_path),
+            "resumed": run.resumed,
+            "config": config.to_dict(),
+            "config_key": config.key(),
+            "device": run.device,
+            "val": scores,
+            "history": run.history,
+        }))
+    return 0
+

@@ -1,0 +1,76 @@
+"""The Ray Tune backend runs the same trials as the serial one; without Ray it says how to install it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from muffin_lib.data.cache import load_images
+from muffin_lib.data.splits import plan_for_cache
+from muffin_lib.errors import MuffinError
+from muffin_lib.selection import cross_validate, grid_search
+from muffin_lib.selection.trials import TrialStore
+from muffin_lib.training import engine
+
+TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def cache_and_folds(synthetic_data_dir, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("ray-work")
+    cache = load_images(synthetic_data_dir, work_dir, "train", 32, "grayscale", progress=False)
+    plan = plan_for_cache(cache, work_dir, n_splits=2, seed=0)
+    return cache, plan.folds
+
+
+def test_missing_ray_is_a_clear_error(cache_and_folds, tmp_path, monkeypatch):
+    cache, folds = cache_and_folds
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.tune", None)
+    with pytest.raises(MuffinError, match=r"pip install 'muffin-lab\[ray\]'"):
+        cross_validate(TINY, cache, folds, store=TrialStore(tmp_path / "t.sqlite"), backend="ray", progress=False)
+    with pytest.raises(MuffinError, match="backend must be one of"):
+        cross_validate(TINY, cache, folds, backend="dask", progress=False)
+
+
+def test_ray_runs_the_same_trials_as_serial(cache_and_folds, tmp_path):
+    pytest.importorskip("ray.tune")
+    cache, folds = cache_and_folds
+    grid = {"lr": [3e-3, 1e-3]}
+    serial_store = TrialStore(tmp_path / "serial.sqlite")
+    ray_store = TrialStore(tmp_path / "ray.sqlite")
+    serial = grid_search(TINY, grid, cache, folds, store=serial_store, device="cpu", progress=False)
+    # One trial is already stored: Ray must skip it and run only the other three.
+    ray_store.add_record(serial.trials[0])
+    seen = []
+    result = grid_search(
+        TINY,
+        grid,
+        cache,
+        folds,
+        store=ray_store,
+        device="cpu",
+        progress=False,
+        backend="ray",
+        on_trial=seen.append,
+        ray_options={"num_cpus": 2, "cpus_per_trial": 1},
+    )
+    assert sorted(r["status"] for r in seen) == ["stored", "trained", "trained", "trained"]
+    assert ray_store.completed() == serial_store.completed()
+    assert len(ray_store) == 4
+    assert [t["config_key"] for t in result.trials] == [t["config_key"] for t in serial.trials]
+    assert all(r["device"] == "cpu" and 0 <= r["zero_one_loss"] <= 1 for r in ray_store.records())
+    assert list(result.table["lr"]) == [3e-3, 1e-3]
+
+
+def test_gpu_keyed_trials_need_gpus_per_trial():
+    """Ray hides GPUs from trials that reserve none: GPU-keyed trials would silently train on the CPU."""
+    pytest.importorskip("ray.tune")
+    from types import SimpleNamespace
+
+    from muffin_lib.selection import ray_backend
+
+    task = SimpleNamespace(execution="cuda/bf16", setting=(32, "grayscale"))
+    with pytest.raises(MuffinError, match="gpus-per-trial"):
+        ray_backend.run_tasks([task], {}, on_record=print, gpus_per_trial=0.0)

@@ -1,0 +1,206 @@
+"""The papermill runner on tiny throwaway notebooks: injection, order, --only, failures, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from muffin_lib import cli
+from muffin_lib.errors import MuffinError
+from muffin_lib.study.runner import find_notebooks, parse_value, run_series
+
+# Each tiny notebook records what it saw: its parameters, the kernel's environment and its turn.
+BODY = """
+import json, os, pathlib
+results = pathlib.Path(work_dir) / "results"
+results.mkdir(parents=True, exist_ok=True)
+with open(pathlib.Path(work_dir) / "order.log", "a") as log:
+    log.write(NAME + "\\n")
+seen = {k: v for k, v in globals().items() if k in PARAMS}
+(results / (NAME + ".json")).write_text(json.dumps({
+    "seen": seen,
+    "progress_env": os.environ.get("MUFFIN_PROGRESS"),
+    "cwd": os.getcwd(),
+    "models": {NAME + "_model": {"test_zero_one_loss": 0.25, "test_ci": [0.2, 0.3]}},
+    "findings": [NAME + " found " + str(len(seen)) + " parameters"],
+}))
+"""
+
+
+def write_notebook(folder: Path, name: str, extra_params: str = "", fail: bool = False) -> Path:
+    params = 'data_dir = "../data"\nwork_dir = "../work"\nprofile = "full"\n' + extra_params
+    names = [line.split("=")[0].strip() for line in params.splitlines() if "=" in line]
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell(params)
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {name}"),
+        parameters,
+        nbformat.v4.new_code_cell(f"NAME = {name!r}\nPARAMS = {names!r}" + BODY),
+    ]
+    if fail:
+        nb.cells.append(nbformat.v4.new_code_cell('# the step that breaks\nraise ValueError("boom in " + NAME)'))
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> Path:
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    write_notebook(folder, "00_first")
+    write_notebook(folder, "01_second", "epochs = 3\nlr = 0.1\n")
+    write_notebook(folder, "02_third")
+    return folder
+
+
+def order(work_dir: Path) -> list[str]:
+    return (work_dir / "order.log").read_text().split()
+
+
+def test_runs_in_order_injects_parameters_and_writes_summary(series: Path, tmp_path: Path):
+    work_dir = tmp_path / "work"
+    summary = run_series(
+        profile="smoke",
+        data_dir=tmp_path / "no-data",
+        work_dir=work_dir,
+        parameters={"epochs": 5},
+        notebooks_dir=series,
+        progress=False,
+    )
+    assert order(work_dir) == ["00_first", "01_second", "02_third"]
+    seen = {name: json.loads((work_dir / "results" / f"{name}.json").read_text()) for name in order(work_dir)}
+    for result in seen.values():
+        assert result["seen"]["data_dir"] == str((tmp_path / "no-data").resolve())
+        assert result["seen"]["work_dir"] == str(work_dir.resolve())
+        assert result["seen"]["profile"] == "smoke"
+        assert result["progress_env"] == "text"
+        assert Path(result["cwd"]) == series.resolve()
+    # -p goes only where the parameter exists; other parameters keep their defaults
+    assert seen["01_second"]["seen"]["epochs"] == 5
+    assert seen["01_second"]["seen"]["lr"] == 0.1
+    assert "epochs" not in seen["00_first"]["seen"]
+    for name in order(work_dir):
+        executed = nbformat.read(work_dir / "executed" / f"{name}.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+    assert [r["status"] for r in summary["notebooks"].values()] == ["ok", "ok", "ok"]
+    on_disk = json.loads((work_dir / "summary.json").read_text())
+    assert on_disk["notebooks"].keys() == summary["notebooks"].keys()
+    assert on_disk["models"]["01_second_model"]["test_zero_one_loss"] == 0.25
+    markdown = (work_dir / "summary.md").read_text()
+    assert "| 01_second | ok |" in markdown
+    assert "| 02_third_model |  | 0.250 [0.200, 0.300] |" in markdown  # the whole-test-split column
+    assert "01_second found 5 parameters" in markdown
+
+
+def test_failure_names_notebook_and_cell_and_stops(series: Path, tmp_path: Path):
+    write_notebook(series, "01_second", fail=True)
+    work_dir = tmp_path / "work"
+    with pytest.raises(MuffinError) as raised:
+        run_series(data_dir=tmp_path / "no-data", work_dir=work_dir, notebooks_dir=series, progress=False)
+    message = str(raised.value)
+    assert "01_second failed" in message
+    # In [4]: the parameters cell, the injected parameters, the body, then the failing cell
+    assert "In [4]" in message and "the step that breaks" in message
+    assert "ValueError: boom in 01_second" in message
+    assert str(work_dir.resolve() / "executed" / "01_second.ipynb") in message
+    assert order(work_dir) == ["00_first", "01_second"]  # 02 never started
+
+    summary = json.loads((work_dir / "summary.json").read_text())
+    statuses = {name: record["status"] for name, record in summary["notebooks"].items()}
+    assert statuses == {"00_first": "ok", "01_second": "failed", "02_third": "not run (an earlier notebook failed)"}
+    assert "## 01_second failed" in (work_dir / "summary.md").read_text()
+
+
+def test_only_reruns_some_and_keeps_the_rest_of_the_summary(series: Path, tmp_path: Path):
+    work_dir = tmp_path / "work"
+    run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only="00,02", progress=False)
+    assert order(work_dir) == ["00_first", "02_third"]
+    summary = run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only=["1"], progress=False)
+    assert order(work_dir) == ["00_first", "02_third", "01_second"]
+    # the earlier records and results files survive a partial re-run
+    assert set(summary["notebooks"]) == {"00_first", "01_second", "02_third"}
+    assert set(summary["results"]) == {"00_first", "01_second", "02_third"}
+
+
+def test_bad_requests_fail_before_running_anything(series: Path, tmp_path: Path):
+    work_dir = tmp_path / "work"
+    with pytest.raises(MuffinError, match="-p nope: no notebook"):
+        run_series(work_dir=work_dir, notebooks_dir=series, parameters={"nope": 1}, progress=False)
+    with pytest.raises(MuffinError, match="--only '07' matches no notebook; the series is: 00_first, 01_second"):
+        find_notebooks(series, "07")
+    with pytest.raises(MuffinError, match="no notebooks matching"):
+        find_notebooks(tmp_path / "empty", None)
+    with pytest.raises(MuffinError, match="profile must be one of"):
+        run_series(profile="huge", work_dir=work_dir, notebooks_dir=series, progress=False)
+    assert not (work_dir / "order.log").exists()
+
+
+def test_cli_runs_and_reports_failures(series: Path, tmp_path: Path, capsys):
+    for path in series.glob("0[12]_*.ipynb"):
+        path.unlink()
+    args = ["run", "--notebooks-dir", str(series), "--work-dir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "d")]
+    assert cli.main([*args, "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] 00_first.ipynb" in out and "| 00_first | ok |" in out
+
+    write_notebook(series, "00_first", fail=True)
+    assert cli.main(args) == 2
+    assert "error: 00_first failed in cell In [4]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("5", 5), ("1e-3", 0.001), ("True", True), ("[64, 128]", [64, 128]), ("[simple_cnn, deeper_cnn]", ["simple_cnn", "deeper_cnn"]), ("rgb", "rgb"), ("/tmp/x", "/tmp/x")],
+)
+def test_parse_value(text, value):
+    assert parse_value(text) == value
+
+
+def test_synthetic_data_is_said_loudly(series: Path, tmp_path: Path, capsys):
+    from muffin_lib.config import SYNTHETIC_MARKER
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / SYNTHETIC_MARKER).write_text("{}")
+    work_dir = tmp_path / "work"
+    summary = run_series(data_dir=data_dir, work_dir=work_dir, notebooks_dir=series, only="00")
+    assert summary["synthetic"] is True
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert "**⚠️ SYNTHETIC DATA**" in (work_dir / "summary.md").read_text()
+
+
+def test_auto_profile_is_full_on_real_data_and_smoke_on_the_synthetic_fallback(
+    series: Path, tmp_path: Path, synthetic_data_dir: Path
+):
+    real = tmp_path / "real"
+    (real / "train").mkdir(parents=True)  # no SYNTHETIC marker: taken for real photos
+    summary = run_series(data_dir=real, work_dir=tmp_path / "w1", notebooks_dir=series, progress=False)
+    assert json.loads((tmp_path / "w1" / "results" / "00_first.json").read_text())["seen"]["profile"] == "full"
+    assert summary["profile"] == "auto (full)"
+
+    summary = run_series(data_dir=synthetic_data_dir, work_dir=tmp_path / "w2", notebooks_dir=series, progress=False)
+    for name in ("00_first", "01_second", "02_third"):
+        assert json.loads((tmp_path / "w2" / "results" / f"{name}.json").read_text())["seen"]["profile"] == "smoke"
+    assert summary["profile"] == "auto (smoke)" and summary["synthetic"] is True
+
+
+def test_summary_table_puts_the_twin_free_test_error_first():
+    from muffin_lib.study.runner import format_summary
+
+    summary = {
+        "synthetic": False, "data_dir": "d", "profile": "full", "work_dir": "w", "environment": {},
+        "notebooks": {}, "findings": [],
+        "models": {"deeper_cnn": {"test_twin_free": 0.05, "test_twin_free_ci": [0.04, 0.07],
+                                  "test_zero_one_loss": 0.045, "test_ci": [0.033, 0.06],
+                                  "cv_risk": 0.08, "cv_ci": [0.06, 0.1], "val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11]}},
+    }
+    text = format_summary(summary)
+    assert "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] |" in text
+    assert "| deeper_cnn | 0.050 [0.040, 0.070] | 0.045 [0.033, 0.060] | 0.080 [0.060, 0.100] | 0.090 [0.070, 0.110] |" in text

@@ -1,0 +1,79 @@
+"""Every model: output shape for any size/channel count, every parameter trains, transfer weights."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights, resnet18
+
+from muffin_lib.errors import MuffinError
+from muffin_lib.training import models
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_shape_for_any_size(name, channels):
+    for size in (32, 64, 128, 256):
+        model = models.build_model(name, in_channels=channels, image_size=size).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, channels, size, size))
+        assert out.shape == (1, 2), (name, channels, size)
+
+
+def test_odd_size_and_spec():
+    model = models.build_model("deeper_cnn", in_channels=1, image_size=75)
+    assert model.muffin_spec == {
+        "name": "deeper_cnn", "in_channels": 1, "image_size": 75, "num_classes": 2, "pretrained": False
+    }
+    assert model.eval()(torch.randn(1, 1, 75, 75)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    # The reference's ResNet kept its blocks in a tuple: their weights never trained.
+    torch.manual_seed(0)
+    model = models.build_model(name, in_channels=1, image_size=32)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 32, 32)), torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name}.{param_name} gets no gradient"
+
+
+def test_resnet_like_registers_its_residual_blocks():
+    model = models.build_model("resnet_like", in_channels=1, image_size=64)
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("blocks.0.") for n in names) and any(n.startswith("blocks.1.downsample") for n in names)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(MuffinError, match="unknown model 'vgg'"):
+        models.build_model("vgg", in_channels=1, image_size=64)
+    with pytest.raises(MuffinError, match="at least 32"):
+        models.build_model("simple_cnn", in_channels=1, image_size=16)
+    with pytest.raises(MuffinError, match="in_channels"):
+        models.build_model("simple_cnn", in_channels=2, image_size=64)
+    with pytest.raises(MuffinError, match="only for the 'transfer'"):
+        models.build_model("simple_cnn", in_channels=1, image_size=64, pretrained=True)
+
+
+def test_pretrained_offline_says_what_to_do(monkeypatch):
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
+    with pytest.raises(MuffinError) as error:
+        models.build_model("transfer", in_channels=3, image_size=64, pretrained=True)
+    message = str(error.value)
+    assert "--pretrained false" in message and torch.hub.get_dir() in message and "resnet18-" in message
+
+
+def test_pretrained_weights_are_loaded(monkeypatch):
+    torch.manual_seed(1)
+    imagenet = resnet18(weights=None).state_dict()
+    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", lambda self, *a, **k: imagenet)
+    model = models.build_model("transfer", in_channels=1, image_size=64, pretrained=True)
+    assert torch.equal(model.backbone.conv1.weight, imagenet["conv1.weight"])
+    assert model.backbone.fc.out_features == 2
+    assert model.eval()(torch.randn(2, 1, 64, 64)).shape == (2, 2)
