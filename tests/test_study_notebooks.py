@@ -165,3 +165,32 @@ def test_train_cli_defaults_are_the_recipe():
     recipe = TrainConfig()
     for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed"):
         assert getattr(args, field) == getattr(recipe, field), field
+
+
+def _library_defaults(name: str) -> dict:
+    """What each notebook's parameters must default to: the recipe, the selection budget (06-07), the
+    transfer recipe (08) and the split settings, all from the library."""
+    from muffin_lib.data.splits import N_SPLITS, VAL_FRACTION
+    from muffin_lib.selection.budget import SELECTION
+    from muffin_lib.training.engine import TRANSFER_RECIPE, TrainConfig
+
+    recipe = TRANSFER_RECIPE if name.startswith("08") else TrainConfig()
+    fields = ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed")
+    expected = {field: getattr(recipe, field) for field in fields}
+    expected.update(val_fraction=VAL_FRACTION, n_splits=N_SPLITS, pretrained=recipe.pretrained)
+    if name.startswith(("06", "07")):
+        expected.update(image_size=SELECTION.image_size, epochs=SELECTION.epochs, inner_splits=SELECTION.inner_splits,
+                        learning_rates=list(SELECTION.learning_rates), batch_sizes=list(SELECTION.batch_sizes),
+                        rung_epochs=list(SELECTION.rung_epochs))
+    return expected
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_defaults_to_the_library(path):
+    import ast
+
+    defaults = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(path)).items()}
+    expected = _library_defaults(path.stem)
+    checked = sorted(set(defaults) & set(expected))
+    assert {k: defaults[k] for k in checked} == {k: expected[k] for k in checked}
+    assert "image_size" in checked and "color_mode" in checked

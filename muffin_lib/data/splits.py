@@ -25,6 +25,10 @@ from muffin_lib.errors import MuffinError
 log = logging.getLogger(__name__)
 
 SPLITS_VERSION = 2  # 2: twin-grouped splits, content fingerprints (1 was ungrouped)
+# The one home of the split settings every notebook, CLI and function defaults to.
+VAL_FRACTION = 0.2  # share of the training split held out for validation (twin groups kept whole)
+N_SPLITS = 5  # K of K-fold cross-validation
+
 
 @dataclass
 class SplitPlan:
@@ -117,7 +121,7 @@ def grouped_part(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray
     return (train, test) if fraction <= 0.5 else (test, train)
 
 def make_split_plan(
-    labels, groups=None, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0, fingerprint: str = ""
+    labels, groups=None, *, val_fraction: float = VAL_FRACTION, n_splits: int = N_SPLITS, seed: int = 0, fingerprint: str = ""
 ) -> SplitPlan:
     """A stratified hold-out split (``val_fraction``) and ``n_splits`` stratified folds, both seeded and
     both keeping every group of ``groups`` (one id per image; None = no twins) on one side."""
@@ -202,8 +206,8 @@ def load_or_create_splits(
     fingerprint: str,
     *,
     groups,
-    val_fraction: float = 0.2,
-    n_splits: int = 5,
+    val_fraction: float = VAL_FRACTION,
+    n_splits: int = N_SPLITS,
     seed: int = 0,
 ) -> SplitPlan:
     """The saved plan for these parameters, or a new one saved to ``WorkDir(work_dir).splits_file``.
@@ -238,7 +242,7 @@ def load_or_create_splits(
     write_text_atomic(path, json.dumps(stored))
     return plan
 
-def plan_for_scan(scan, work_dir, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0,
+def plan_for_scan(scan, work_dir, *, val_fraction: float = VAL_FRACTION, n_splits: int = N_SPLITS, seed: int = 0,
                   progress: bool = False):
     """``(SplitPlan, TwinGroups)`` of a ``scan.ScanResult``: twins are found over train and test, the
     plan covers the train split in ``records_for("train")`` order."""
@@ -258,7 +262,7 @@ def plan_for_scan(scan, work_dir, *, val_fraction: float = 0.2, n_splits: int = 
     )
     return plan, twins
 
-def plan_for_cache(cache, work_dir, *, val_fraction: float = 0.2, n_splits: int = 5, seed: int = 0) -> SplitPlan:
+def plan_for_cache(cache, work_dir, *, val_fraction: float = VAL_FRACTION, n_splits: int = N_SPLITS, seed: int = 0) -> SplitPlan:
     """The twin-grouped split plan of an ``ImageCache`` of the train split."""
     from muffin_lib.data.scan import scan_dataset
 
@@ -290,7 +294,7 @@ def add_split_arguments(parser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where splits.json is kept")
     parser.add_argument("--folds", type=int, default=5, help="K of K-fold CV")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of train held out for validation")
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION, help="share of train held out for validation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split plan")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object (last line)")
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from muffin_lib.data.splits import N_SPLITS
+
 
 @dataclass(frozen=True)
 class SelectionBudget:
@@ -26,7 +28,7 @@ class SelectionBudget:
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # peak learning rates of the one-cycle schedule
     batch_sizes: tuple[int, ...] = (64, 128)  # 32 costs twice the steps on a CPU
     rung_epochs: tuple[int, ...] = (2,)
-    n_splits: int = 5
+    n_splits: int = N_SPLITS
     inner_splits: int = 2
 
 

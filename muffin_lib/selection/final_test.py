@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from muffin_lib.data.splits import twin_free_test_images
+from muffin_lib.data.splits import VAL_FRACTION, twin_free_test_images
 from muffin_lib.errors import MuffinError
 from muffin_lib.training.metrics import scores_by_part
 
@@ -132,7 +132,7 @@ def collect_candidates(work_dir, notebooks: Sequence[str] = TRAINING_NOTEBOOKS) 
     return candidates, missing
 
 
-def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto", val_fraction: float = 0.2,
+def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto", val_fraction: float = VAL_FRACTION,
                 progress: bool = True):
     """Train the configuration chosen by CV on the same fit split as the other candidates; returns the TrainRun."""
     from muffin_lib.config import WorkDir

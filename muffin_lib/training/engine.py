@@ -139,6 +139,12 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# Transfer learning (notebook 08): a lower peak lr adapts the pretrained features instead of overwriting
+# them, in a few epochs, with plain flips and rotations; every other setting is the from-scratch recipe's.
+TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
+                              label_smoothing=0.0)
+
+
 @dataclass
 class FitResult:
     model: nn.Module  # in eval mode, on ``device``

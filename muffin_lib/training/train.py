@@ -22,6 +22,7 @@ from torch import nn
 
 from muffin_lib.config import CLASSES, COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
 from muffin_lib.data import imageio
+from muffin_lib.data.splits import VAL_FRACTION
 from muffin_lib.training import augment, engine, metrics, runtime
 from muffin_lib.training.models import MODEL_NAMES
 
@@ -98,7 +99,7 @@ def train_model(
     work_dir,
     config: engine.TrainConfig,
     *,
-    val_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
     device: str = "auto",
     progress: bool = True,
     checkpoint_path=None,
@@ -248,7 +249,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--pretrained", type=parse_bool, default=False, metavar="true|false")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--out", type=Path, default=None, metavar="CKPT",
                         help="checkpoint path (default: WORK_DIR/checkpoints/MODEL.pt)")
