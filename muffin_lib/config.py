@@ -14,6 +14,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 # Written into a dataset folder made by the synthetic generator, so later steps can say so.
 SYNTHETIC_MARKER = "SYNTHETIC_DATASET.json"
 
+# The folder that holds the muffin_lib package: the repository root in a checkout (notebooks/ and colab/
+# beside it), site-packages in a wheel install.
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
 DEFAULT_DATA_DIR = Path(os.environ.get("MUFFIN_DATA_DIR", "data/muffin-vs-chihuahua"))
 DEFAULT_WORK_DIR = Path(os.environ.get("MUFFIN_WORK_DIR", "work"))
 

@@ -15,10 +15,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from muffin_lib.config import PACKAGE_PARENT
 from muffin_lib.errors import MuffinError
 
 INSTALL_HINT = "pip install 'muffin-lab[ray]' (or pip install \"ray[tune]\")"
@@ -43,7 +43,7 @@ def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
     """Connect to ``address`` or start a local instance on loopback; True when this call started it."""
     if ray.is_initialized():
         return False
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(PACKAGE_PARENT)  # the folder that holds muffin_lib, for the workers' PYTHONPATH
     if address:
         import muffin_lib
 

@@ -314,7 +314,8 @@ def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) 
     Default: the series and the Colab launcher."""
     import nbformat
 
-    root = Path(__file__).resolve().parents[1]
+    from muffin_lib.config import PACKAGE_PARENT as root
+
     if paths is None:
         paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb")) + sorted(root.glob("colab/*.ipynb"))
     changed = []

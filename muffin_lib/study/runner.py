@@ -20,8 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import muffin_lib
-from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
+from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, PACKAGE_PARENT, WorkDir
 from muffin_lib.errors import MuffinError
 from muffin_lib.results import load_all_results
 from muffin_lib.study.notebook import PROFILES, synthetic_banner
@@ -38,7 +37,7 @@ RUNNER_PROFILES = ("auto", *PROFILES)
 
 def default_notebooks_dir() -> Path:
     """``notebooks/`` beside the package: present in a clone or an editable install."""
-    path = Path(muffin_lib.__file__).resolve().parents[1] / "notebooks"
+    path = PACKAGE_PARENT / "notebooks"
     if not path.is_dir():
         raise MuffinError(
             f"no notebooks folder at {path}: the notebooks ship with the repository, not the installed "
@@ -98,7 +97,7 @@ def _kernel_environment() -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in ("MUFFIN_PROGRESS", "PYTHONPATH")}
     if os.environ.get("MUFFIN_PROGRESS", "").lower() != "off":
         os.environ["MUFFIN_PROGRESS"] = "text"
-    package_root = str(Path(muffin_lib.__file__).resolve().parents[1])
+    package_root = str(PACKAGE_PARENT)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved["PYTHONPATH"]) if p)
     try:
         yield
