@@ -151,7 +151,19 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
             "figure = plots.errors_grid(params.data_dir, wrong, title=f\"{config.model}: the most confident validation errors\")\n"
             "notebook.show_figure(figure, params, \"misclassified\")"
         ),
-        md("## 6. Results\n\nSaved to `work_dir/results/` for the series summary and notebook 09."),
+        md(
+            "## 6. What the network looks at\n\nGrad-CAM (Captum's `LayerGradCam` on the last feature map) for the most confident\n"
+            "errors (red titles) and the most confident right answers on the validation photos: bright regions raised the\n"
+            "score of the predicted class. A model that looks at the dog's face or the muffin's top has learnt the task;\n"
+            "one that looks at the background or the packaging has learnt a shortcut."
+        ),
+        code(
+            "from muffin_lib.training import explain\n\n"
+            "examples = explain.validation_examples(run, params.data_dir, params.work_dir, n=params.n_misclassified // 2)\n"
+            "figure = plots.gradcam_grid(examples, title=f\"{config.model}: where it looked (Grad-CAM)\")\n"
+            "notebook.show_figure(figure, params, \"gradcam\")"
+        ),
+        md("## 7. Results\n\nSaved to `work_dir/results/` for the series summary and notebook 09."),
         code(
             "findings = [curve_finding, validation_finding]\n"
             "notebook.save_results(params, report.model_results(run, validation, findings, synthetic))\n"

@@ -8,6 +8,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,8 @@ def test_train_model_saves_and_validates(trained):
     )
     _, checkpoint = engine.load_checkpoint(run.checkpoint_path, device="cpu")
     assert checkpoint["extra"]["n_val"] == n_val and checkpoint["extra"]["synthetic"] is True
+    # calibrated on the validation predictions, stored with the checkpoint
+    assert checkpoint["extra"]["temperature"] == run.temperature > 0
 
 
 def test_train_model_resumes_only_the_same_config(trained, monkeypatch):
@@ -180,15 +183,37 @@ def test_predict_cli_missing_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.realdata
-def test_predict_cli_on_real_originals(trained, shared_data, capsys):
-    # Originals of any size (up to ~4600 px) and mode, greyscale included.
+def test_predict_cli_on_real_originals(trained, shared_data, capsys, tmp_path):
+    # Originals of any size (up to ~4600 px) and mode, greyscale included; each gets its Grad-CAM overlay.
+    from PIL import Image
+
     _, _, run = trained
     originals = shared_data / "originals-sample"
     n_files = sum(1 for p in originals.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    assert cli.main(["predict", str(run.checkpoint_path), str(originals), "--json", "--device", "cpu"]) == 0
+    out = tmp_path / "explained"
+    args = ["predict", str(run.checkpoint_path), str(originals), "--json", "--device", "cpu", "--explain", str(out)]
+    assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(result["predictions"]) == n_files and result["n_failed"] == 0
     assert result["n_labelled"] == n_files and 0 <= result["zero_one_loss"] <= 1
+    written = sorted(out.glob("*_gradcam.png"))
+    assert len(written) == n_files == len({e["explanation"] for e in result["predictions"]})
+    assert Image.open(written[0]).size == (2 * CONFIG.image_size, CONFIG.image_size)
+
+
+def test_predict_reports_calibrated_probabilities(trained, tmp_path):
+    from muffin_lib.training import calibration
+
+    data_dir, _, run = trained
+    files = sorted((data_dir / "test").rglob("*.png"))[:6] or sorted((data_dir / "test").rglob("*.jpg"))[:6]
+    result = predict.predict_paths(run.checkpoint_path, files, device="cpu", explain_dir=tmp_path / "x")
+    assert result["temperature"] == run.temperature
+    images = torch.stack([imageio.preprocess_image(f, CONFIG.image_size, CONFIG.color_mode) for f in files])
+    raw = engine.predict_proba(run.model, images, run.normalization, device="cpu")
+    expected = calibration.apply_temperature(raw, run.temperature)
+    got = np.array([[e["probabilities"][c] for c in CLASSES] for e in result["predictions"]])
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert all(Path(e["explanation"]).is_file() for e in result["predictions"])
 
 
 @pytest.mark.slow

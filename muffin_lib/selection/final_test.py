@@ -143,3 +143,24 @@ def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto",
     path = WorkDir(work_dir).checkpoints_dir / "tuned.pt"
     return train_model(data_dir, work_dir, config, val_fraction=val_fraction, device=device, progress=progress,
                        checkpoint_path=path)
+
+
+def calibration_check(checkpoint, data_dir, work_dir, *, device: str = "auto", n_bins: int = 10) -> dict:
+    """Reliability of a checkpoint's probabilities on the twin-free test images: raw (``before``) and with
+    the temperature fitted on its validation split (``after``), each with its ECE; see ``calibration``."""
+    from muffin_lib.data.cache import load_images
+    from muffin_lib.training import calibration, engine
+
+    model, stored = engine.load_checkpoint(checkpoint, device=device)
+    test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=False)
+    _, free = twin_free_test_images(data_dir, work_dir, test.relpaths)
+    raw = engine.predict_proba(model, test.images, stored["normalization"], device=device)[free]
+    labels = test.labels.numpy()[free]
+    temperature = float(stored.get("extra", {}).get("temperature", 1.0))
+    return {
+        "temperature": temperature,
+        "fitted": "temperature" in stored.get("extra", {}),
+        "before": calibration.reliability(raw, labels, n_bins),
+        "after": calibration.reliability(calibration.apply_temperature(raw, temperature), labels, n_bins),
+        "n": int(free.sum()),
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,21 +63,34 @@ def colab_badge(notebook_path: str, repo_url: str = REPO_URL) -> str:
     return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook_path, repo_url)})"
 
 
-def colab_install_source(repo_url: str = REPO_URL) -> str:
-    """The code cell that installs the project, only inside Colab and only when it is missing.
+def colab_install_source(repo_url: str = REPO_URL, repo_url_expression: str | None = None) -> str:
+    """The install cell of every notebook and of the Colab launcher: one snippet that needs no library.
 
-    Plain ``pip install git+URL``: requirements.txt has no upper bounds, so Colab's torch already
-    satisfies them and is left alone.
+    Inside Colab only, when ``muffin_lib`` is missing, it installs the project from the first source found:
+    a copy on Google Drive (``MyDrive/muffin-lab``, Drive mounted), an uploaded zip of the repository or a
+    wheel in ``/content``, or a clone of ``REPO_URL`` (your fork's address). Folders are installed in
+    editable mode, so the runner finds ``notebooks/`` beside the package. requirements.txt has no upper
+    bounds, so Colab's torch already satisfies them and is left alone. ``MUFFIN_COLAB_ROOT`` stands in for
+    ``/content`` in the Colab simulation test. ``repo_url_expression`` (the launcher's ``repo_url``
+    parameter) replaces the literal address.
     """
+    url = repo_url_expression or f'"{repo_url}"'
     return (
-        "# Inside Google Colab only: install muffin_lib from the repository if it is missing.\n"
-        "# Colab's preinstalled torch satisfies the requirements, so it is not reinstalled.\n"
-        "import importlib.util\n"
-        "import subprocess\n"
-        "import sys\n"
+        "# Colab only: install muffin_lib from a copy on Drive (MyDrive/muffin-lab), an uploaded zip or wheel, or REPO_URL.\n"
+        "import glob, importlib.util, os, subprocess, sys, zipfile  # noqa: E401\n"
         "\n"
+        f"REPO_URL = {url}\n"
         'if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "git+{repo_url}"], check=True)'
+        '    root = os.environ.get("MUFFIN_COLAB_ROOT", "/content")  # a stand-in folder in the simulation test\n'
+        '    for archive in glob.glob(f"{root}/muffin*lab*.zip"):\n'
+        '        zipfile.ZipFile(archive).extractall(f"{root}/muffin-lab-upload")\n'
+        '    found = [os.path.dirname(p) for x in ("drive/MyDrive/muffin-lab", "muffin-lab-upload", "muffin-lab-upload/*", "muffin-lab") for p in glob.glob(f"{root}/{x}/pyproject.toml")] + glob.glob(f"{root}/muffin*lab*.whl")\n'
+        '    if not found and subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, f"{root}/muffin-lab"]).returncode == 0:\n'
+        '        found = [f"{root}/muffin-lab"]\n'
+        "    if not found:\n"
+        '        raise SystemExit(f"No muffin-lab project: {REPO_URL} could not be cloned. Set REPO_URL to your fork, or copy the project to MyDrive/muffin-lab and mount Drive, or upload its zip to {root}.")\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *([] if found[0].endswith(".whl") else ["-e"]), found[0]], check=True)\n'
+        "    sys.path.insert(0, found[0])  # this kernel started before the install"
     )
 
 
@@ -282,30 +296,11 @@ def show_figure(fig, settings: Settings, name: str) -> None:
 
 COLAB_INSTALL_TAG = "colab-install"
 COLAB_CLONE_TAG = "colab-clone"
-# Where the Colab launcher clones the repository.
-COLAB_REPO_DIR = "/content/muffin-lab"
 
 
 def colab_clone_source(repo_url: str = REPO_URL) -> str:
-    """The launcher's cell that clones (or updates) the repository and installs it in editable mode."""
-    return (
-        "# Get the project: clone the repository (the notebooks come with it) and install it.\n"
-        "# Colab's preinstalled torch satisfies the requirements, so it is not reinstalled.\n"
-        "import subprocess\n"
-        "import sys\n"
-        "from pathlib import Path\n"
-        "\n"
-        f'REPO_URL = "{repo_url}"\n'
-        f'REPO_DIR = Path("{COLAB_REPO_DIR}")\n'
-        "if (REPO_DIR / \".git\").is_dir():\n"
-        '    subprocess.run(["git", "-C", str(REPO_DIR), "pull", "--ff-only"], check=False)\n'
-        "else:\n"
-        '    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(REPO_DIR)], check=True)\n'
-        'subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(REPO_DIR)], check=True)\n'
-        "# this kernel started before the install: make the clone importable here too\n"
-        "if str(REPO_DIR) not in sys.path:\n"
-        "    sys.path.insert(0, str(REPO_DIR))"
-    )
+    """The launcher's install cell: :func:`colab_install_source` reading the launcher's ``repo_url`` parameter."""
+    return colab_install_source(repo_url, repo_url_expression="repo_url  # the parameter above")
 
 
 def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
@@ -332,6 +327,8 @@ def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) 
                 cell.source = colab_install_source(repo_url)
             if COLAB_CLONE_TAG in tags:
                 cell.source = colab_clone_source(repo_url)
+            if "parameters" in tags and path.parent.name == "colab":  # the launcher's repo_url default
+                cell.source = re.sub(r'^repo_url = "[^"]*"', f'repo_url = "{repo_url}"', cell.source, flags=re.M)
         if nbformat.writes(nb) != before:
             nbformat.write(nb, path)
             changed.append(path)

@@ -332,3 +332,45 @@ def resizing_preview(cache, indices: Sequence[int], image_size: int) -> Figure:
         titles += [f"{CLASSES[int(cache.labels[i])]} {original.width}x{original.height}", f"{image_size} px rgb",
                    f"{image_size} px grey"]
     return image_grid(images, titles, ncols=6, title="original, then what the models see")
+
+
+def gradcam_grid(examples: Sequence[dict], *, title: str | None = None, ncols: int = 6) -> Figure:
+    """Grad-CAM overlays (``explain.validation_examples``), captioned "predicted p (true: ...)"; errors in red."""
+    from muffin_lib.training.explain import overlay
+
+    if not examples:
+        fig, ax = plt.subplots(figsize=(5, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no validation images to explain", ha="center", va="center")
+        return fig
+    nrows = -(-len(examples) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.5 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, example in zip(axes.flat, examples, strict=False):
+        ax.imshow(overlay(example["image"], example["heat"]))
+        ax.set_title(example["caption"], fontsize=8, color="crimson" if example["wrong"] else "black")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(calibration: dict, *, title: str | None = None) -> Figure:
+    """Accuracy against confidence per bin, before and after temperature scaling (``final_test.calibration_check``);
+    the diagonal is a perfectly calibrated model."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for key, label, marker in (("before", "raw", "o"), ("after", f"temperature {calibration['temperature']:.2f}", "s")):
+        bins = [b for b in calibration[key]["bins"] if b["high"] > 0.5]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker,
+                label=f"{label} (ECE {calibration[key]['ece']:.3f})")
+    ax.set_xlabel("confidence (probability of the predicted class)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -20,7 +20,7 @@ from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS
 from muffin_lib.data.imageio import preprocess_image
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import progress_bar
-from muffin_lib.training import engine, metrics
+from muffin_lib.training import calibration, engine, metrics
 
 
 def _expand(paths) -> list[tuple[Path, str | None]]:
@@ -50,20 +50,25 @@ def label_from_path(path: Path) -> int | None:
 
 
 def predict_paths(
-    checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False, work_dir=None
+    checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False, work_dir=None,
+    explain_dir=None,
 ) -> dict:
     """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
     path, label, probability, probabilities, true_label, correct, error), ``n``, ``n_failed``,
     ``n_labelled`` and, when some files are labelled by their folder, ``zero_one_loss`` with a 95 %
     Wilson interval (``ci_low``, ``ci_high``). When they are the test images of a dataset
     (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
-    (twins found once and cached in ``work_dir`` when given)."""
+    (twins found once and cached in ``work_dir`` when given). With ``explain_dir``, each readable image
+    also gets ``explanation``: a PNG there with the model's input beside its Grad-CAM overlay for the
+    predicted class (``explain.gradcam``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     model, stored = engine.load_checkpoint(checkpoint, device=device)
     device = next(model.parameters()).device
     image_size, color_mode = stored["image_size"], stored["color_mode"]
     class_names = list(stored.get("class_names", CLASSES))
+    # Calibrated probabilities: the temperature fitted on the validation split (1.0 for older checkpoints).
+    temperature = float(stored.get("extra", {}).get("temperature", 1.0))
     files = _expand(paths)
     if not files:
         raise MuffinError(f"no images found under {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -87,7 +92,10 @@ def predict_paths(
             continue
         proba = engine.predict_proba(model, torch.stack(tensors), stored["normalization"], device=device,
                                      batch_size=batch_size)
+        proba = calibration.apply_temperature(proba, temperature)
         readable = [e for e in entries if e["error"] is None]
+        if explain_dir is not None:
+            _write_explanations(model, torch.stack(tensors), stored["normalization"], readable, Path(explain_dir))
         for entry, p in zip(readable, proba, strict=True):
             k = int(np.argmax(p))
             entry.update(label=class_names[k], probability=float(p[k]),
@@ -99,6 +107,7 @@ def predict_paths(
     result = {
         "checkpoint": str(checkpoint),
         "model": stored["model_name"],
+        "temperature": temperature,
         "predictions": predictions,
         "n": len(predictions),
         "n_failed": sum(e["error"] is not None for e in predictions),
@@ -110,6 +119,24 @@ def predict_paths(
         result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
         result["twin_free"] = _twin_free_scores(labelled, work_dir)
     return result
+
+
+def _write_explanations(model, images: torch.Tensor, normalization: dict, entries: list[dict], folder: Path) -> None:
+    from PIL import Image
+
+    from muffin_lib.files import write_atomic
+    from muffin_lib.training import explain
+
+    folder.mkdir(parents=True, exist_ok=True)
+    heats, _ = explain.gradcam(model, images, normalization)
+    for entry, image, heat in zip(entries, images, heats, strict=True):
+        seen = image.numpy().transpose(1, 2, 0)
+        seen = np.repeat(seen, 3, axis=2) if seen.shape[2] == 1 else seen
+        picture = Image.fromarray(np.concatenate([seen, explain.overlay(image, heat)], axis=1))
+        source = Path(entry["path"])  # class folders often reuse file names: keep the folder in the name
+        target = folder / f"{source.parent.name}_{source.stem}_gradcam.png"
+        write_atomic(target, lambda temp, picture=picture: picture.save(temp, format="PNG"))
+        entry["explanation"] = str(target)
 
 
 def _dataset_of(path: Path) -> Path | None:
@@ -144,16 +171,19 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="cache the near-duplicate search here (used when PATH is a dataset's test split)")
+    parser.add_argument("--explain", type=Path, default=None, metavar="OUT_DIR",
+                        help="also write each image beside its Grad-CAM overlay (what the model looked at) as PNG here")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
 
 
 def predict_command(args: argparse.Namespace) -> int:
     result = predict_paths(
-        args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size, work_dir=args.work_dir
+        args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size, work_dir=args.work_dir,
+        explain_dir=args.explain,
     )
     if args.json:
         keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
-                "n_labelled", "model")
+                "n_labelled", "model", "temperature")
         print(json.dumps({k: result[k] for k in keep if k in result}))
         return 0
     for entry in result["predictions"]:
@@ -168,6 +198,8 @@ def predict_command(args: argparse.Namespace) -> int:
     if result["n_failed"]:
         summary += f", {result['n_failed']} unreadable"
     print(summary)
+    if args.explain is not None:
+        print(f"Grad-CAM overlays (input | what the model looked at for its answer): {args.explain}")
     if "zero_one_loss" in result:
         print(
             f"zero-one loss {result['zero_one_loss']:.4f} ({result['errors']}/{result['n_labelled']} labelled "

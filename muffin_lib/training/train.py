@@ -23,7 +23,7 @@ from torch import nn
 from muffin_lib.config import CLASSES, COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
 from muffin_lib.data import imageio
 from muffin_lib.data.splits import VAL_FRACTION
-from muffin_lib.training import augment, engine, metrics, runtime
+from muffin_lib.training import augment, calibration, engine, metrics, runtime
 from muffin_lib.training.models import MODEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,10 @@ class TrainRun:
     resumed: bool  # True when the checkpoint was reused instead of training
     val_scores: dict = field(default_factory=dict)  # loss, accuracy, zero_one_loss, errors, n
     val_predictions: dict = field(default_factory=dict)  # relpaths, labels, predicted, p_muffin
+    temperature: float = 1.0  # fitted on the validation predictions (calibration.fit_temperature)
 
 
-def _predictions(model, images, labels, relpaths, normalization, device) -> tuple[dict, dict]:
+def _predictions(model, images, labels, relpaths, normalization, device) -> tuple[dict, dict, np.ndarray]:
     proba = engine.predict_proba(model, images, normalization, device=device)
     predicted = proba.argmax(axis=1)
     labels = np.asarray(labels)
@@ -73,7 +74,7 @@ def _predictions(model, images, labels, relpaths, normalization, device) -> tupl
         "predicted": predicted.tolist(),
         "p_muffin": proba[:, CLASSES.index("muffin")].tolist(),
     }
-    return scores, predictions
+    return scores, predictions, proba
 
 
 def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | None:
@@ -153,9 +154,13 @@ def train_model(
             progress=progress,
             log=log_to,
         )
-        engine.save_checkpoint(path, result, class_names=CLASSES, extra=extra)
         model, history, normalization, used_device = result.model, result.history, result.normalization, result.device
-    scores, predictions = _predictions(model, val_images, val_labels, val_relpaths, normalization, used_device)
+    scores, predictions, proba = _predictions(model, val_images, val_labels, val_relpaths, normalization, used_device)
+    if checkpoint is None:
+        # Calibrated on the validation predictions only; the temperature never changes a predicted class.
+        extra["temperature"] = calibration.fit_temperature(proba, val_labels.numpy())
+        engine.save_checkpoint(path, result, class_names=CLASSES, extra=extra)
+    temperature = float((checkpoint or {"extra": extra}).get("extra", {}).get("temperature", 1.0))
     return TrainRun(
         model=model,
         history=history,
@@ -166,6 +171,7 @@ def train_model(
         resumed=checkpoint is not None,
         val_scores=scores,
         val_predictions=predictions,
+        temperature=temperature,
     )
 
 
@@ -186,7 +192,7 @@ def evaluate_on_split(
 
     model, stored = engine.load_checkpoint(checkpoint, device=device)
     cache = load_images(data_dir, work_dir, split, stored["image_size"], stored["color_mode"], progress=progress)
-    scores, predictions = _predictions(
+    scores, predictions, _ = _predictions(
         model, cache.images, cache.labels, cache.relpaths, stored["normalization"], device
     )
     low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)

@@ -210,3 +210,19 @@ def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
         if not ok and path in free
     ]
     return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]
+
+
+def calibration_finding(model: str, check: dict) -> str:
+    """What the reliability diagram says, with the ECE before and after temperature scaling."""
+    before, after = check["before"], check["after"]
+    if not check["fitted"]:
+        return (f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images; "
+                "its checkpoint predates temperature scaling, so its probabilities are used as they are.")
+    direction = "overconfident" if check["temperature"] > 1 else "underconfident"
+    return (
+        f"{model}: on the {check['n']} twin-free test images its raw probabilities have an expected calibration "
+        f"error of {before['ece']:.3f}; the temperature {check['temperature']:.2f} fitted on the validation split "
+        f"(raw model {direction}) brings it to {after['ece']:.3f}. Accuracy is unchanged "
+        f"({after['accuracy']:.3f}): scaling never changes which class wins. `predict` reports these calibrated "
+        "probabilities."
+    )

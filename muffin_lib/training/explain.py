@@ -1,0 +1,110 @@
+"""What is the network looking at? Grad-CAM heat maps (Captum's ``LayerGradCam``) and their overlays.
+
+Grad-CAM weights the feature maps of a late convolutional layer by the gradient of a class score and keeps
+the positive part: bright regions raised the score of that class. The layer is the last one of the model
+whose output is still an image (a 4-D map at least 2 px wide), found by one forward pass, so the same code
+serves the three seed CNNs and the ResNet-18 of transfer learning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from muffin_lib.config import CLASSES
+from muffin_lib.training.tensors import _model_spec, _Normalizer, _uses_channels_last
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last module (in execution order) whose output is a feature map of at least 2 x 2."""
+    spec = _model_spec(model)
+    device = next(model.parameters()).device
+    outputs: list[nn.Module] = []
+
+    def record(module, inputs, output) -> None:
+        if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[-2:]) >= 2:
+            outputs.append(module)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, spec["in_channels"], spec["image_size"], spec["image_size"], device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return outputs[-1]
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, normalization: dict, *, target: int | None = None,
+            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Heat maps (N x H x W in [0, 1], at the images' size) of uint8 ``images`` for class ``target`` (default:
+    the predicted class of each image), and the class probabilities (N x classes)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    device = next(model.parameters()).device
+    normalize = _Normalizer(normalization, device, _uses_channels_last(model))
+    cam = LayerGradCam(model, gradcam_layer(model))
+    model.eval()
+    heats, probabilities = [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = normalize(images[start : start + batch_size].to(device))
+        with torch.no_grad():
+            proba = torch.softmax(model(x).float(), dim=1)
+        targets = proba.argmax(dim=1) if target is None else torch.full((len(x),), target, device=device)
+        attribution = cam.attribute(x, target=targets, relu_attributions=True)
+        attribution = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        heat = attribution[:, 0].detach().float()
+        peak = heat.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+        heats.append((heat / peak).clamp(0, 1).cpu().numpy())
+        probabilities.append(proba.cpu().numpy())
+    return np.concatenate(heats), np.concatenate(probabilities)
+
+
+def overlay(image: torch.Tensor, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 H x W x 3 picture: ``image`` (uint8 C x H x W, grey or colour) under the heat map."""
+    from matplotlib import colormaps
+
+    picture = image.detach().cpu().numpy().transpose(1, 2, 0).astype(np.float32) / 255.0
+    if picture.shape[2] == 1:
+        picture = np.repeat(picture, 3, axis=2)
+    colour = colormaps["jet"](heat)[..., :3]
+    return (255 * ((1 - alpha) * picture + alpha * colour)).round().clip(0, 255).astype(np.uint8)
+
+
+def caption(probabilities: np.ndarray, true_label: int | None = None) -> str:
+    """ "muffin 0.93" (and "true: chihuahua" when it is wrong)."""
+    k = int(np.argmax(probabilities))
+    text = f"{CLASSES[k]} {probabilities[k]:.2f}"
+    if true_label is not None and true_label != k:
+        text += f" (true: {CLASSES[true_label]})"
+    return text
+
+
+def validation_examples(run, data_dir, work_dir, n: int = 6) -> list[dict]:
+    """The ``n`` most confident errors and the ``n`` most confident right answers of a ``train.TrainRun``
+    on its validation images, each with ``image`` (uint8), ``heat`` (Grad-CAM of the predicted class),
+    ``caption`` and ``wrong``."""
+    from muffin_lib.data.cache import load_images
+
+    config = run.config
+    cache = load_images(data_dir, work_dir, "train", config.image_size, config.color_mode, progress=False)
+    row_of = {path: i for i, path in enumerate(cache.relpaths)}
+    shown = run.val_predictions
+    labels, predicted = np.asarray(shown["labels"]), np.asarray(shown["predicted"])
+    p_muffin = np.asarray(shown["p_muffin"])
+    confidence = np.where(predicted == CLASSES.index("muffin"), p_muffin, 1 - p_muffin)
+    picked = []
+    for subset in (np.flatnonzero(predicted != labels), np.flatnonzero(predicted == labels)):
+        picked += subset[np.argsort(-confidence[subset], kind="stable")][:n].tolist()
+    if not picked:
+        return []
+    images = cache.images[[row_of[shown["relpaths"][i]] for i in picked]]
+    heats, probabilities = gradcam(run.model, images, run.normalization)
+    return [
+        {"image": image, "heat": heat, "caption": caption(p, int(labels[i])), "wrong": bool(predicted[i] != labels[i])}
+        for i, image, heat, p in zip(picked, images, heats, probabilities, strict=True)
+    ]
