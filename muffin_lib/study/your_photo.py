@@ -13,6 +13,9 @@ from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
 
 
+SHOWN_WIDTH = 512  # px on screen for "input | Grad-CAM" (the model's input is only image_size px wide)
+
+
 def predict_photo(checkpoint, photo, work_dir) -> dict:
     """One ``predict_paths`` entry for ``photo`` (label, calibrated probability, probabilities, explanation)."""
     from muffin_lib.training.predict import predict_paths
@@ -34,7 +37,7 @@ def show_prediction(checkpoint, photo, work_dir) -> dict:
     others = ", ".join(f"{name} {p:.2f}" for name, p in entry["probabilities"].items())
     display(Markdown(f"**{entry['label']}**, probability {entry['probability']:.2f} (calibrated; {others}) "
                      f"for `{Path(photo).name}`. Left: what the model sees; right: where it looked (Grad-CAM)."))
-    display(Image(filename=entry["explanation"]))
+    display(Image(filename=entry["explanation"], width=SHOWN_WIDTH))
     return entry
 
 

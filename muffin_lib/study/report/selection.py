@@ -226,3 +226,9 @@ def calibration_finding(model: str, check: dict) -> str:
         f"({after['accuracy']:.3f}): scaling never changes which class wins. `predict` reports these calibrated "
         "probabilities."
     )
+
+
+def final_results(final, calibration: dict, findings: list[str], synthetic: bool) -> dict:
+    """The results block of notebook 09: test scores, paired tests, calibration and findings."""
+    return {"synthetic": synthetic, **final.to_dict(), "models": final.models_summary(), "calibration": calibration,
+            "findings": findings}
