@@ -12,7 +12,6 @@ from pathlib import Path
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
 
-
 SHOWN_WIDTH = 512  # px on screen for "input | Grad-CAM" (the model's input is only image_size px wide)
 
 

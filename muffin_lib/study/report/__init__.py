@@ -38,11 +38,11 @@ from muffin_lib.study.report.models import (  # noqa: F401
 from muffin_lib.study.report.selection import (  # noqa: F401
     best_by_cv,
     calibration_finding,
-    final_results,
     comparison_finding,
     cv_finding,
     cv_results,
     cv_table,
+    final_results,
     final_test_findings,
     grid_findings,
     grid_plan,
