@@ -118,3 +118,19 @@ def test_your_photo_reads_both_upload_formats_and_keeps_only_the_name(tmp_path):
     assert saved == tmp_path.resolve() / "uploads" / "dog.jpg" and saved.read_bytes() == b"abc"
     with pytest.raises(MuffinError, match="does not exist"):
         your_photo.predict_photo(tmp_path / "x.pt", tmp_path / "missing.jpg", tmp_path)
+
+
+def test_calibration_check_uses_the_twin_free_predictions_already_made():
+    from muffin_lib.selection.final_test import FinalTest, calibration_check
+
+    proba, labels = _overconfident(n=400)
+    relpaths = [f"test/x/{i}.jpg" for i in range(400)]
+    predictions = {"m": {"relpaths": relpaths, "labels": labels.tolist(), "probabilities": proba, "temperature": 3.0}}
+    final = FinalTest({}, [], predictions, n_test=400, n_twin_free=300, twin_free_paths=relpaths[:300])
+    check = calibration_check(final, "m")
+    assert check["n"] == 300 and check["fitted"] and check["temperature"] == 3.0
+    assert check["before"] == calibration.reliability(proba[:300], labels[:300])
+    assert check["after"]["ece"] < check["before"]["ece"]
+    unfitted = calibration_check(FinalTest({}, [], {"m": {**predictions["m"], "temperature": None}},
+                                           twin_free_paths=relpaths[:300]), "m")
+    assert not unfitted["fitted"] and unfitted["after"]["ece"] == pytest.approx(unfitted["before"]["ece"])

@@ -28,7 +28,8 @@ class FinalTest:
 
     scores: dict[str, dict]  # name -> scores_by_part
     paired: list[dict]  # stats.paired_mcnemar_table on the twin-free part
-    predictions: dict[str, dict] = field(repr=False, default_factory=dict)  # name -> relpaths, predicted, correct
+    # name -> relpaths, labels, predicted, confidence, correct, probabilities (raw), temperature
+    predictions: dict[str, dict] = field(repr=False, default_factory=dict)
     n_test: int = 0
     n_twin_free: int = 0
     twin_free_paths: list[str] = field(repr=False, default_factory=list)
@@ -99,6 +100,8 @@ def evaluate_candidates(
             "predicted": predicted.tolist(),
             "confidence": proba.max(axis=1).tolist(),
             "correct": correct.tolist(),
+            "probabilities": proba,  # raw; with the checkpoint's temperature, for calibration_check
+            "temperature": stored.get("extra", {}).get("temperature"),
         }
     paired = []
     if len(candidates) > 1:
@@ -145,21 +148,19 @@ def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto",
                        checkpoint_path=path)
 
 
-def calibration_check(checkpoint, data_dir, work_dir, *, device: str = "auto", n_bins: int = 10) -> dict:
-    """Reliability of a checkpoint's probabilities on the twin-free test images: raw (``before``) and with
-    the temperature fitted on its validation split (``after``), each with its ECE; see ``calibration``."""
-    from muffin_lib.data.cache import load_images
-    from muffin_lib.training import calibration, engine
+def calibration_check(final: FinalTest, name: str, n_bins: int = 10) -> dict:
+    """Reliability of candidate ``name``'s probabilities on the twin-free test images, from the predictions
+    ``evaluate_candidates`` already made: raw (``before``) and with the temperature fitted on its validation
+    split (``after``), each with its ECE; see ``training.calibration``."""
+    from muffin_lib.training import calibration
 
-    model, stored = engine.load_checkpoint(checkpoint, device=device)
-    test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=False)
-    _, free = twin_free_test_images(data_dir, work_dir, test.relpaths)
-    raw = engine.predict_proba(model, test.images, stored["normalization"], device=device)[free]
-    labels = test.labels.numpy()[free]
-    temperature = float(stored.get("extra", {}).get("temperature", 1.0))
+    predicted = final.predictions[name]
+    free = np.isin(predicted["relpaths"], final.twin_free_paths)
+    raw, labels = predicted["probabilities"][free], np.asarray(predicted["labels"])[free]
+    temperature = float(predicted["temperature"] or 1.0)
     return {
         "temperature": temperature,
-        "fitted": "temperature" in stored.get("extra", {}),
+        "fitted": predicted["temperature"] is not None,
         "before": calibration.reliability(raw, labels, n_bins),
         "after": calibration.reliability(calibration.apply_temperature(raw, temperature), labels, n_bins),
         "n": int(free.sum()),

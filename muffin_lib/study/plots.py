@@ -50,6 +50,14 @@ def _to_display_array(image) -> np.ndarray:
     return array
 
 
+def _message_figure(text: str) -> Figure:
+    """A small figure that only says ``text``: what a grid shows when it has nothing to show."""
+    fig, ax = plt.subplots(figsize=(5, 1))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
+
+
 def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: int = 8, title: str | None = None,
                title_colors: Sequence[str] | None = None, cell_inches: float = 1.7) -> Figure:
     """Images in a grid, each with its title (e.g. class, size, prediction)."""
@@ -81,10 +89,7 @@ def misclassified_grid(images: Sequence, true_labels: Sequence[int], predicted: 
         p = f" ({probabilities[i]:.2f})" if probabilities is not None else ""
         titles.append(f"{class_names[truth]} -> {class_names[guess]}{p}")
     if not images:
-        fig, ax = plt.subplots(figsize=(5, 1))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-        return fig
+        return _message_figure("no misclassified images")
     return image_grid(images, titles, ncols=ncols, title=title, title_colors=["tab:red"] * len(images))
 
 
@@ -276,10 +281,7 @@ def twin_gallery(data_dir, pairs: Sequence[tuple[str, str]], *, title: str | Non
             images.append(load_image(Path(data_dir) / path))
             titles.append(path.replace("/", "/\n", 1))
     if not images:
-        fig, ax = plt.subplots(figsize=(5, 1))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no near-duplicate pairs", ha="center", va="center")
-        return fig
+        return _message_figure("no near-duplicate pairs")
     return image_grid(images, titles, ncols=2 * ncols, title=title, cell_inches=1.9)
 
 
@@ -339,10 +341,7 @@ def gradcam_grid(examples: Sequence[dict], *, title: str | None = None, ncols: i
     from muffin_lib.training.explain import overlay
 
     if not examples:
-        fig, ax = plt.subplots(figsize=(5, 1))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no validation images to explain", ha="center", va="center")
-        return fig
+        return _message_figure("no validation images to explain")
     nrows = -(-len(examples) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.5 * nrows), squeeze=False)
     for ax in axes.flat:

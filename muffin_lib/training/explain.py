@@ -64,13 +64,17 @@ def gradcam(model: nn.Module, images: torch.Tensor, normalization: dict, *, targ
     return np.concatenate(heats), np.concatenate(probabilities)
 
 
+def as_rgb(image: torch.Tensor) -> np.ndarray:
+    """uint8 C x H x W (grey or colour) -> uint8 H x W x 3, as the model saw it."""
+    picture = image.detach().cpu().numpy().transpose(1, 2, 0)
+    return np.repeat(picture, 3, axis=2) if picture.shape[2] == 1 else picture
+
+
 def overlay(image: torch.Tensor, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """An RGB uint8 H x W x 3 picture: ``image`` (uint8 C x H x W, grey or colour) under the heat map."""
     from matplotlib import colormaps
 
-    picture = image.detach().cpu().numpy().transpose(1, 2, 0).astype(np.float32) / 255.0
-    if picture.shape[2] == 1:
-        picture = np.repeat(picture, 3, axis=2)
+    picture = as_rgb(image).astype(np.float32) / 255.0
     colour = colormaps["jet"](heat)[..., :3]
     return (255 * ((1 - alpha) * picture + alpha * colour)).round().clip(0, 255).astype(np.uint8)
 

@@ -130,9 +130,7 @@ def _write_explanations(model, images: torch.Tensor, normalization: dict, entrie
     folder.mkdir(parents=True, exist_ok=True)
     heats, _ = explain.gradcam(model, images, normalization)
     for entry, image, heat in zip(entries, images, heats, strict=True):
-        seen = image.numpy().transpose(1, 2, 0)
-        seen = np.repeat(seen, 3, axis=2) if seen.shape[2] == 1 else seen
-        picture = Image.fromarray(np.concatenate([seen, explain.overlay(image, heat)], axis=1))
+        picture = Image.fromarray(np.concatenate([explain.as_rgb(image), explain.overlay(image, heat)], axis=1))
         source = Path(entry["path"])  # class folders often reuse file names: keep the folder in the name
         target = folder / f"{source.parent.name}_{source.stem}_gradcam.png"
         write_atomic(target, lambda temp, picture=picture: picture.save(temp, format="PNG"))
