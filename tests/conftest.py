@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests assert numbers that must not depend on which CPU CI draws: amp="auto" would train in bf16 on a CPU
+# with AMX and in fp32 elsewhere. Pin fp32 here (notebook kernels inherit it); the rule itself is tested
+# with patched CPU flags (test_training_engine.py), and bf16 training by explicit amp="bf16" tests.
+os.environ.setdefault("MUFFIN_CPU_BF16", "0")
 
 from muffin_lib.data.synthetic import make_synthetic_dataset
 

@@ -102,10 +102,16 @@ def test_key_changes_with_execution_code_and_preprocessing(monkeypatch):
     assert trial_key("cfg-a", "fp-1", plan, execution="cpu/fp32") == base
 
 
-def test_execution_key_names_device_type_and_precision():
+def test_execution_key_names_device_type_and_precision(monkeypatch):
+    from muffin_lib.training import runtime
+
     assert engine.CODE_VERSION == 2
     assert engine.execution_key("off", "cpu") == "cpu/fp32"
-    assert engine.execution_key("auto", "cpu") == "cpu/fp32"  # no CPU autocast unless asked
+    monkeypatch.delenv("MUFFIN_CPU_BF16", raising=False)  # the hardware rule, not conftest's pin
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # a Zen 3: no bf16 hardware
+    assert engine.execution_key("auto", "cpu") == "cpu/fp32"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    assert engine.execution_key("auto", "cpu") == "cpu/bf16"
     assert engine.execution_key("bf16", "cpu") == "cpu/bf16"
     assert engine.execution_key("off", torch.device("cpu")) == "cpu/fp32"
     with pytest.raises(MuffinError, match="fp16"):

@@ -56,8 +56,10 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # Part of every trial key and checkpoint-reuse check (with imageio.PREPROCESS_VERSION and execution_key):
 # bump when an architecture in models.py or the training step changes results.
 CODE_VERSION = 2
-# Fields that change speed but not what is learnt; left out of TrainConfig.key().
-_PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile")
+# Fields left out of TrainConfig.key(): channels_last and compile change speed, not what is learnt; amp is a
+# request ("auto" or explicit) whose outcome, the precision really used, is in every key already through
+# execution_key, so "auto" and "bf16" runs that both train in bf16 share their results.
+_PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile", "amp")
 
 
 @dataclass(frozen=True)

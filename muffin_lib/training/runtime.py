@@ -134,6 +134,7 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "device": str(resolved),
+        "cpu": cpu_model(),
         "gpu_name": None,
         "gpu_memory_gb": None,
         "cpu_count": os.cpu_count(),
@@ -148,6 +149,8 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
         info["bf16_supported"] = native_bf16(resolved)
     elif resolved.type == "mps":
         info["gpu_name"] = "Apple MPS"
+    else:
+        info["cpu_bf16_autocast"] = cpu_bf16_pays()  # what amp="auto" trains in here (resolve_amp)
     return info
 
 
@@ -160,6 +163,46 @@ def native_bf16(device: torch.device) -> bool:
     """bf16 tensor cores: Ampere (compute capability 8.0) and later. ``torch.cuda.is_bf16_supported()`` also
     says yes on a Turing T4 (Colab's usual GPU), where bf16 is emulated and far slower than fp16."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+# CPU features that make bf16 autocast pay. Measured (../shared/tools/bf16_probe.py, benchmarks/README.md):
+# on a 2-core Xeon with AMX-BF16 a training step of deeper_cnn / resnet_like at 128 px ran 1.95-2.06x
+# faster under bf16 autocast; on a Zen 3 (AVX2 only) bf16 was 14x slower. AVX-512-BF16 without AMX (Zen 4)
+# is unmeasured, so "auto" keeps fp32 there (amp="bf16" asks for it).
+CPU_BF16_FEATURE = "amx_bf16"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (e.g. "Intel(R) Xeon(R) Processor"), for the record beside every timing."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether CPU bf16 autocast is the faster precision here: the CPU has AMX-BF16 tiles, and torch was built
+    with oneDNN (which runs bf16 convolutions on them). ``MUFFIN_CPU_BF16=0``/``1`` overrides the rule."""
+    forced = os.environ.get("MUFFIN_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return CPU_BF16_FEATURE in cpu_flags() and torch.backends.mkldnn.is_available()
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -176,9 +219,11 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --amp fp16")
         return torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cpu":
-        # CPU autocast only when asked: without AVX-512-BF16/AMX, bf16 convolutions are slower than fp32.
+        # "auto": bf16 only where the hardware makes it pay (cpu_bf16_pays); elsewhere it is far slower.
         if amp == "fp16":
             raise MuffinError("amp='fp16' needs a CUDA GPU; on the CPU use amp='bf16' or 'off'")
+        if amp == "auto":
+            return torch.bfloat16 if cpu_bf16_pays() else None
         return torch.bfloat16 if amp == "bf16" else None
     # MPS: explicit choices only.
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
