@@ -1,17 +1,19 @@
-"""The study's model-selection budget: the one home of what notebooks 06-07 and the ``cv`` CLI run by default.
+"""The study's model-selection budgets: the one home of what notebooks 06-07 and the ``cv`` CLI run.
 
-Why these numbers. Selection needs a *ranking* of configurations and architectures, each scored on the
-same 5 twin-grouped folds; it does not need the final model's resolution. The full study has to fit an
-hour on a 2-core laptop CPU (issue 9), and at 128 px the 5-fold CV of deeper_cnn alone costs about 47
-CPU minutes. At 64 px a training step costs a quarter, so the three architectures' CV, the grid and
-nested CV fit beside the 128 px trainings of notebooks 03-05 and 08. The other training settings
-(colour, optimiser, augmentation, label smoothing, peak lr, batch size) are the recipe of
-``engine.TrainConfig``. On a GPU, pass ``image_size = 128`` to 06 and 07 to select at full resolution.
+``FULL`` (profile ``full``) selects and estimates at the recipe the study ships: the image size and epochs
+of ``engine.TrainConfig``, so notebook 07's CV risk of each architecture is the risk of exactly the models
+notebooks 03-05 train, and the last rung of 06's grid runs that recipe too. Successive halving keeps the
+grid affordable: every configuration first trains a complete 3-epoch schedule on every fold, the best
+third (2 of 6) then the full schedule. Nested CV repeats 06's procedure inside each outer fold with the same
+halving and the same K (5 inner folds), so it estimates the procedure 06 really runs. On a GPU this is
+minutes; on a 2-core CPU it is hours (run it in the background: the trial store resumes it).
 
-The grid is 3 peak learning rates x 2 batch sizes. Successive halving (``rung_epochs``): every
-configuration first trains a complete 2-epoch schedule on every fold; the best third (2 of 6) then
-trains the full 8-epoch schedule. Nested CV uses 2 inner folds, enough to pick
-among the grid's configurations (its decision), and the same halving.
+``QUICK`` (profile ``quick``, the default on a CPU) is the laptop budget: the same recipe at 64 px and 8
+epochs for 06-07, 2 inner folds for nested CV, so the whole series fits about an hour on 2 cores. Its CV
+risks describe 64 px / 8-epoch models, not the shipped ones; every table and summary line it produces says
+so (``SelectionBudget.label``), and ``benchmarks/README.md`` measures how well it agrees with ``FULL``.
+The other training settings (colour, optimiser, augmentation, label smoothing, peak lr, batch size) are the
+recipe of ``engine.TrainConfig`` in both.
 """
 
 from __future__ import annotations
@@ -19,17 +21,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from muffin_lib.data.splits import N_SPLITS
+from muffin_lib.errors import MuffinError
+from muffin_lib.training.engine import TrainConfig
+
+_RECIPE = TrainConfig()
 
 
 @dataclass(frozen=True)
 class SelectionBudget:
-    image_size: int = 64
-    epochs: int = 8  # of the full schedule (the last rung)
+    profile: str  # the notebook/runner profile that runs it
+    image_size: int
+    epochs: int  # of the full schedule (the last rung)
+    rung_epochs: tuple[int, ...]  # successive halving: the early rungs' complete schedules
+    inner_splits: int  # inner folds of nested CV
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # peak learning rates of the one-cycle schedule
     batch_sizes: tuple[int, ...] = (64, 128)  # 32 costs twice the steps on a CPU
-    rung_epochs: tuple[int, ...] = (2,)
     n_splits: int = N_SPLITS
-    inner_splits: int = 2
+
+    @property
+    def deployed(self) -> bool:
+        """Whether this budget selects at the recipe the study ships (image size and epochs)."""
+        return (self.image_size, self.epochs) == (_RECIPE.image_size, _RECIPE.epochs)
+
+    @property
+    def label(self) -> str:
+        """What every table header and summary line of this budget says, e.g. "128 px, 15 epochs (profile
+        full: the deployed recipe)"."""
+        what = "the deployed recipe" if self.deployed else (
+            f"cheaper than the deployed {_RECIPE.image_size} px / {_RECIPE.epochs} epochs"
+        )
+        return f"{self.image_size} px, {self.epochs} epochs (profile {self.profile}: {what})"
 
 
-SELECTION = SelectionBudget()
+FULL = SelectionBudget("full", _RECIPE.image_size, _RECIPE.epochs, rung_epochs=(3,), inner_splits=N_SPLITS)
+QUICK = SelectionBudget("quick", 64, 8, rung_epochs=(2,), inner_splits=2)
+BUDGETS = {budget.profile: budget for budget in (FULL, QUICK)}
+SELECTION = FULL  # the default of the notebooks' parameters and of the cv CLI
+
+
+def budget_for(image_size: int, epochs: int) -> SelectionBudget | None:
+    """The named budget with this image size and epochs, or None (settings of the user's own)."""
+    return next((b for b in BUDGETS.values() if (b.image_size, b.epochs) == (image_size, epochs)), None)
+
+
+def settings_label(image_size: int, epochs: int) -> str:
+    """The label of whatever ran: a named budget's, or the plain settings with how they compare to the recipe."""
+    named = budget_for(image_size, epochs)
+    if named is not None:
+        return named.label
+    if (image_size, epochs) == (_RECIPE.image_size, _RECIPE.epochs):
+        return f"{image_size} px, {epochs} epochs (the deployed recipe)"
+    return f"{image_size} px, {epochs} epochs (not the deployed {_RECIPE.image_size} px / {_RECIPE.epochs} epochs)"
+
+
+def get_budget(profile: str) -> SelectionBudget:
+    try:
+        return BUDGETS[profile]
+    except KeyError:
+        raise MuffinError(f"no selection budget for profile {profile!r}; choose one of {sorted(BUDGETS)}") from None

@@ -44,13 +44,17 @@ def add_cv_arguments(parser) -> None:
     add("--model", type=_split_list(str), default=["simple_cnn"], help="model name(s), comma-separated")
     add("--lr", type=_split_list(float), default=None, help="peak learning rate(s), e.g. 1e-3,1e-4")
     add("--batch-size", type=_split_list(int), default=None, help="batch size(s), e.g. 64,128")
-    add("--epochs", type=_split_list(int), default=[SELECTION.epochs], help="epoch count(s); the last epoch is scored")
-    add("--image-size", type=_split_list(int), default=[SELECTION.image_size], help="image size(s) in px, e.g. 64,128")
+    add("--epochs", type=_split_list(int), default=[SELECTION.epochs],
+        help="epoch count(s), a grid over them without --rung-epochs; the last epoch is scored (default: the deployed "
+        "recipe's; the quick budget: 8)")
+    add("--image-size", type=_split_list(int), default=[SELECTION.image_size],
+        help="image size(s) in px, e.g. 64,128 (default: the deployed recipe's; the quick budget: 64)")
     add("--color-mode", type=_split_list(str), default=[recipe.color_mode], help="grayscale and/or rgb")
     add("--folds", type=int, default=SELECTION.n_splits, help="K of K-fold CV (the outer folds with --nested)")
     add("--seed", type=int, default=0, help="seed of the fold plan and of the models")
     add("--nested", action="store_true", help="nested CV: the risk of tuning by inner CV, then refitting")
-    add("--inner-folds", type=int, default=SELECTION.inner_splits, help="inner folds of nested CV")
+    add("--inner-folds", type=int, default=SELECTION.inner_splits,
+        help="inner folds of nested CV (default: as many as the outer search uses; the quick budget: 2)")
     add("--rung-epochs", type=_split_list(int), default=[], metavar="E1[,E2]",
         help="successive halving: every configuration first at these epochs, the best third goes on")
     add("--backend", choices=BACKENDS, default="serial", help="run trials one by one, or in parallel on Ray Tune")

@@ -136,7 +136,8 @@ def grid_search(
     with a complete schedule of ``rung_epochs[0]`` epochs, the best ``keep`` share (at least one) moves on
     to the next rung, and so on; the last rung runs at ``base_config.epochs``. Each rung's score is a
     last-epoch CV score of a whole schedule, so rungs are honest estimates, only cheaper; ``best`` comes
-    from the last rung. Without ``rung_epochs`` every configuration runs at ``base_config.epochs``.
+    from the last rung. Without ``rung_epochs`` every configuration runs at its own epochs (``base_config.epochs``
+    unless the grid varies ``epochs``); a grid over epochs cannot also use ``rung_epochs``.
 
     Grids over ``image_size`` / ``color_mode`` need a cache per setting: give ``cache_for(image_size,
     color_mode)`` or ``data_dir`` and ``work_dir``. All trials of a rung are queued at once, so the
@@ -144,6 +145,11 @@ def grid_search(
     """
     _check_backend(backend)
     configs = expand_grid(base_config, grid)
+    if rung_epochs and "epochs" in grid:
+        raise MuffinError(
+            "a grid over epochs cannot also run successive halving: give rung_epochs=() (a plain grid), "
+            "or set the last rung's epochs in base_config instead of the grid"
+        )
     schedule = [int(e) for e in rung_epochs] + [int(base_config.epochs)]
     if any(e < 1 for e in schedule) or schedule != sorted(set(schedule)):
         raise MuffinError(
@@ -165,7 +171,9 @@ def grid_search(
     rungs: list[list[CVResult]] = []
     alive = configs
     for number, epochs in enumerate(schedule):
-        rung_configs = [config.replace(epochs=epochs) for config in alive]
+        # The last rung keeps each configuration's own epochs (a grid over epochs), earlier rungs shorten them.
+        last = number == len(schedule) - 1
+        rung_configs = alive if last else [config.replace(epochs=epochs) for config in alive]
         per_config = [
             _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
             for config in rung_configs

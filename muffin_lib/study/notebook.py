@@ -29,7 +29,12 @@ REPO_URL = "https://github.com/muffin-lab/muffin-lab"
 REPO_BRANCH = "main"
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
-PROFILES = ("full", "smoke")
+PROFILES = ("full", "quick", "smoke")
+# The quick profile (a laptop CPU) changes only the selection notebooks, and only the parameters left at the
+# full budget's defaults: 06-07 then run selection.budget.QUICK (64 px, 8 epochs, 2 inner folds) instead of
+# the deployed recipe. 03-05, 08 and 09 are the same as in full.
+QUICK_NOTEBOOKS = ("06_grid_search", "07_cv_risk")
+QUICK_KEYS = ("image_size", "epochs", "rung_epochs", "inner_splits")
 # The smoke profile caps sizes (it never makes anything bigger, so a smaller value a user passes
 # survives): small images, one epoch, two folds, short grids. Every notebook goes through this table.
 SMOKE_CAPS: dict[str, int] = {
@@ -135,10 +140,11 @@ class Settings(dict):
 
 
 def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
-    """The parameters ``params`` of notebook ``name`` under ``profile`` ("full" or "smoke").
+    """The parameters ``params`` of notebook ``name`` under ``profile`` ("full", "quick" or "smoke").
 
-    "full" keeps them; "smoke" caps sizes by :data:`SMOKE_CAPS` and shortens lists by
-    :data:`SMOKE_LIST_LENGTHS`. ``data_dir`` and ``work_dir`` become absolute paths.
+    "full" keeps them; "quick" gives notebooks 06-07 the quick selection budget where a parameter is still at
+    the full budget's default (:data:`QUICK_KEYS`); "smoke" caps sizes by :data:`SMOKE_CAPS` and shortens
+    lists by :data:`SMOKE_LIST_LENGTHS`. ``data_dir`` and ``work_dir`` become absolute paths.
     """
     if profile not in PROFILES:
         raise MuffinError(f"{name}: profile must be one of {PROFILES}, got {profile!r}; set the 'profile' parameter")
@@ -147,6 +153,13 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
         if key in values:
             values[key] = Path(values[key]).expanduser().resolve()
     changed: dict[str, Any] = {}
+    if profile == "quick" and name in QUICK_NOTEBOOKS:
+        from muffin_lib.selection.budget import FULL, QUICK
+
+        for key in QUICK_KEYS:
+            full, quick = getattr(FULL, key), getattr(QUICK, key)
+            if key in values and _same(values[key], full) and not _same(values[key], quick):
+                changed[key], values[key] = values[key], (list(quick) if isinstance(quick, tuple) else quick)
     if profile == "smoke":
         for key, cap in SMOKE_CAPS.items():
             if key in values and (values[key] is None or (isinstance(values[key], int) and values[key] > cap)):
@@ -155,6 +168,12 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
             if isinstance(values.get(key), (list, tuple)) and len(values[key]) > length:
                 changed[key], values[key] = values[key], list(values[key])[:length]
     return Settings(name, profile, values, changed)
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and list(value) == list(default)
+    return value == default
 
 
 def show_errors_briefly() -> None:

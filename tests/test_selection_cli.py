@@ -1,0 +1,49 @@
+"""The ``cv`` command honours --epochs: one value, or a grid over epochs (issue 15: every trial trained 15)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from muffin_lib.cli import main as cli_main
+from muffin_lib.errors import MuffinError
+from muffin_lib.selection import grid_search
+from muffin_lib.selection.trials import TrialStore
+from muffin_lib.training.engine import TrainConfig
+
+
+def _cv(data_dir, work_dir, *extra) -> list[str]:
+    return ["cv", "--data-dir", str(data_dir), "--work-dir", str(work_dir), "--model", "simple_cnn",
+            "--image-size", "32", "--color-mode", "grayscale", "--batch-size", "16", "--folds", "2",
+            "--device", "cpu", "--quiet", "--json", *extra]  # fmt: skip
+
+
+def _outcome(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cv_trains_the_epochs_it_is_given(synthetic_data_dir, tmp_path, capsys):
+    assert cli_main(_cv(synthetic_data_dir, tmp_path, "--epochs", "1")) == 0
+    outcome = _outcome(capsys)
+    assert [row["epochs"] for row in outcome["table"]] == [1]
+    records = TrialStore(tmp_path / "trials.sqlite").records()
+    assert len(records) == 2 and all(record["config"]["epochs"] == 1 for record in records)
+
+
+def test_cv_grid_over_epochs(synthetic_data_dir, tmp_path, capsys):
+    assert cli_main(_cv(synthetic_data_dir, tmp_path, "--epochs", "1,2")) == 0
+    outcome = _outcome(capsys)
+    assert sorted(row["epochs"] for row in outcome["table"]) == [1, 2]
+    epochs = sorted({record["config"]["epochs"] for record in TrialStore(tmp_path / "trials.sqlite").records()})
+    assert epochs == [1, 2]
+
+
+def test_a_grid_over_epochs_cannot_also_halve(synthetic_data_dir, tmp_path):
+    from muffin_lib.data.cache import load_images
+
+    cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
+    folds = [(list(range(0, 64, 2)), list(range(1, 64, 2)))]
+    base = TrainConfig(image_size=32, color_mode="grayscale", epochs=2, batch_size=16)
+    with pytest.raises(MuffinError, match="successive halving"):
+        grid_search(base, {"epochs": [1, 2]}, cache, folds, store=None, device="cpu", progress=False, rung_epochs=[1])
