@@ -120,7 +120,9 @@ def test_split_json_keeps_every_twin_group_on_one_side(twin_data, tmp_path, caps
     assert "test/muffin/cropped.jpg" in plan["test_with_train_twin"]
     assert set(plan["test_twin_free"]).isdisjoint(plan["test_with_train_twin"])
     n_test = len(scan_dataset(twin_data, progress=False).records_for("test"))
-    assert len(plan["test_twin_free"]) + len(plan["test_with_train_twin"]) == n_test
+    parts = ("test_twin_free", "test_with_train_twin", "test_twin_of_test")
+    assert sum(len(plan[part]) for part in parts) == n_test
+    assert len(set().union(*(plan[part] for part in parts))) == n_test
 
 
 def test_grouped_plan_is_stratified_and_never_splits_a_group():
@@ -158,6 +160,36 @@ def test_changed_twin_groups_rebuild_the_plan(tmp_path, caplog):
     pair = [first.val_idx[0], first.train_idx[0]]
     assert np.isin(pair, second.val_idx).all() or not np.isin(pair, second.val_idx).any()
     assert second.identity != first.identity
+
+
+def test_twin_free_part_keeps_one_image_per_test_twin_group():
+    found = twins.TwinGroups([
+        ["test/muffin/b.jpg", "test/muffin/a.jpg"],  # test-only twins: the first by path, a.jpg, stays
+        ["test/chihuahua/c.jpg", "train/chihuahua/x.jpg"],  # a train twin: left out
+        ["test/muffin/d.jpg", "test/muffin/e.jpg", "train/muffin/y.jpg"],
+    ])
+    paths = ["test/chihuahua/c.jpg", "test/chihuahua/single.jpg", "test/muffin/a.jpg", "test/muffin/b.jpg",
+             "test/muffin/d.jpg", "test/muffin/e.jpg"]
+    assert found.twin_free_mask(paths).tolist() == [False, True, True, False, False, False]
+    # the choice depends on the path alone, not on which other test images are asked about
+    assert found.twin_free_mask(["test/muffin/b.jpg"]).tolist() == [False]
+    assert found.twin_free_mask(["test/muffin/a.jpg"]).tolist() == [True]
+
+
+def test_split_report_and_twin_free_test_images_keep_one_image_per_test_twin_group(twin_data, tmp_path):
+    from muffin_lib.data.splits import split_plan_report, twin_free_test_images
+
+    original = Image.open(twin_data / "test/chihuahua/synthetic_00000.jpg").convert("RGB")
+    _save(original, twin_data / "test/chihuahua/synthetic_00000_copy.jpg", quality=60)
+    scan = scan_dataset(twin_data, progress=False)
+    plan, found = plan_for_scan(scan, tmp_path, n_splits=3)
+    pair = ["test/chihuahua/synthetic_00000.jpg", "test/chihuahua/synthetic_00000_copy.jpg"]
+    assert found.group_of(pair[0]) == found.group_of(pair[1]) is not None
+    report = split_plan_report(plan, found, scan)
+    assert pair[0] in report["test_twin_free"] and pair[1] in report["test_twin_of_test"]
+    assert "test/muffin/cropped.jpg" in report["test_with_train_twin"]
+    paths, free = twin_free_test_images(twin_data, tmp_path)
+    assert [p for p, keep in zip(paths, free, strict=True) if keep] == report["test_twin_free"]
 
 
 def test_scores_by_part_separate_the_twin_free_images():

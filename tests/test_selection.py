@@ -162,6 +162,39 @@ def test_early_stopping_split_comes_from_the_training_folds(cache, folds, monkey
         assert not (_hashes(call["val"]) | _hashes(call["train"])) & _hashes(cache.images[test_idx])
 
 
+def test_early_stopping_split_keeps_twin_groups_on_one_side(caplog):
+    import logging
+
+    from muffin_lib.selection.trial import EARLY_STOPPING_FRACTION, _early_stopping_split
+
+    labels = torch.tensor([0] * 60 + [1] * 60)
+    train_idx = np.arange(0, 120, 1)[::-1].copy()  # any order of cache indices
+    groups = train_idx // 3  # twin groups of three, aligned with train_idx
+    fit, stop = _early_stopping_split(train_idx, labels, seed=7, groups=groups)
+    assert sorted([*fit, *stop]) == sorted(train_idx)
+    group_of = dict(zip(train_idx.tolist(), groups.tolist(), strict=True))
+    assert not {group_of[i] for i in fit} & {group_of[i] for i in stop}
+    assert abs(len(stop) - EARLY_STOPPING_FRACTION * len(train_idx)) <= 6
+    assert abs(labels[stop].float().mean().item() - 0.5) < 0.15
+    with caplog.at_level(logging.WARNING, logger="muffin_lib.selection.trial"):
+        _early_stopping_split(train_idx, labels, seed=7)
+    assert "no twin groups" in caplog.text
+
+
+def test_cross_validate_passes_twin_groups_to_early_stopping(cache, folds, monkeypatch):
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    groups = np.arange(len(cache.labels)) // 4  # neighbours in record order as twin groups of four
+    by_hash = {hashlib.sha256(image.numpy().tobytes()).hexdigest(): i for i, image in enumerate(cache.images)}
+    assert len(by_hash) == len(cache.labels)
+    config = TINY.replace(epochs=1, early_stopping_patience=1)
+    cross_validate(config, cache, folds, device="cpu", progress=False, groups=groups)
+    for call in counter.calls:
+        fit_groups = {groups[by_hash[h]] for h in _hashes(call["train"])}
+        stop_groups = {groups[by_hash[h]] for h in _hashes(call["val"])}
+        assert stop_groups and not fit_groups & stop_groups
+
+
 def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, monkeypatch):
     store = TrialStore(tmp_path / "trials.sqlite")
     grid = {"lr": [3e-3, 1e-3]}

@@ -55,12 +55,15 @@ def test_cv_table_and_finding_carry_the_corrected_interval():
             self.summary = {"mean": mean, "ci_low": mean - 0.02, "ci_high": mean + 0.02, "naive_ci_low": mean - 0.01,
                             "naive_ci_high": mean + 0.01, "interval": "corrected t (Nadeau-Bengio), 95%"}
             self.losses = [mean] * 5
+            self.config = TrainConfig(image_size=64, epochs=8)  # the quick budget
 
     results = {"simple_cnn": Result(0.12), "deeper_cnn": Result(0.10)}
     table = report.cv_table(results)
     assert table.loc["deeper_cnn", "cv"] == 0.10 and table.loc["deeper_cnn", "cv_high"] == pytest.approx(0.12)
     text = report.cv_finding(results, 5)
-    assert text.startswith("5-fold twin-grouped CV zero-one risk (corrected t (Nadeau-Bengio), 95% interval)")
+    # The sentence names the settings that produced the numbers, and that they are not the deployed recipe.
+    assert text.startswith("5-fold twin-grouped CV zero-one risk at 64 px, 8 epochs (profile quick: cheaper than the "
+                           "deployed 128 px / 15 epochs) (corrected t (Nadeau-Bengio), 95% interval)")
     assert text.index("deeper_cnn") < text.index("simple_cnn") and "(lowest: deeper_cnn)" in text
 
 

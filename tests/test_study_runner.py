@@ -176,14 +176,19 @@ def test_synthetic_data_is_said_loudly(series: Path, tmp_path: Path, capsys):
     assert "**⚠️ SYNTHETIC DATA**" in (work_dir / "summary.md").read_text()
 
 
-def test_auto_profile_is_full_on_real_data_and_smoke_on_the_synthetic_fallback(
-    series: Path, tmp_path: Path, synthetic_data_dir: Path
+@pytest.mark.parametrize(("cuda", "expected"), [(False, "quick"), (True, "full")])
+def test_auto_profile_is_chosen_by_hardware_on_real_data_and_smoke_on_the_synthetic_fallback(
+    series: Path, tmp_path: Path, synthetic_data_dir: Path, monkeypatch, cuda: bool, expected: str
 ):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a test GPU")
     real = tmp_path / "real"
     (real / "train").mkdir(parents=True)  # no SYNTHETIC marker: taken for real photos
     summary = run_series(data_dir=real, work_dir=tmp_path / "w1", notebooks_dir=series, progress=False)
-    assert json.loads((tmp_path / "w1" / "results" / "00_first.json").read_text())["seen"]["profile"] == "full"
-    assert summary["profile"] == "auto (full)"
+    assert json.loads((tmp_path / "w1" / "results" / "00_first.json").read_text())["seen"]["profile"] == expected
+    assert summary["profile"] == f"auto ({expected})"
 
     summary = run_series(data_dir=synthetic_data_dir, work_dir=tmp_path / "w2", notebooks_dir=series, progress=False)
     for name in ("00_first", "01_second", "02_third"):

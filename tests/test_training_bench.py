@@ -32,3 +32,29 @@ def test_flop_count_of_simple_cnn():
     forward = 2 * (32 * 32 * 16 * 9 + 16 * 16 * 32 * 16 * 9 + 8 * 8 * 64 * 32 * 9 + 4 * 4 * 64 * 512 + 512 * 2)
     flops = bench.training_flops_per_image("simple_cnn", 1, 32)
     assert 2.5 * forward < flops < 3.1 * forward
+
+
+def test_bench_amp_auto_times_bf16_against_fp32_in_the_same_rounds(capsys, monkeypatch):
+    # A CPU with AMX (patched flags): auto picks bf16 and every round also times fp32.
+    from muffin_lib.training import runtime
+
+    monkeypatch.delenv("MUFFIN_CPU_BF16", raising=False)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    argv = ["bench", "--model", "simple_cnn", "--image-size", "32", "--n-images", "12", "--batch-size", "8",
+            "--device", "cpu", "--seconds", "0.2", "--rounds", "3", "--amp", "auto"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["precision"] == "bf16" and result["amp"] == "bf16" and result["amp_requested"] == "auto"
+    ratios = sorted(r["amp_speedup"] for r in result["rounds"])
+    assert result["amp_speedup"] == ratios[1] and result["amp_speedup_min"] == ratios[0]
+    assert all(r["amp_speedup"] == r["muffin_img_per_s"] / r["fp32_img_per_s"] for r in result["rounds"])
+    assert "bf16 over fp32 (ours, same rounds)" in out
+
+
+def test_bench_amp_off_times_fp32_only(capsys, monkeypatch):
+    argv = ["bench", "--model", "simple_cnn", "--image-size", "32", "--n-images", "12", "--batch-size", "8",
+            "--device", "cpu", "--seconds", "0.2", "--rounds", "1", "--amp", "off"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["precision"] == "fp32" and "amp_speedup" not in result and "fp32_img_per_s" not in result["rounds"][0]

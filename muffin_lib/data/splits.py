@@ -275,7 +275,9 @@ def plan_for_cache(cache, work_dir, *, val_fraction: float = VAL_FRACTION, n_spl
     return plan
 
 def twin_free_test_images(data_dir, work_dir=None, relpaths=None) -> tuple[list[str], np.ndarray]:
-    """(test relpaths in cache order, True where the image has no twin in train)."""
+    """(test relpaths in cache order, True where the image is in the twin-free part: no twin in train, and
+    one image per test-only twin group, the first by relative path; ``TwinGroups.twin_free_mask``, the one
+    definition every consumer gets it from)."""
     from muffin_lib.data.scan import scan_dataset
     from muffin_lib.data.twins import find_twins
 
@@ -300,10 +302,12 @@ def add_split_arguments(parser) -> None:
 
 def split_plan_report(plan: SplitPlan, twins, scan) -> dict:
     """The plan in relative paths: fit/validation, the held-out part of each fold, twin groups, and the
-    test split divided into its twin-free part and the images with a twin in train."""
+    test split divided into its twin-free part (``TwinGroups.twin_free_mask``), the images with a twin in train,
+    and the test images left out as twins of a kept test image (one image per twin group)."""
     train_paths = [r.relpath for r in scan.records_for("train")]
     test_paths = [r.relpath for r in scan.records_for("test")]
     free = twins.twin_free_mask(test_paths)
+    in_train = [twins.has_twin_in(p, "train") for p in test_paths]
     return {
         "data_dir": str(scan.data_dir),
         "key": plan.key,
@@ -313,7 +317,9 @@ def split_plan_report(plan: SplitPlan, twins, scan) -> dict:
         "folds": [[train_paths[i] for i in test] for _, test in plan.folds],
         "twin_groups": twins.groups,
         "test_twin_free": [p for p, keep in zip(test_paths, free, strict=True) if keep],
-        "test_with_train_twin": [p for p, keep in zip(test_paths, free, strict=True) if not keep],
+        "test_with_train_twin": [p for p, twin in zip(test_paths, in_train, strict=True) if twin],
+        "test_twin_of_test": [p for p, keep, twin in zip(test_paths, free, in_train, strict=True)
+                              if not keep and not twin],
     }
 
 def format_split_report(report: dict) -> str:
@@ -331,6 +337,7 @@ def format_split_report(report: dict) -> str:
         f"  twin groups: {len(report['twin_groups'])} ({within} inside train, each kept on one side of every split)",
         f"  test, twin-free part      {counts(report['test_twin_free'])}",
         f"  test, with a twin in train {counts(report['test_with_train_twin'])}",
+        f"  test, twin of a kept test image {counts(report['test_twin_of_test'])}",
     ]
     return "\n".join(lines)
 

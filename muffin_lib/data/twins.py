@@ -3,7 +3,8 @@
 A model that memorised one twin is scored on the other when they fall on both sides of a split, so
 twins bias every held-out number low. This module finds them and groups them transitively; the split
 plan keeps every group on one side, and test scores are also reported on the twin-free part of the test
-split (test images with no twin in train).
+split (``TwinGroups.twin_free_mask``, the one definition: test images with no twin in train, one image per
+twin group, so that its images are independent).
 
 Method, chosen by measuring on the dev data (4,733 Kaggle train photos; see the README):
 
@@ -154,9 +155,26 @@ class TwinGroups:
             return False
         return any(p != relpath and p.split("/", 1)[0] == split for p in self.groups[number])
 
+    def is_twin_free(self, relpath: str) -> bool:
+        """Whether test image ``relpath`` belongs to the twin-free part: see :meth:`twin_free_mask`."""
+        number = self._group_of.get(relpath)
+        if number is None:
+            return True
+        group = self.groups[number]
+        if any(p.split("/", 1)[0] == "train" for p in group if p != relpath):
+            return False
+        return relpath == min(p for p in group if p.split("/", 1)[0] == "test")
+
     def twin_free_mask(self, test_relpaths: list[str]) -> np.ndarray:
-        """True for the test images with no twin in the train split."""
-        return np.array([not self.has_twin_in(p, "train") for p in test_relpaths], dtype=bool)
+        """True for the test images in the twin-free part of the test split; the one home of its definition.
+
+        The twin-free part is the test images with no twin in the train split, *one image per twin group*:
+        of test images that are twins of each other (and have none in train), only the first in record order
+        (sorted relative path) is kept, so the part holds independent images, as its Wilson intervals and
+        McNemar tests assume. Whether an image is kept depends on its path alone, not on which other paths
+        are passed. Images with a train twin, and the later members of a test-only group, are False.
+        """
+        return np.array([self.is_twin_free(p) for p in test_relpaths], dtype=bool)
 
     def summary(self) -> dict:
         """The ``near_duplicates`` block of ``audit --json``."""

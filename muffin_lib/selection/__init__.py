@@ -7,8 +7,9 @@ Rules that keep the estimates honest:
   folds (normalisation and augmentation come from those only, inside ``engine.fit``);
 * the held-out fold is only evaluated, once, with the model after the configured number of epochs.
   No epoch is chosen on it; when ``early_stopping_patience`` is set, the early-stopping split is
-  carved out of the training folds;
-* the test split is touched by :func:`refit_and_test` only.
+  carved out of the training folds, twin-grouped when the split plan's ``groups`` are passed;
+* the test split is scored by ``final_test.evaluate_candidates`` (notebook 09, every look recorded in
+  ``work_dir/test_looks.json``) and by :func:`refit_and_test` (library only, stored with scope ``test``).
 
 Every finished trial is committed to the :class:`~muffin_lib.selection.trials.TrialStore` at once, so an
 interrupted run resumes where it stopped; trials already stored are never trained again.

@@ -166,7 +166,7 @@ def cv_command(args) -> int:
 
     n_trials = n_configs * len(plan.folds)
     print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
-    result = grid_search(base, grid, cache, plan.folds, **common)
+    result = grid_search(base, grid, cache, plan.folds, groups=plan.groups, **common)
     print(f"\nzero-one loss over the folds ({result.best_result.summary['interval']} interval):")
     _print_table(result.table[["rung", "epochs", *[v for v in varied if v != "epochs"], *SUMMARY_COLUMNS, "n_folds", "seconds"]])
     best = ", ".join(f"{name}={getattr(result.best, name)}" for name in varied)

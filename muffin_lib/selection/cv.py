@@ -10,7 +10,7 @@ import numpy as np
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.execute import _run_tasks
-from muffin_lib.selection.stats import corrected_resampled_ttest, summarize_losses
+from muffin_lib.selection.stats import corrected_resampled_ttest, holm_adjust, summarize_losses
 from muffin_lib.selection.trial import (
     Folds,
     OnTrial,
@@ -73,7 +73,7 @@ def _check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndar
     return checked
 
 
-def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, device) -> list[TrialTask]:
+def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, device, groups=None) -> list[TrialTask]:
     from muffin_lib.training import engine
 
     plan = fold_plan_key(folds)
@@ -92,6 +92,7 @@ def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, de
             fingerprint=fingerprint,
             seed=fold_seed(config.seed, number),
             execution=execution,
+            groups=None if groups is None else np.asarray(groups)[train_idx],
         )
         for number, (train_idx, test_idx) in enumerate(folds)
     ]
@@ -140,19 +141,22 @@ def cross_validate(
     fingerprint: str | None = None,
     on_trial: OnTrial | None = None,
     ray_options: dict | None = None,
+    groups=None,
 ) -> CVResult:
     """K-fold CV of one configuration: zero-one loss on each held-out fold, after the last epoch.
 
     ``folds`` index ``cache`` (e.g. ``SplitPlan.folds``). Trials already in ``store`` are not re-run.
     ``on_trial(record)`` is called for every trial (``record["status"]`` is ``trained`` or ``stored``);
-    by default a line per trial is printed when ``progress`` is on.
+    by default a line per trial is printed when ``progress`` is on. ``groups`` (``SplitPlan.groups``: one
+    twin-group id per cached image) keeps twins on one side of an early-stopping split.
     """
     _check_backend(backend)
     caches = _Caches(cache)
     caches.check(config)
     checked = _check_folds(folds, len(cache.labels))
     fp = _fingerprint(cache, fingerprint)
-    tasks = _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
+    tasks = _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device,
+                      groups=groups)
     if on_trial is None and progress:
         on_trial = _print_trial(())
     records = _run_tasks(
@@ -205,13 +209,20 @@ def compare_configs(
     return {"mean_a": cv_a.summary["mean"], "mean_b": cv_b.summary["mean"], **test}
 
 
-def compare_all(configs: dict, results: dict[str, CVResult], confidence: float = 0.95) -> list[dict]:
+def compare_all(configs: dict, results: dict[str, CVResult], confidence: float = 0.95,
+                alpha: float = 0.05) -> list[dict]:
     """:func:`compare_configs` for every pair of ``configs`` (name -> config), in insertion order:
-    dicts with ``a``, ``b`` and the corrected t-test fields."""
+    dicts with ``a``, ``b``, the corrected t-test fields, ``p_holm`` (Holm's adjustment over all the pairs
+    compared here, ``stats.holm_adjust``: the same correction as notebook 09's McNemar tests) and
+    ``significant`` (``p_holm < alpha``; the unadjusted ``p_value`` decides nothing)."""
     names = list(configs)
-    return [
+    rows = [
         {"a": a, "b": b, **compare_configs(configs[a], configs[b], results[a], results[b], confidence=confidence)}
         for a, b in itertools.combinations(names, 2)
     ]
+    for row, p_holm in zip(rows, holm_adjust([row["p_value"] for row in rows]), strict=True):
+        row["p_holm"] = p_holm
+        row["significant"] = p_holm < alpha
+    return rows
 
 

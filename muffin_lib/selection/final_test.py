@@ -4,6 +4,8 @@ Each candidate is a checkpoint. Its test predictions are scored on the whole tes
 twin-free part (test images with no near-duplicate in train, ``twins``); the twin-free figure is the
 headline, since a model may have memorised the train twin of any other test image. Candidates are
 compared pairwise on the same twin-free images with exact McNemar tests, Holm-corrected over all pairs.
+Every evaluation is recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``); a second look with
+another candidate set is refused unless ``allow_new_look``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class FinalTest:
     n_test: int = 0
     n_twin_free: int = 0
     twin_free_paths: list[str] = field(repr=False, default_factory=list)
+    n_looks: int = 0  # looks at this test split recorded so far, this one included (test_looks.json)
+    looks: list[dict] = field(repr=False, default_factory=list)  # those looks, oldest first
 
     @property
     def table(self):
@@ -74,19 +78,27 @@ def evaluate_candidates(
     device: str = "auto",
     alpha: float = 0.05,
     progress: bool = True,
+    allow_new_look: bool = False,
 ) -> FinalTest:
-    """Score every checkpoint of ``candidates`` (name -> path) once on the test split of ``data_dir``."""
+    """Score every checkpoint of ``candidates`` (name -> path) once on the test split of ``data_dir``.
+
+    The look is recorded in ``work_dir``; when the split was already scored with another candidate set, raises
+    MuffinError unless ``allow_new_look`` (the same set again, e.g. a re-run, is not a new look)."""
+    from muffin_lib import test_looks
     from muffin_lib.data.cache import load_images
     from muffin_lib.selection.stats import paired_mcnemar_table
     from muffin_lib.training import engine
 
     if not candidates:
         raise MuffinError("no candidates to evaluate: train the models first (notebooks 03-05 and 08)")
-    all_scores, predictions, free_mask, relpaths = {}, {}, None, None
+    all_scores, predictions, free_mask, relpaths, config_keys = {}, {}, None, None, {}
     for name, checkpoint in candidates.items():
         model, stored = engine.load_checkpoint(checkpoint, device=device)
+        config_keys[name] = stored.get("config_key")
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
-        if relpaths is None:
+        if relpaths is None:  # before any test prediction: refuse another candidate set unless forced
+            test_looks.check_candidates(work_dir, candidates, allow_new_look, data_fingerprint=test.fingerprint)
+            fingerprint = test.fingerprint
             relpaths, free_mask = twin_free_test_images(data_dir, work_dir, test.relpaths)
         elif list(test.relpaths) != relpaths:
             raise MuffinError(f"{name}: its test cache lists other images than the first candidate's; same data_dir?")
@@ -108,8 +120,11 @@ def evaluate_candidates(
         paired = paired_mcnemar_table(
             {name: np.asarray(p["correct"])[free_mask] for name, p in predictions.items()}, alpha=alpha
         )
+    look = test_looks.record_look(work_dir, "09_final_test", candidates, data_dir, data_fingerprint=fingerprint,
+                                  config_keys=config_keys)
     return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()),
-                     twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep])
+                     twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep],
+                     n_looks=look["n_looks"], looks=test_looks.looks(work_dir, fingerprint))
 
 
 def tuned_name(config: dict) -> str:

@@ -19,6 +19,7 @@ def refit_and_test(
     progress: bool = True,
     train_idx=None,
     confidence: float = 0.95,
+    groups=None,
 ) -> dict:
     """Fit ``config`` on the whole training split and evaluate it ONCE on the test split.
 
@@ -66,6 +67,7 @@ def refit_and_test(
             seed=task.seed,
             device=device,
             progress=progress,
+            groups=None if groups is None else np.asarray(groups)[train_idx],
         )
         record = _record(task, outcome)
         status = "trained"

@@ -129,6 +129,7 @@ def grid_search(
     ray_options: dict | None = None,
     rung_epochs: Sequence[int] = (),
     keep: float = 1 / 3,
+    groups=None,
 ) -> GridResult:
     """Cross-validate every combination of ``grid`` (TrainConfig field -> values) on the same ``folds``.
 
@@ -141,7 +142,8 @@ def grid_search(
 
     Grids over ``image_size`` / ``color_mode`` need a cache per setting: give ``cache_for(image_size,
     color_mode)`` or ``data_dir`` and ``work_dir``. All trials of a rung are queued at once, so the
-    Ray backend runs them in parallel.
+    Ray backend runs them in parallel. ``groups`` (``SplitPlan.groups``, one twin-group id per cached image)
+    keeps twins on one side of an early-stopping split.
     """
     _check_backend(backend)
     configs = expand_grid(base_config, grid)
@@ -175,7 +177,8 @@ def grid_search(
         last = number == len(schedule) - 1
         rung_configs = alive if last else [config.replace(epochs=epochs) for config in alive]
         per_config = [
-            _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device)
+            _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device,
+                      groups=groups)
             for config in rung_configs
         ]
         records = _run_tasks([task for tasks in per_config for task in tasks], caches, **options)
@@ -297,6 +300,7 @@ def nested_cv(
             fingerprint=fp,
             rung_epochs=rung_epochs,
             keep=keep,
+            groups=groups,
             **options,
         )
         winner = searched.best
@@ -313,6 +317,7 @@ def nested_cv(
             fingerprint=fp,
             seed=fold_seed(winner.seed, number),
             execution=execution,
+            groups=None if groups is None else np.asarray(groups)[outer_train],
         )
         record = _run_tasks([task], caches, store=store, **options)[task.identity]
         inner_results.append(searched)

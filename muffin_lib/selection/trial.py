@@ -3,6 +3,7 @@ the caches a grid needs, and how a finished trial becomes a trial-store record."
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ import torch
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import jsonable
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("serial", "ray")
 # Share of the training folds held back for early stopping when a config asks for it.
@@ -28,7 +31,11 @@ OnTrial = Callable[[dict], None]
 
 @dataclass
 class TrialTask:
-    """One (configuration, fold) to train and score; ``setting`` names the cache its images come from."""
+    """One (configuration, fold) to train and score; ``setting`` names the cache its images come from.
+
+    ``groups``: the twin-group id of each image of ``train_idx`` (aligned with it; e.g.
+    ``SplitPlan.groups[train_idx]``), so that an early-stopping split keeps near-duplicates on one side;
+    None when unknown (the split is then only stratified, with a warning)."""
 
     config: object  # engine.TrainConfig
     setting: tuple[int, str]
@@ -41,6 +48,7 @@ class TrialTask:
     fingerprint: str | None
     seed: int
     execution: str  # engine.execution_key of the run, e.g. "cpu/fp32"; part of config_key
+    groups: np.ndarray | None = None  # twin-group id per image of train_idx (None: unknown)
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -60,10 +68,25 @@ def _take(values, indices: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(values)[np.asarray(indices, dtype=np.int64)])
 
 
-def _early_stopping_split(train_idx: np.ndarray, labels, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _early_stopping_split(train_idx: np.ndarray, labels, seed: int, groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, stop): a seeded, stratified ``EARLY_STOPPING_FRACTION`` of ``train_idx`` held back for early
+    stopping. With ``groups`` (one twin-group id per entry of ``train_idx``) every group stays on one side
+    (``splits.grouped_part``, the validation carve-out's StratifiedGroupKFold); without them the split is
+    only stratified and a warning says so."""
     from sklearn.model_selection import train_test_split
 
+    train_idx = np.asarray(train_idx)
     train_labels = np.asarray(_take(labels, train_idx))
+    if groups is not None:
+        from muffin_lib.data.splits import grouped_part
+
+        groups = np.asarray(groups)
+        if groups.shape != train_idx.shape:
+            raise MuffinError(f"need one twin-group id per training image ({train_idx.size}), got {groups.size}")
+        fit_pos, stop_pos = grouped_part(train_labels, groups, EARLY_STOPPING_FRACTION, seed)
+        return np.sort(train_idx[fit_pos]), np.sort(train_idx[stop_pos])
+    log.warning("no twin groups for the early-stopping split: near-duplicates may straddle fit and stop images; "
+                "pass the split plan's groups (SplitPlan.groups) to keep them on one side")
     fit_idx, stop_idx = train_test_split(
         np.asarray(train_idx),
         test_size=EARLY_STOPPING_FRACTION,
@@ -83,8 +106,12 @@ def run_trial(
     seed: int,
     device: str = "auto",
     progress: bool = False,
+    groups=None,
 ) -> dict:
     """Fit a fresh model on the training part and evaluate it once on the held-out part.
+
+    ``groups``: one twin-group id per training image; with early stopping, the images held back for it
+    never share a group with the fitted ones (None: a stratified split, with a warning).
 
     Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history),
     ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
@@ -96,7 +123,7 @@ def run_trial(
     fit_images, fit_labels = train_images, train_labels
     stop_images = stop_labels = None
     if getattr(config, "early_stopping_patience", None):
-        fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed)
+        fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed, groups)
         fit_images, fit_labels = _take(train_images, fit_idx), _take(train_labels, fit_idx)
         stop_images, stop_labels = _take(train_images, stop_idx), _take(train_labels, stop_idx)
     started = time.perf_counter()
@@ -144,6 +171,7 @@ def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress:
         seed=task.seed,
         device=device,
         progress=progress,
+        groups=task.groups,
     )
     return _record(task, outcome)
 

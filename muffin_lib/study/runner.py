@@ -30,9 +30,22 @@ NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
 # Injected into every notebook (as absolute paths for the two folders).
 SERIES_PARAMETERS = ("data_dir", "work_dir", "profile")
-# "auto" (the runner's default): the full study on real photos, the smoke profile on the synthetic
-# fallback, whose numbers mean nothing and whose full study would take hours on a CPU.
+# "auto" (the runner's default) chooses by data and hardware (auto_profile), and says which and why.
 RUNNER_PROFILES = ("auto", *PROFILES)
+
+
+def auto_profile(data_dir: Path) -> tuple[str, str]:
+    """The profile ``--profile auto`` runs, and why: smoke on the synthetic fallback (its numbers mean
+    nothing), full where a CUDA GPU trains (the study at the deployed recipe takes minutes there), quick on a
+    CPU or Apple GPU (the full study's selection takes hours on 2 cores; quick fits about an hour)."""
+    import torch
+
+    if _is_synthetic(data_dir, {}):
+        return "smoke", "the data are the synthetic fallback"
+    if torch.cuda.is_available():
+        return "full", f"a CUDA GPU is available ({torch.cuda.get_device_name(0)})"
+    return "quick", ("no CUDA GPU: selection (06-07) runs at 64 px / 8 epochs to fit about an hour; "
+                     "--profile full runs it at the deployed 128 px / 15 epochs (hours on a CPU, resumable)")
 
 
 def default_notebooks_dir() -> Path:
@@ -174,7 +187,10 @@ def run_series(
         for number, (path, injected, _) in enumerate(plans, 1):
             executed = workdir.executed_dir / path.name
             if profile == "auto" and "profile" in injected:
-                injected["profile"] = "smoke" if _is_synthetic(data_dir, {}) else "full"
+                chosen, why = auto_profile(data_dir)
+                if chosen != injected["profile"]:
+                    log(f"    profile auto -> {chosen}: {why}")
+                injected["profile"] = chosen
             log(f"[{number}/{len(plans)}] {path.name} ...")
             t0 = time.perf_counter()
             record = {"status": "running", "executed": str(executed), "parameters": injected}
@@ -205,7 +221,7 @@ def run_series(
             if not warned_synthetic and _is_synthetic(data_dir, {}):
                 warned_synthetic = True
                 advice = {
-                    "auto": "; so the rest runs in the smoke profile (--profile full forces the full study)",
+                    "auto": "; so the rest runs in the smoke profile (--profile full or quick forces a study)",
                     "full": "; --profile smoke gets there in minutes",
                 }.get(profile, "")
                 log(f"    !!! the data in {data_dir} are SYNTHETIC: every number of this run only shows that the "
@@ -301,6 +317,9 @@ def format_summary(summary: dict) -> str:
     environment = summary.get("environment") or {}
     if environment.get("summary"):
         lines.append(f"- environment: {environment['summary']}")
+    n_looks = ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
+    if n_looks is not None:  # recorded in work_dir/test_looks.json; more than 1 means the test split was re-used
+        lines.append(f"- test split looks: {n_looks}")
     lines += ["", "## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
     for name, record in summary["notebooks"].items():
         seconds = record.get("seconds")
@@ -324,6 +343,8 @@ def format_summary(summary: dict) -> str:
             cv = _ci_cell(numbers, "cv_risk", "cv_ci")
             if cv and numbers.get("cv_kind") == "nested":
                 cv += " (nested CV)"
+            if cv and numbers.get("cv_settings"):
+                cv += f" at {numbers['cv_settings']}"  # which budget produced it (selection.budget)
             cells = [
                 _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
                 _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
@@ -345,7 +366,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         choices=RUNNER_PROFILES,
         default="auto",
-        help="full: the study; smoke: tiny and fast; auto (default): full on real data, smoke on the synthetic fallback",
+        help="full: the study at the deployed recipe (hours on a CPU); quick: selection (06-07) at 64 px / 8 epochs "
+        "(about an hour on 2 cores); smoke: tiny and fast; auto (default): smoke on the synthetic fallback, full with a "
+        "CUDA GPU, quick otherwise",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help=f"dataset folder (default: {DEFAULT_DATA_DIR})")
     parser.add_argument("--work-dir", type=Path, default=None, help=f"results, checkpoints, cache (default: {DEFAULT_WORK_DIR})")

@@ -146,9 +146,14 @@ def run_benchmark(
     baseline_batch_size: int = 4,
     threads: int | None = None,
     seed: int = 0,
+    amp: str = "auto",
     log_to=print,
 ) -> dict:
-    """Measure training images/s of the reference pipeline and ours (see the module docstring)."""
+    """Measure training images/s of the reference pipeline and ours (see the module docstring).
+
+    ``amp`` is ours' precision request (``engine.TrainConfig.amp``); where it resolves to bf16 or fp16, every
+    round also times ours in fp32 (``amp="off"``), and the result reports the median precision speed-up
+    (``amp_speedup``) measured in the same rounds."""
     from torchvision import datasets, transforms
 
     from muffin_lib.data.imageio import preprocess_image
@@ -201,8 +206,13 @@ def run_benchmark(
         decode_seconds = time.perf_counter() - started
         say(f"ours decodes once: {decode_seconds:.1f} s ({len(chosen) / decode_seconds:.0f} images/s, not timed below)")
         config = engine.TrainConfig(
-            model=model, image_size=image_size, color_mode=color_mode, batch_size=batch_size, seed=seed
+            model=model, image_size=image_size, color_mode=color_mode, batch_size=batch_size, seed=seed, amp=amp
         )
+        precision = runtime.execution_key(amp, resolved).split("/")[1]
+        compare_fp32 = precision != "fp32"
+        say(f"ours trains in {precision} (amp={amp!r}"
+            + (f"; {'CPU with AMX-BF16' if resolved.type == 'cpu' else 'GPU'}), and in fp32 in every round too for the "
+               "precision speed-up)" if compare_fp32 else ")"))
         per_round = []
         for number in range(1, max(1, rounds) + 1):
             allocator = runtime.allocator_state()
@@ -212,6 +222,11 @@ def run_benchmark(
                               "muffin_img_per_s": ours["img_per_s"], "speedup": ours["img_per_s"] / baseline["img_per_s"],
                               "baseline_allocator": allocator, "baseline_steps": baseline["steps"],
                               "muffin_steps": ours["steps"]})
+            if compare_fp32:
+                fp32 = _muffin_pipeline(images, labels, config.replace(amp="off"), resolved, seconds)
+                per_round[-1].update(fp32_img_per_s=fp32["img_per_s"], amp_speedup=ours["img_per_s"] / fp32["img_per_s"])
+                say(f"round {number}: ours in fp32 {fp32['img_per_s']:.1f} images/s, in {precision} "
+                    f"{ours['img_per_s']:.1f}: {per_round[-1]['amp_speedup']:.2f}x")
             say(
                 f"round {number}: reference (PIL per sample, batch {baseline_batch_size}, fp32) "
                 f"{baseline['img_per_s']:.1f} images/s; ours (batch {batch_size}, amp {ours['amp']}, channels_last) "
@@ -249,9 +264,19 @@ def run_benchmark(
         "batch_size": batch_size,
         "decode_seconds": decode_seconds,
         "amp": ours["amp"],
+        "amp_requested": amp,
+        "precision": precision,
+        "cpu": runtime.cpu_model(),
         "allocator_during_baseline": allocator_before,
         "allocator_during_muffin": runtime.allocator_state(),
     }
+    if compare_fp32:
+        amp_speedups = [r["amp_speedup"] for r in per_round]
+        result.update(fp32_img_per_s=statistics.median(r["fp32_img_per_s"] for r in per_round),
+                      amp_speedup=statistics.median(amp_speedups), amp_speedup_min=min(amp_speedups),
+                      amp_speedup_max=max(amp_speedups))
+        say(f"{precision} over fp32 (ours, same rounds): {result['amp_speedup']:.2f}x (median of {len(per_round)}; "
+            f"{min(amp_speedups):.2f}-{max(amp_speedups):.2f}x) on {result['cpu'] if resolved.type == 'cpu' else resolved}")
     say(
         f"speedup {speedup:.1f}x (median of {len(per_round)} rounds; {min(speedups):.1f}-{max(speedups):.1f}x): "
         f"{muffin_median:.1f} vs {baseline_median:.1f} images/s; "
@@ -272,6 +297,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="about this long timed per pipeline and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both pipelines (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
+    parser.add_argument("--amp", choices=engine.AMP_MODES, default="auto",
+                        help="ours' precision: auto (bf16 on CPUs with AMX and Ampere+ GPUs, fp16 on older GPUs, else "
+                        "fp32), bf16, fp16 or off; with anything but fp32 each round also times fp32")
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -286,6 +314,7 @@ def bench_command(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         rounds=args.rounds,
         threads=args.threads,
+        amp=args.amp,
     )
     print(json.dumps(result))
     return 0

@@ -82,7 +82,11 @@ def scores(correct, confidence: float = 0.95) -> dict:
 
 
 def scores_by_part(correct, twin_free, confidence: float = 0.95) -> dict:
-    """``{"twin_free": ..., "all": ..., "with_train_twin": ...}`` scores of one candidate's test predictions."""
+    """``{"twin_free": ..., "all": ..., "with_train_twin": ...}`` scores of one candidate's test predictions.
+
+    ``twin_free`` is the mask of ``TwinGroups.twin_free_mask`` (via ``splits.twin_free_test_images``): no twin in
+    train, one image per test twin group. ``with_train_twin`` scores the rest of the test split, i.e. the images
+    with a twin in train and the test images left out as twins of a kept one (the key keeps its old name)."""
     correct, twin_free = np.asarray(correct, dtype=bool), np.asarray(twin_free, dtype=bool)
     if correct.shape != twin_free.shape:
         raise MuffinError(f"{correct.size} predictions but a twin-free mask of {twin_free.size} test images")

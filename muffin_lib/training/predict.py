@@ -3,7 +3,9 @@
 Any size or mode works (the same ``imageio.preprocess_image`` as the cache). A file that cannot be
 read is reported on its own line and skipped. Files that sit in a class folder (``muffin/`` or
 ``chihuahua/``, any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is
-reported.
+reported. Predicting a dataset's ``test/`` folder (or a class folder in it) is a look at its test split:
+recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``) when a work_dir is given, else one line
+on stderr says it was not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from muffin_lib import test_looks
 from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS
 from muffin_lib.data.imageio import preprocess_image
 from muffin_lib.errors import MuffinError
@@ -60,7 +63,8 @@ def predict_paths(
     (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
     (twins found once and cached in ``work_dir`` when given). With ``explain_dir``, each readable image
     also gets ``explanation``: a PNG there with the model's input beside its Grad-CAM overlay for the
-    predicted class (``explain.gradcam``)."""
+    predicted class (``explain.gradcam``). When a path is a dataset's ``test/`` folder (or a class folder in it),
+    the look is recorded in ``work_dir`` (``test_look``: the look with ``n_looks``; see ``muffin_lib.test_looks``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     model, stored = engine.load_checkpoint(checkpoint, device=device)
@@ -118,7 +122,39 @@ def predict_paths(
         low, high = metrics.binomial_interval(errors, len(labelled))
         result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
         result["twin_free"] = _twin_free_scores(labelled, work_dir)
+    result["test_look"] = _record_test_look(checkpoint, stored, paths, work_dir)
     return result
+
+
+def _test_folder_dataset(paths) -> Path | None:
+    """``DATA`` when one of ``paths`` is the folder ``DATA/test`` or ``DATA/test/<class>`` of a dataset with train/."""
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if not path.is_dir():
+            continue
+        test = path if path.name.lower() == "test" else path.parent if path.name.lower() in CLASSES else None
+        if test is not None and test.name.lower() == "test" and (test.parent / "train").is_dir():
+            return test.parent
+    return None
+
+
+def _record_test_look(checkpoint, stored: dict, paths, work_dir) -> dict | None:
+    """Record predicting a dataset's test folder as a look at its test split (never refused); None otherwise."""
+    import sys
+
+    from muffin_lib.data.scan import scan_dataset
+
+    root = _test_folder_dataset(paths)
+    if root is None:
+        return None
+    if work_dir is None:
+        print(f"test split look not recorded: {root / 'test'} is a test split; pass --work-dir WORK (work_dir= in "
+              "Python) to record it in WORK/test_looks.json", file=sys.stderr)
+        return None
+    fingerprint = scan_dataset(root, work_dir, progress=False).fingerprint("test")
+    name = stored["model_name"]
+    return test_looks.record_look(work_dir, "predict", {name: checkpoint}, root, data_fingerprint=fingerprint,
+                                  config_keys={name: stored.get("config_key")})
 
 
 def _write_explanations(model, images: torch.Tensor, normalization: dict, entries: list[dict], folder: Path) -> None:
@@ -168,7 +204,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--work-dir", type=Path, default=None,
-                        help="cache the near-duplicate search here (used when PATH is a dataset's test split)")
+                        help="cache the near-duplicate search here (used when PATH is a dataset's test split) "
+                             "and record that look at the test split in WORK_DIR/test_looks.json")
     parser.add_argument("--explain", type=Path, default=None, metavar="OUT_DIR",
                         help="also write each image beside its Grad-CAM overlay (what the model looked at) as PNG here")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
@@ -181,7 +218,7 @@ def predict_command(args: argparse.Namespace) -> int:
     )
     if args.json:
         keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
-                "n_labelled", "model", "temperature")
+                "n_labelled", "model", "temperature", "test_look")
         print(json.dumps({k: result[k] for k in keep if k in result}))
         return 0
     for entry in result["predictions"]:
@@ -212,4 +249,8 @@ def predict_command(args: argparse.Namespace) -> int:
             )
     else:
         print("zero-one loss: unknown (no file sits in a muffin/ or chihuahua/ folder)")
+    look = result.get("test_look")
+    if look:
+        print(f"test split look {'recorded' if look['new'] else 'already recorded'} in {look['record']} "
+              f"({look['n_looks']} look(s) at this test split so far)")
     return 0

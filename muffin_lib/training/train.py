@@ -187,7 +187,8 @@ def evaluate_on_split(
 ) -> dict:
     """Score a checkpoint on ``split`` of ``data_dir``: zero-one loss with its binomial (Wilson) interval,
     on the test split also on its twin-free part (``twin_free``: images with no near-duplicate in train),
-    confusion matrix, per-class report and one prediction per file (JSON-friendly)."""
+    confusion matrix, per-class report and one prediction per file (JSON-friendly). A look at the test split
+    is recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``; ``n_test_looks`` says how many)."""
     from muffin_lib.data.cache import load_images
 
     model, stored = engine.load_checkpoint(checkpoint, device=device)
@@ -197,13 +198,17 @@ def evaluate_on_split(
     )
     low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)
     y_true, y_pred = predictions["labels"], predictions["predicted"]
-    by_part = None
+    by_part, n_looks = None, None
     if split == "test":
+        from muffin_lib import test_looks
         from muffin_lib.data.splits import twin_free_test_images
         from muffin_lib.training.metrics import scores_by_part
 
         _, twin_free = twin_free_test_images(data_dir, work_dir, cache.relpaths)
         by_part = scores_by_part(np.asarray(y_true) == np.asarray(y_pred), twin_free, confidence)
+        n_looks = test_looks.record_look(work_dir, "evaluate_on_split", {stored["model_name"]: checkpoint}, data_dir,
+                                         data_fingerprint=cache.fingerprint,
+                                         config_keys={stored["model_name"]: stored.get("config_key")})["n_looks"]
     return {
         "checkpoint": str(checkpoint),
         "model": stored["model_name"],
@@ -214,6 +219,7 @@ def evaluate_on_split(
         "ci_high": high,
         "confidence": confidence,
         "twin_free": by_part["twin_free"] if by_part else None,  # test images with no twin in train
+        "n_test_looks": n_looks,  # looks at this test split recorded in work_dir (None for other splits)
         "confusion": metrics.confusion(y_true, y_pred, len(CLASSES)).tolist(),
         "per_class": metrics.per_class_report(y_true, y_pred, CLASSES),
         "predictions": [

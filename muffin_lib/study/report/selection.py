@@ -48,7 +48,7 @@ def grid_findings(result, model: str, n_folds: int) -> list[str]:
     setting = ", ".join(f"{name}={getattr(result.best, name):g}" for name in result.varied)
     best_finding = (
         f"Best of {len(result.rungs[0])} configurations for {model}: {setting}, CV zero-one risk "
-        f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds, {result.best.epochs} epochs; "
+        f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds at {settings_of(result.best)}; "
         f"{best['interval']} interval). "
         + (f"{within} other configuration(s) of the last rung have a mean inside its interval, so the grid cannot "
            "tell them apart from the best." if within > 0 else "No other configuration of the last rung has a mean "
@@ -103,21 +103,31 @@ def cv_table(results: dict) -> object:
     return pd.DataFrame(rows).set_index("model")
 
 
+def settings_of(config) -> str:
+    """The settings a CV number was produced at, for its table header or sentence (selection.budget)."""
+    from muffin_lib.selection.budget import settings_label
+
+    return settings_label(config.image_size, config.epochs)
+
+
 def cv_finding(results: dict, n_folds: int) -> str:
     ranked = sorted(results, key=lambda m: results[m].summary["mean"])
     interval = results[ranked[0]].summary["interval"]
     parts = [f"{m} {format_ci(results[m].summary['mean'], results[m].summary['ci_low'], results[m].summary['ci_high'])}"
              for m in ranked]
-    return (f"{n_folds}-fold twin-grouped CV zero-one risk ({interval} interval): " + ", ".join(parts)
-            + f" (lowest: {ranked[0]}).")
+    return (f"{n_folds}-fold twin-grouped CV zero-one risk at {settings_of(results[ranked[0]].config)} "
+            f"({interval} interval): " + ", ".join(parts) + f" (lowest: {ranked[0]}).")
 
 
-def comparison_finding(row: dict) -> str:
+def comparison_finding(row: dict, alpha: float = 0.05) -> str:
+    """One pair of ``selection.compare_all``: judged by its Holm-adjusted ``p_holm`` (over all pairs of the
+    notebook, as notebook 09 does), never by the unadjusted ``p_value``; both are shown."""
     better, worse = (row["a"], row["b"]) if row["mean_diff"] < 0 else (row["b"], row["a"])
-    verdict = "a significant difference" if row["p_value"] < 0.05 else "not a significant difference"
+    verdict = "a significant difference" if row["p_holm"] < alpha else "not a significant difference"
     return (
         f"{better} vs {worse}: CV risk lower by {abs(row['mean_diff']):.3f} (corrected 95% CI of the difference "
-        f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}], p = {row['p_value']:.3f}): {verdict} at the 5% level"
+        f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}], corrected resampled t-test p = {row['p_value']:.3f}, "
+        f"Holm-adjusted {row['p_holm']:.3f}): {verdict} at the {100 * alpha:g}% level after Holm's correction"
     )
 
 
@@ -126,7 +136,8 @@ def nested_finding(nested, grid_best_risk: float, model: str, grid_names: Sequen
     s = nested.summary
     chosen = nested.table.groupby(list(grid_names)).size()
     return (
-        f"Nested CV ({n_outer} outer x {n_inner} inner folds, twin-grouped) puts the risk of tuning {model} over "
+        f"Nested CV ({n_outer} outer x {n_inner} inner folds, twin-grouped, at {settings_of(nested.inner[0].best)}) "
+        f"puts the risk of tuning {model} over "
         f"{', '.join(grid_names)} at {format_ci(s['mean'], s['ci_low'], s['ci_high'])} ({s['interval']} interval), "
         f"against {grid_best_risk:.3f} for the best grid entry's own CV risk (optimism "
         f"{s['mean'] - grid_best_risk:+.3f}); "
@@ -138,9 +149,16 @@ def nested_finding(nested, grid_best_risk: float, model: str, grid_names: Sequen
 def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, findings: list[str],
                synthetic: bool) -> dict:
     """The results file of notebook 07: CV risk per model (corrected interval), comparisons, nested CV."""
+    from muffin_lib.selection.budget import budget_for
+
+    def deployed(config) -> bool:
+        named = budget_for(config.image_size, config.epochs)
+        return bool(named and named.deployed)
+
     models = {
         name: {"cv_risk": r.summary["mean"], "cv_ci": [r.summary["ci_low"], r.summary["ci_high"]],
-               "cv_interval": r.summary["interval"], "cv_losses": r.losses}
+               "cv_interval": r.summary["interval"], "cv_losses": r.losses, "cv_settings": settings_of(r.config),
+               "cv_deployed": deployed(r.config)}
         for name, r in cv.items()
     }
     from muffin_lib.selection.final_test import tuned_name
@@ -151,6 +169,8 @@ def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, fi
         "cv_ci": [nested.summary["ci_low"], nested.summary["ci_high"]],
         "cv_interval": nested.summary["interval"],
         "cv_kind": "nested",
+        "cv_settings": settings_of(nested.inner[0].best),
+        "cv_deployed": deployed(nested.inner[0].best),
     }
     return {
         "synthetic": synthetic,
@@ -191,12 +211,23 @@ def final_test_findings(final) -> list[str]:
 
 
 def best_by_cv(work_dir, names: Sequence[str]) -> str:
-    """Of ``names``, the one with the lowest CV risk in notebook 07's results (the first name without them)."""
+    """Of ``names``, the one with the lowest CV risk in notebook 07's results, counting only risks measured at
+    the recipe the candidates were trained with (profile full); with none (profile quick: CV at 64 px), the
+    lowest validation error of notebooks 03-05 and 08; else the first name."""
     from muffin_lib.results import load_all_results
 
-    models = (load_all_results(work_dir).get("07_cv_risk") or {}).get("models") or {}
-    scored = [name for name in names if "cv_risk" in models.get(name, {})]
-    return min(scored, key=lambda name: models[name]["cv_risk"]) if scored else list(names)[0]
+    results = load_all_results(work_dir)
+    models = (results.get("07_cv_risk") or {}).get("models") or {}
+    scored = [name for name in names if models.get(name, {}).get("cv_deployed") and "cv_risk" in models[name]]
+    if scored:
+        return min(scored, key=lambda name: models[name]["cv_risk"])
+    validation = {
+        name: numbers["val_zero_one_loss"]
+        for result in results.values() if isinstance(result, dict)
+        for name, numbers in (result.get("models") or {}).items()
+        if isinstance(numbers, dict) and "val_zero_one_loss" in numbers and name in names
+    }
+    return min(validation, key=validation.get) if validation else list(names)[0]
 
 
 def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
@@ -229,6 +260,7 @@ def calibration_finding(model: str, check: dict) -> str:
 
 
 def final_results(final, calibration: dict, findings: list[str], synthetic: bool) -> dict:
-    """The results block of notebook 09: test scores, paired tests, calibration and findings."""
+    """The results block of notebook 09: test scores, paired tests, calibration, findings and the recorded looks at
+    the test split (``n_test_looks``, ``test_looks``: work_dir/test_looks.json)."""
     return {"synthetic": synthetic, **final.to_dict(), "models": final.models_summary(), "calibration": calibration,
-            "findings": findings}
+            "findings": findings, "n_test_looks": final.n_looks, "test_looks": final.looks}

@@ -1,0 +1,100 @@
+"""Profiles that say what they estimate (issue 15): full selects at the deployed recipe, quick at the laptop
+budget and says so, auto chooses by data and hardware."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from muffin_lib.selection.budget import FULL, QUICK, SELECTION, budget_for, settings_label
+from muffin_lib.study import notebook, runner
+from muffin_lib.study.report import selection as report_selection
+from muffin_lib.training.engine import TrainConfig
+
+
+def test_the_full_budget_is_the_recipe_notebooks_03_05_train():
+    recipe = TrainConfig()
+    assert SELECTION is FULL and FULL.deployed
+    assert (FULL.image_size, FULL.epochs) == (recipe.image_size, recipe.epochs)
+    assert FULL.rung_epochs[-1] < FULL.epochs and FULL.inner_splits == FULL.n_splits  # nested CV: 06's K
+    assert not QUICK.deployed and (QUICK.image_size, QUICK.epochs) == (64, 8)
+    assert "deployed recipe" in FULL.label and "cheaper than the deployed 128 px / 15 epochs" in QUICK.label
+    assert budget_for(64, 8) is QUICK and budget_for(96, 8) is None
+    assert settings_label(32, 1) == "32 px, 1 epochs (not the deployed 128 px / 15 epochs)"
+
+
+def _selection_defaults(name: str) -> dict:
+    import ast
+
+    import papermill
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+    return {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(path)).items()}
+
+
+@pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
+def test_full_profile_trains_06_and_07_with_exactly_the_config_of_03_05(name):
+    # The CV of 07 and the last rung of 06 must be the TrainConfig that notebooks 03-05 train.
+    params = notebook.apply_profile("full", name, _selection_defaults(name))
+    models = params["models"] if "models" in params else [params["model"]]
+    for model in models:
+        assert notebook.train_config(params, model) == TrainConfig(model=model)
+
+
+@pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
+def test_quick_profile_changes_only_the_selection_budget_and_marks_it(name):
+    defaults = _selection_defaults(name)
+    params = notebook.apply_profile("quick", name, defaults)
+    assert (params["image_size"], params["epochs"]) == (QUICK.image_size, QUICK.epochs)
+    if "inner_splits" in params:
+        assert params["inner_splits"] == QUICK.inner_splits
+    if "rung_epochs" in params:
+        assert params["rung_epochs"] == list(QUICK.rung_epochs)
+    assert "was `128`" in params._repr_markdown_()  # the parameters table shows what the profile changed
+    # A value the user set survives; other notebooks are untouched.
+    assert notebook.apply_profile("quick", name, {**defaults, "image_size": 96})["image_size"] == 96
+    assert notebook.apply_profile("quick", "04_deeper_cnn", {"image_size": 128, "epochs": 15})["image_size"] == 128
+
+
+def test_auto_profile_chooses_by_data_and_hardware(synthetic_data_dir, tmp_path, monkeypatch):
+    import torch
+
+    assert runner.auto_profile(synthetic_data_dir)[0] == "smoke"
+    real = tmp_path / "photos"
+    (real / "train").mkdir(parents=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    profile, why = runner.auto_profile(real)
+    assert profile == "quick" and "--profile full" in why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert runner.auto_profile(real) == ("full", "a CUDA GPU is available (Tesla T4)")
+
+
+def _write_results(work_dir, name: str, content: dict) -> None:
+    path = work_dir / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+
+
+def test_best_by_cv_counts_only_risks_at_the_candidates_recipe(tmp_path):
+    names = ["simple_cnn", "deeper_cnn"]
+    for number, (name, val) in enumerate([("simple_cnn", 0.08), ("deeper_cnn", 0.06)], start=3):
+        _write_results(tmp_path, f"0{number}_{name}", {"models": {name: {"val_zero_one_loss": val}}})
+    # Quick profile: CV at 64 px says simple_cnn, but those are not the 128 px candidates' risks.
+    quick = {"simple_cnn": {"cv_risk": 0.10, "cv_deployed": False}, "deeper_cnn": {"cv_risk": 0.12, "cv_deployed": False}}
+    _write_results(tmp_path, "07_cv_risk", {"models": quick})
+    assert report_selection.best_by_cv(tmp_path, names) == "deeper_cnn"  # by validation error instead
+    full = {"simple_cnn": {"cv_risk": 0.10, "cv_deployed": True}, "deeper_cnn": {"cv_risk": 0.12, "cv_deployed": True}}
+    _write_results(tmp_path, "07_cv_risk", {"models": full})
+    assert report_selection.best_by_cv(tmp_path, names) == "simple_cnn"
+
+
+def test_summary_names_the_settings_of_each_cv_number():
+    summary = {
+        "synthetic": False, "data_dir": "D", "work_dir": "W", "profile": "quick", "notebooks": {}, "findings": [],
+        "models": {"deeper_cnn": {"cv_risk": 0.1, "cv_ci": [0.08, 0.12], "cv_settings": QUICK.label}},
+    }
+    text = runner.format_summary(summary)
+    assert "0.100 [0.080, 0.120] at 64 px, 8 epochs (profile quick: cheaper than the deployed" in text
