@@ -80,23 +80,21 @@ def colab_install_source(repo_url: str = REPO_URL, repo_url_expression: str | No
     parameter) replaces the literal address.
     """
     url = repo_url_expression or f'"{repo_url}"'
-    return (
-        "# Colab only: install muffin_lib from a copy on Drive (MyDrive/muffin-lab), an uploaded zip or wheel, or REPO_URL.\n"
-        "import glob, importlib.util, os, subprocess, sys, zipfile  # noqa: E401\n"
-        "\n"
-        f"REPO_URL = {url}\n"
-        'if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:\n'
-        '    root = os.environ.get("MUFFIN_COLAB_ROOT", "/content")  # a stand-in folder in the simulation test\n'
-        '    for archive in glob.glob(f"{root}/muffin*lab*.zip"):\n'
-        '        zipfile.ZipFile(archive).extractall(f"{root}/muffin-lab-upload")\n'
-        '    found = [os.path.dirname(p) for x in ("drive/MyDrive/muffin-lab", "muffin-lab-upload", "muffin-lab-upload/*", "muffin-lab") for p in glob.glob(f"{root}/{x}/pyproject.toml")] + glob.glob(f"{root}/muffin*lab*.whl")\n'
-        '    if not found and subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, f"{root}/muffin-lab"]).returncode == 0:\n'
-        '        found = [f"{root}/muffin-lab"]\n'
-        "    if not found:\n"
-        '        raise SystemExit(f"No muffin-lab project: {REPO_URL} could not be cloned. Set REPO_URL to your fork, or copy the project to MyDrive/muffin-lab and mount Drive, or upload its zip to {root}.")\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *([] if found[0].endswith(".whl") else ["-e"]), found[0]], check=True)\n'
-        "    sys.path.insert(0, found[0])  # this kernel started before the install"
-    )
+    return f"""# Colab only: install muffin_lib from Drive (MyDrive/muffin-lab), an uploaded zip or wheel, or a clone of REPO_URL.
+import glob, importlib.util, os, subprocess, sys, zipfile  # noqa: E401, I001  (one line: a cell to skim past)
+REPO_URL = {url}
+if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:
+    root = os.environ.get("MUFFIN_COLAB_ROOT", "/content")  # a stand-in folder in the simulation test
+    for archive in glob.glob(f"{{root}}/muffin*lab*.zip"):  # an uploaded zip of the repository
+        zipfile.ZipFile(archive).extractall(f"{{root}}/muffin-lab-upload")
+    places = ["drive/MyDrive/muffin-lab/", "muffin-lab-upload/", "muffin-lab-upload/*/", "muffin-lab/"]
+    found = [os.path.dirname(p) for x in places for p in glob.glob(f"{{root}}/{{x}}pyproject.toml")]
+    found += glob.glob(f"{{root}}/muffin*lab*.whl")  # an uploaded wheel
+    if not found and subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, f"{{root}}/muffin-lab"]).returncode:
+        sys.exit("No muffin-lab project: set REPO_URL to your fork, copy it to MyDrive/muffin-lab or upload its zip.")
+    found = found or [f"{{root}}/muffin-lab"]  # the clone; a folder installs editable, so notebooks/ stays beside it
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *["-e"] * os.path.isdir(found[0]), found[0]], check=True)
+    sys.path.insert(0, found[0])  # this kernel started before the install"""
 
 
 class Settings(dict):
