@@ -332,6 +332,7 @@ def _cv_cli(data_dir: Path, work_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # subprocesses, a kill and a rerun
 def test_cv_cli_resumes_after_kill_9(synthetic_data_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MUFFIN_PROGRESS": "off"}
     command = _cv_cli(synthetic_data_dir, tmp_path)

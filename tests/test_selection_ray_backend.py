@@ -34,6 +34,7 @@ def test_missing_ray_is_a_clear_error(cache_and_folds, tmp_path, monkeypatch):
         cross_validate(TINY, cache, folds, backend="dask", progress=False)
 
 
+@pytest.mark.slow  # starts a local Ray instance: minutes
 def test_ray_runs_the_same_trials_as_serial(cache_and_folds, tmp_path):
     pytest.importorskip("ray.tune")
     cache, folds = cache_and_folds
