@@ -2,7 +2,8 @@
 
 The test split is scored once, after every choice (notebook 09, ``selection.final_test.evaluate_candidates``).
 Every evaluation of it is recorded here: when (UTC), who looked (``09_final_test``, ``evaluate_on_split``,
-``predict``), the candidate set (name -> checkpoint path, sha256 of the file, config key), the test split
+``predict``), the candidate set (name -> checkpoint path, sha256 of the file, config key; an ensemble: its
+members' identities and one sha256 over them, so it is the same candidate exactly when its members are), the test split
 (content fingerprint and data_dir) and the code version (``git rev-parse --short HEAD``, else the package
 version). Scoring the same candidate set again (an interrupted notebook 09 re-run) is not a new look: the
 look's ``repeats`` grows instead. ``check_candidates`` refuses a look with another candidate set on a split
@@ -52,10 +53,20 @@ def file_sha256(path) -> str:
 
 
 def identify(candidates: dict[str, object], config_keys: dict[str, str] | None = None) -> dict[str, dict]:
-    """name -> {checkpoint, sha256, config_key}: what a candidate set is, whatever its files are called."""
+    """name -> {checkpoint, sha256, config_key}: what a candidate set is, whatever its files are called. A candidate
+    given as a dict (member name -> checkpoint: an ensemble of those checkpoints) is identified by its members:
+    ``members`` holds their identities and ``sha256`` is the sha256 of their sorted (name, sha256) pairs (None
+    when a member file is missing, as for a missing checkpoint)."""
     keys = config_keys or {}
     found = {}
     for name, checkpoint in sorted(candidates.items()):
+        if isinstance(checkpoint, dict):
+            members = identify(checkpoint, keys)
+            pairs = _signature(members)
+            digest = (None if any(sha is None for _, sha in pairs)
+                      else hashlib.sha256(json.dumps(pairs).encode()).hexdigest())
+            found[str(name)] = {"checkpoint": None, "sha256": digest, "config_key": None, "members": members}
+            continue
         path = Path(checkpoint)
         found[str(name)] = {"checkpoint": str(path.resolve()), "sha256": file_sha256(path) if path.is_file() else None,
                             "config_key": keys.get(name)}

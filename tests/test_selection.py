@@ -25,6 +25,7 @@ from muffin_lib.selection import (
     grid_search,
     nested_cv,
     refit_and_test,
+    stratified_folds,
 )
 from muffin_lib.selection.stats import summarize_losses
 from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
@@ -374,3 +375,19 @@ def test_cross_validation_on_real_images(shared_data, tmp_path):
     result = cross_validate(TINY.replace(epochs=3, batch_size=32), cache, plan.folds, device="cpu", progress=False)
     # Better than always answering the majority class (0.46 error) on real photos.
     assert result.summary["mean"] < 0.40
+
+
+def test_nested_cv_reuses_the_grid_trial_that_is_its_outer_refit(cache, tmp_path):
+    # On the study's folds, refitting the inner winner on an outer-training part is exactly the grid's CV trial of
+    # that configuration on that fold: it is read from the store, not trained again.
+    store = TrialStore(tmp_path / "trials.sqlite")
+    folds = stratified_folds(cache.labels.numpy(), 2, seed=0)
+    grid = {"lr": [3e-3]}
+    searched = grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    statuses = []
+    nested = nested_cv(TINY, grid, cache, outer_folds=folds, inner_folds=2, seed=0, store=store, device="cpu",
+                       progress=False, on_trial=lambda record: statuses.append((record["scope"], record["status"])))
+    outer = [status for scope, status in statuses if scope == "cv"]
+    assert outer == ["stored", "stored"]  # both outer refits came from the grid's trials
+    assert nested.outer_losses == searched.best_result.losses
+    assert [r["scope"] for r in store.records()].count("nested-outer") == 0

@@ -94,6 +94,28 @@ def test_check_candidates_directly(tmp_path):
     test_looks.check_candidates(tmp_path, {"m": checkpoint}, True, data_fingerprint="abc")
 
 
+def test_an_ensemble_is_identified_by_its_members(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"a weights")
+    b.write_bytes(b"b weights")
+    ensemble = test_looks.identify({"e": {"a": a, "b": b}})["e"]
+    assert ensemble["checkpoint"] is None and sorted(ensemble["members"]) == ["a", "b"] and ensemble["sha256"]
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    moved = {name: shutil.copy(path, copies / path.name) for name, path in (("a", a), ("b", b))}
+    assert test_looks.identify({"e": moved})["e"]["sha256"] == ensemble["sha256"]  # same members, other files
+    test_looks.record_look(tmp_path, "09_final_test", {"a": a, "b": b, "e": {"a": a, "b": b}}, tmp_path,
+                           data_fingerprint="abc")
+    test_looks.check_candidates(tmp_path, {"a": a, "b": b, "e": moved}, False, data_fingerprint="abc")
+    with pytest.raises(MuffinError):  # the same checkpoints without their ensemble: another set
+        test_looks.check_candidates(tmp_path, {"a": a, "b": b}, False, data_fingerprint="abc")
+    b.write_bytes(b"b retrained")  # a changed member changes the ensemble
+    assert test_looks.identify({"e": {"a": a, "b": b}})["e"]["sha256"] != ensemble["sha256"]
+    with pytest.raises(MuffinError):
+        test_looks.check_candidates(tmp_path, {"a": a, "b": b, "e": {"a": a, "b": b}}, False, data_fingerprint="abc")
+    assert test_looks.identify({"e": {"a": a, "gone": tmp_path / "gone.pt"}})["e"]["sha256"] is None
+
+
 def test_code_version_never_fails(monkeypatch, tmp_path):
     assert test_looks.code_version()
     monkeypatch.setattr(test_looks, "PACKAGE_PARENT", tmp_path)  # no git checkout there: the package version

@@ -1,6 +1,7 @@
 """The one test evaluation: every candidate, scored once on the test split after every choice is fixed.
 
-Each candidate is a checkpoint. Its test predictions are scored on the whole test split and on its
+Each candidate is a checkpoint, plus, when the three from-scratch networks are all candidates, their
+ensemble (``ENSEMBLE``: the mean of their calibrated probabilities; no training, scored in the same look). Its test predictions are scored on the whole test split and on its
 twin-free part (test images with no near-duplicate in train, ``twins``); the twin-free figure is the
 headline, since a model may have memorised the train twin of any other test image. Candidates are
 compared pairwise on the same twin-free images with exact McNemar tests, Holm-corrected over all pairs.
@@ -22,6 +23,9 @@ from muffin_lib.training.metrics import scores_by_part
 PARTS = ("twin_free", "all", "with_train_twin")
 # The notebooks whose checkpoints are candidates (their results files name them under "models").
 TRAINING_NOTEBOOKS = ("03_simple_cnn", "04_deeper_cnn", "05_resnet_like", "08_transfer_learning")
+# The from-scratch networks (notebooks 03-05) whose ensemble is a candidate when all three are.
+ENSEMBLE_MEMBERS = ("simple_cnn", "deeper_cnn", "resnet_like")
+ENSEMBLE = f"ensemble({'+'.join(ENSEMBLE_MEMBERS)})"
 
 
 @dataclass
@@ -30,7 +34,8 @@ class FinalTest:
 
     scores: dict[str, dict]  # name -> scores_by_part
     paired: list[dict]  # stats.paired_mcnemar_table on the twin-free part
-    # name -> relpaths, labels, predicted, confidence, correct, probabilities (raw), temperature
+    # name -> relpaths, labels, predicted, confidence, correct, probabilities (raw), temperature; an ensemble's
+    # probabilities are the mean of its members' calibrated ones, its temperature None, and it names its members
     predictions: dict[str, dict] = field(repr=False, default_factory=dict)
     n_test: int = 0
     n_twin_free: int = 0
@@ -79,10 +84,14 @@ def evaluate_candidates(
     alpha: float = 0.05,
     progress: bool = True,
     allow_new_look: bool = False,
+    ensemble: bool = True,
 ) -> FinalTest:
     """Score every checkpoint of ``candidates`` (name -> path) once on the test split of ``data_dir``.
 
-    The look is recorded in ``work_dir``; when the split was already scored with another candidate set, raises
+    With ``ensemble`` and all of ``ENSEMBLE_MEMBERS`` among the candidates, their ensemble ``ENSEMBLE`` is scored
+    too, like any candidate (table, McNemar pairs, results), from the members' predictions: no training, no other
+    look (``ensemble_proba``). The look is recorded in ``work_dir`` with the ensemble identified by its members'
+    sha256 (``test_looks.identify``); when the split was already scored with another candidate set, raises
     MuffinError unless ``allow_new_look`` (the same set again, e.g. a re-run, is not a new look)."""
     from muffin_lib import test_looks
     from muffin_lib.data.cache import load_images
@@ -91,13 +100,14 @@ def evaluate_candidates(
 
     if not candidates:
         raise MuffinError("no candidates to evaluate: train the models first (notebooks 03-05 and 08)")
+    looked = with_ensemble(candidates) if ensemble else dict(candidates)  # what the look record identifies
     all_scores, predictions, free_mask, relpaths, config_keys = {}, {}, None, None, {}
     for name, checkpoint in candidates.items():
         model, stored = engine.load_checkpoint(checkpoint, device=device)
         config_keys[name] = stored.get("config_key")
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
         if relpaths is None:  # before any test prediction: refuse another candidate set unless forced
-            test_looks.check_candidates(work_dir, candidates, allow_new_look, data_fingerprint=test.fingerprint)
+            test_looks.check_candidates(work_dir, looked, allow_new_look, data_fingerprint=test.fingerprint)
             fingerprint = test.fingerprint
             relpaths, free_mask = twin_free_test_images(data_dir, work_dir, test.relpaths)
         elif list(test.relpaths) != relpaths:
@@ -115,16 +125,54 @@ def evaluate_candidates(
             "probabilities": proba,  # raw; with the checkpoint's temperature, for calibration_check
             "temperature": stored.get("extra", {}).get("temperature"),
         }
+    for name, members in looked.items():
+        if isinstance(members, dict):
+            predictions[name] = _ensemble_prediction([predictions[m] for m in members], list(members))
+            all_scores[name] = scores_by_part(np.asarray(predictions[name]["correct"]), free_mask)
     paired = []
-    if len(candidates) > 1:
+    if len(predictions) > 1:
         paired = paired_mcnemar_table(
             {name: np.asarray(p["correct"])[free_mask] for name, p in predictions.items()}, alpha=alpha
         )
-    look = test_looks.record_look(work_dir, "09_final_test", candidates, data_dir, data_fingerprint=fingerprint,
+    look = test_looks.record_look(work_dir, "09_final_test", looked, data_dir, data_fingerprint=fingerprint,
                                   config_keys=config_keys)
     return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()),
                      twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep],
                      n_looks=look["n_looks"], looks=test_looks.looks(work_dir, fingerprint))
+
+
+def with_ensemble(candidates: dict[str, object]) -> dict[str, object]:
+    """``candidates`` plus ``{ENSEMBLE: {member: checkpoint}}`` when every one of ``ENSEMBLE_MEMBERS`` is a candidate."""
+    if not all(member in candidates for member in ENSEMBLE_MEMBERS):
+        return dict(candidates)
+    return {**candidates, ENSEMBLE: {member: candidates[member] for member in ENSEMBLE_MEMBERS}}
+
+
+def ensemble_proba(members: Sequence[dict]) -> tuple[list[str], np.ndarray]:
+    """``(relpaths, probabilities)``: the mean of the members' **calibrated** probabilities (each member's raw test
+    probabilities with the temperature fitted on its validation split; 1 for a checkpoint without one), aligned
+    by the test images' relative paths (the first member's order). Calibrated, so that no member counts more
+    because it is overconfident; the predicted class is the argmax of the mean."""
+    from muffin_lib.training.calibration import apply_temperature
+
+    relpaths = list(members[0]["relpaths"])
+    total = np.zeros_like(np.asarray(members[0]["probabilities"], dtype=np.float64))
+    for member in members:
+        where = {path: i for i, path in enumerate(member["relpaths"])}
+        if set(where) != set(relpaths):
+            raise MuffinError("the ensemble's members were scored on different test images; same data_dir?")
+        order = [where[path] for path in relpaths]
+        total += apply_temperature(np.asarray(member["probabilities"])[order], float(member["temperature"] or 1.0))
+    return relpaths, total / len(members)
+
+
+def _ensemble_prediction(members: Sequence[dict], names: list[str]) -> dict:
+    relpaths, proba = ensemble_proba(members)
+    labels = np.asarray(members[0]["labels"])
+    predicted = proba.argmax(axis=1)
+    return {"relpaths": relpaths, "labels": labels.tolist(), "predicted": predicted.tolist(),
+            "confidence": proba.max(axis=1).tolist(), "correct": (predicted == labels).tolist(),
+            "probabilities": proba, "temperature": None, "members": names}
 
 
 def tuned_name(config: dict) -> str:
@@ -166,7 +214,8 @@ def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto",
 def calibration_check(final: FinalTest, name: str, n_bins: int = 10) -> dict:
     """Reliability of candidate ``name``'s probabilities on the twin-free test images, from the predictions
     ``evaluate_candidates`` already made: raw (``before``) and with the temperature fitted on its validation
-    split (``after``), each with its ECE; see ``training.calibration``."""
+    split (``after``), each with its ECE; see ``training.calibration``. The ensemble has no temperature of its own
+    (its probabilities are already the mean of calibrated ones): ``after`` equals ``before``, ``members`` names them."""
     from muffin_lib.training import calibration
 
     predicted = final.predictions[name]
@@ -179,4 +228,5 @@ def calibration_check(final: FinalTest, name: str, n_bins: int = 10) -> dict:
         "before": calibration.reliability(raw, labels, n_bins),
         "after": calibration.reliability(calibration.apply_temperature(raw, temperature), labels, n_bins),
         "n": int(free.sum()),
+        "members": predicted.get("members"),
     }

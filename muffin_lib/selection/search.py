@@ -319,7 +319,15 @@ def nested_cv(
             execution=execution,
             groups=None if groups is None else np.asarray(groups)[outer_train],
         )
-        record = _run_tasks([task], caches, store=store, **options)[task.identity]
+        # On the study's folds, the outer refit of a configuration IS its CV trial on that fold (same images,
+        # seed and key): reuse 06's trial when it is stored instead of training the same model again.
+        same_as_cv = store.get(task.config_key, number, "cv") if store is not None else None
+        if same_as_cv is not None:
+            record = {**same_as_cv, "status": "stored"}
+            if options["on_trial"] is not None:
+                options["on_trial"](record)
+        else:
+            record = _run_tasks([task], caches, store=store, **options)[task.identity]
         inner_results.append(searched)
         trials.extend([*searched.trials, record])
         trials_outer.append(record)

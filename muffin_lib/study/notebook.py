@@ -40,6 +40,7 @@ QUICK_KEYS = ("image_size", "epochs", "rung_epochs", "inner_splits")
 SMOKE_CAPS: dict[str, int] = {
     "image_size": 32,
     "epochs": 1,
+    "loop_epochs": 1,  # notebook 03's written-out training loop
     "n_splits": 2,
     "inner_splits": 2,
     "n_preview": 4,

@@ -36,10 +36,18 @@ from muffin_lib.training.checkpoints import (  # noqa: F401
 )
 from muffin_lib.training.models import MIN_IMAGE_SIZE, MODEL_NAMES, build_model
 from muffin_lib.training.runtime import AMP_MODES, execution_key, resolve_amp  # noqa: F401  (engine.* for callers)
+from muffin_lib.training.step import (  # noqa: F401  (engine.* for callers: fit's loop is built from these parts)
+    Normalizer,
+    TrainStep,
+    _batch_starts,
+    epoch_batches,
+    make_optimizer,
+    make_schedule,
+    steps_per_epoch,
+)
 from muffin_lib.training.tensors import (  # noqa: F401  (engine.* for callers)
     GPU_RESIDENT_FRACTION,
     _model_spec,
-    _Normalizer,
     _place_images,
     _take,
     _uses_channels_last,
@@ -163,80 +171,6 @@ class FitResult:
 # ----------------------------------------------------------------------------- training
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    # No weight decay on biases and BatchNorm parameters (the usual AdamW recipe).
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
-    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    if device.type in ("cuda", "cpu"):
-        # The fused kernel is one pass over each parameter; on CPU it beats the per-tensor loop.
-        try:
-            return optimizer_class(groups, lr=config.lr, fused=True)
-        except RuntimeError:  # torch < 2.4 has no fused CPU kernel
-            pass
-    return optimizer_class(groups, lr=config.lr)
-
-
-def _make_scheduler(optimizer, config: TrainConfig, total_steps: int):
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    return None
-
-
-def _grad_scaler(device: torch.device, enabled: bool):
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type, enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
-
-
-class TrainStep:
-    """One optimisation step of ``fit`` on a uint8 batch already on the device: normalise, augment,
-    forward and backward under autocast, optimizer and schedule step. ``bench`` times this same object."""
-
-    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, normalization: dict,
-                 total_steps: int):
-        self.amp_dtype = resolve_amp(config.amp, device)
-        self.device = device
-        self.model = torch.compile(model) if config.compile else model
-        self.normalize = _Normalizer(normalization, device, config.channels_last)
-        self.augment_kwargs = augment.AUGMENT_PRESETS[config.augment]
-        self.generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.optimizer = _make_optimizer(model, config, device)
-        self.scheduler = _make_scheduler(self.optimizer, config, total_steps)
-        self.scaler = _grad_scaler(device, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    def __call__(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train on uint8 ``batch`` (N x C x H x W); returns the (detached) loss and logits."""
-        x = augment.augment_batch(self.normalize(batch), generator=self.generator, **self.augment_kwargs)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(x)
-            loss = self.criterion(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return loss.detach(), logits.detach()
-
-
-def _batch_starts(n: int, batch_size: int) -> list[int]:
-    starts = list(range(0, n, batch_size))
-    # A last batch of one image would make BatchNorm's batch statistics degenerate; drop it.
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return starts
-
-
 def _as_log(log) -> Callable[[str], None]:
     if log is None:
         return logger.info
@@ -297,15 +231,14 @@ def fit(
     labels = train_labels.to(device)
     if has_val:
         val_images = _place_images(val_images, device)
-    starts = _batch_starts(n_train, config.batch_size)
-    total_steps = config.epochs * len(starts)
-    train_step = TrainStep(model, config, device, normalization, total_steps)
+    steps = steps_per_epoch(n_train, config.batch_size)
+    train_step = TrainStep(model, config, device, normalization, config.epochs * steps)
     order_generator = torch.Generator().manual_seed(config.seed)
 
     say(
         f"training {config.model} on {n_train} images ({channels}x{size}x{size}), "
         f"{val_images.shape[0] if has_val else 0} validation; device {device}, amp {amp_name}, "
-        f"batch {config.batch_size}, {config.epochs} epochs x {len(starts)} steps, "
+        f"batch {config.batch_size}, {config.epochs} epochs x {steps} steps, "
         f"{config.optimizer} lr {config.lr:g} ({config.schedule}), augment {config.augment}"
     )
     history: list[dict] = []
@@ -318,10 +251,8 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        order = torch.randperm(n_train, generator=order_generator)
-        steps = progress_bar(starts, enabled=progress, desc=f"epoch {epoch}", unit="batch", leave=False)
-        for start in steps:
-            idx = order[start : start + config.batch_size]
+        batches = epoch_batches(n_train, config.batch_size, order_generator)
+        for idx in progress_bar(batches, enabled=progress, desc=f"epoch {epoch}", unit="batch", leave=False):
             y = labels[idx.to(labels.device)]
             loss, logits = train_step(_take(images, idx, device), y)
             loss_sum += loss * len(idx)
@@ -408,7 +339,7 @@ def _logits(model: nn.Module, images, normalization: dict, device, batch_size: i
             f"normalization has {len(normalization['mean'])} channel(s) but the images have {images.shape[1]}"
         )
     model.to(device)
-    normalize = _Normalizer(normalization, device, _uses_channels_last(model))
+    normalize = Normalizer(normalization, device, _uses_channels_last(model))
     was_training = model.training
     model.eval()
     outputs = []

@@ -190,8 +190,10 @@ def final_test_findings(final) -> list[str]:
     table = final.table
     lines = []
     for name, row in table.iterrows():
+        members = (final.predictions.get(name) or {}).get("members")
+        what = f" (mean of the calibrated probabilities of {', '.join(members)}; no training)" if members else ""
         lines.append(
-            f"{name}: test zero-one loss on the twin-free part "
+            f"{name}{what}: test zero-one loss on the twin-free part "
             f"{format_ci(row['twin_free'], row['twin_free_low'], row['twin_free_high'])} "
             f"({int(row['twin_free_errors'])} errors in {final.n_twin_free}); on the whole test split "
             f"{format_ci(row['all'], row['all_low'], row['all_high'])} ({final.n_test} images)."
@@ -246,6 +248,10 @@ def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
 def calibration_finding(model: str, check: dict) -> str:
     """What the reliability diagram says, with the ECE before and after temperature scaling."""
     before, after = check["before"], check["after"]
+    if check.get("members"):  # the ensemble (selection.final_test.ENSEMBLE): no temperature of its own
+        return (f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images for "
+                f"the mean of the calibrated probabilities of {', '.join(check['members'])} (each member's temperature "
+                "was fitted on its validation split; the ensemble has none of its own).")
     if not check["fitted"]:
         return (f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images; "
                 "its checkpoint predates temperature scaling, so its probabilities are used as they are.")
