@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from muffin_lib.config import WorkDir  # noqa: E402
 from muffin_lib.selection.budget import settings_label  # noqa: E402
 from muffin_lib.selection.stats import corrected_resampled_ttest, holm_adjust, summarize_losses  # noqa: E402
-from muffin_lib.selection.trials import TrialStore  # noqa: E402
+from muffin_lib.selection.trial_store import TrialStore  # noqa: E402
 
 MODELS = ("simple_cnn", "deeper_cnn", "resnet_like")
 K = 5

@@ -1,5 +1,5 @@
 """The results files of the series: ``work_dir/results/<notebook>.json``, written by each notebook and
-read by later notebooks, ``final_test`` and the runner's summary."""
+read by later notebooks, ``selection.evaluation`` and the runner's summary."""
 
 from __future__ import annotations
 

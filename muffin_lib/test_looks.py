@@ -1,6 +1,6 @@
 """The record of every look at a dataset's test split: ``work_dir/test_looks.json`` (``WorkDir.test_looks_file``).
 
-The test split is scored once, after every choice (notebook 09, ``selection.final_test.evaluate_candidates``).
+The test split is scored once, after every choice (notebook 09, ``selection.evaluation.evaluate_candidates``).
 Every evaluation of it is recorded here: when (UTC), who looked (``09_final_test``, ``evaluate_on_split``,
 ``predict``), the candidate set (name -> checkpoint path, sha256 of the file, config key; an ensemble: its
 members' identities and one sha256 over them, so it is the same candidate exactly when its members are), the test split

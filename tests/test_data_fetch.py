@@ -151,6 +151,166 @@ def test_kaggle_package_failure_with_bad_credentials_is_caught(tmp_path, no_cred
     assert "not-a-real-key" not in capsys.readouterr().out
 
 
+# ----------------------------------------------------------------------------- each Kaggle failure, explained
+# Every HTTP request kagglehub and the kaggle package make goes through requests' HTTPAdapter.send: the
+# stand-in answers there, so the libraries' own code (kagglehub's KaggleApiHTTPError wrapping, the kaggle
+# package's HTTPError) runs as it does against www.kaggle.com.
+
+STATUS_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+SECRET = "not-a-real-key-1234"
+
+
+@pytest.fixture
+def kaggle_answers(monkeypatch):
+    """``kaggle_answers(401)``: every Kaggle request is answered with that status; ``kaggle_answers(error)``: raises it."""
+    from requests.adapters import HTTPAdapter
+
+    seen = []
+
+    def answer_with(answer):
+        def send(self, request, **kwargs):
+            seen.append(request.url)
+            if isinstance(answer, BaseException):
+                raise answer
+            response = requests.Response()
+            response.status_code, response.reason, response.url, response.request = (
+                answer, STATUS_REASONS[answer], request.url, request)
+            response.headers["Content-Type"] = "application/json"
+            response._content = json.dumps({"code": answer, "message": STATUS_REASONS[answer]}).encode()
+            return response
+
+        monkeypatch.setattr(HTTPAdapter, "send", send)
+        return seen
+
+    return answer_with
+
+
+@pytest.fixture
+def env_credentials(no_credentials, monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", SECRET)
+    return "the KAGGLE_USERNAME/KAGGLE_KEY environment variables"
+
+
+def _cli_fetch_kaggle(data_dir, capsys) -> list[str]:
+    """``python -m muffin_lib fetch --source kaggle``: exit code 2, and the lines of its error (stderr)."""
+    assert cli.main(["fetch", "--source", "kaggle", "--data-dir", str(data_dir)]) == 2
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err and "Traceback" not in captured.err
+    lines = captured.err.splitlines()
+    assert lines[0] == f"error: Could not download the Kaggle dataset {config.KAGGLE_DATASET}:"
+    assert "To get the real photos, either" in lines
+    assert not data_dir.exists()
+    return [line for line in lines if line.startswith("  - ")]
+
+
+TOKEN_FIX = (f"create a token at {fetch.KAGGLE_TOKEN_PAGE} (API -> Create New Token) and save the kaggle.json it "
+             "gives as {json} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN); on "
+             "Colab add them as notebook secrets (key icon)")
+
+
+def test_no_credentials_says_where_to_put_them(tmp_path, no_credentials, kaggle_answers, capsys):
+    kaggle_answers(401)  # Kaggle wants a login: kagglehub's anonymous request is refused
+    fix = TOKEN_FIX.format(json=no_credentials / ".kaggle" / "kaggle.json")
+    assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
+        f"  - kagglehub: Kaggle asked for a login (HTTP 401 Unauthorized) and no Kaggle credentials were found: {fix}",
+        f"  - kaggle package: no Kaggle credentials found: {fix}",
+    ]
+
+
+def test_wrong_credentials_401_say_which_ones_and_how_to_renew_them(tmp_path, env_credentials, kaggle_answers, capsys):
+    seen = kaggle_answers(401)
+    assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
+        f"  - kagglehub and kaggle package: Kaggle rejected the credentials in {env_credentials} (HTTP 401 "
+        "Unauthorized): the username or key is wrong, or the token expired or was revoked; create a new token at "
+        f"{fetch.KAGGLE_TOKEN_PAGE} (API -> Create New Token) and replace the one in {env_credentials}"
+    ]
+    assert len(seen) == 2 and all(url.startswith("https://api.kaggle.com/") for url in seen)  # one try each
+
+
+def test_wrong_kaggle_json_is_named_by_its_path(tmp_path, no_credentials, kaggle_answers, capsys, monkeypatch):
+    kaggle_json = tmp_path / "kaggle-config" / "kaggle.json"
+    kaggle_json.parent.mkdir()
+    kaggle_json.write_text(json.dumps({"username": "someone", "key": SECRET}))
+    kaggle_json.chmod(0o600)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(kaggle_json.parent))
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    # The kaggle package reads KAGGLE_CONFIG_DIR when it is imported (here: by an earlier test).
+    monkeypatch.setattr(KaggleApi, "config_dir", str(kaggle_json.parent))
+    monkeypatch.setattr(KaggleApi, "config", str(kaggle_json))
+    kaggle_answers(401)
+    [line] = _cli_fetch_kaggle(tmp_path / "data", capsys)
+    assert line.startswith(f"  - kagglehub and kaggle package: Kaggle rejected the credentials in {kaggle_json} (HTTP 401")
+
+
+def test_forbidden_403_says_accept_the_rules_on_the_dataset_page(tmp_path, env_credentials, kaggle_answers, capsys):
+    kaggle_answers(403)
+    assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
+        f"  - kagglehub and kaggle package: Kaggle refused the account in {env_credentials} access to "
+        f"{config.KAGGLE_DATASET} (HTTP 403 Forbidden): sign in at {fetch.KAGGLE_URL} as that account, accept the "
+        "dataset's rules or terms if the page asks you to, and try again"
+    ]
+
+
+def test_forbidden_403_without_credentials_asks_for_an_account(tmp_path, no_credentials, kaggle_answers, capsys):
+    kaggle_answers(403)
+    first, second = _cli_fetch_kaggle(tmp_path / "data", capsys)
+    assert first.startswith(f"  - kagglehub: Kaggle refused anonymous access to {config.KAGGLE_DATASET} (HTTP 403 "
+                            f"Forbidden): sign in at {fetch.KAGGLE_URL} and accept the dataset's rules there")
+    assert second.startswith("  - kaggle package: no Kaggle credentials found: create a token at")
+
+
+def test_not_found_404_says_check_the_slug(tmp_path, env_credentials, kaggle_answers, capsys):
+    kaggle_answers(404)
+    assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
+        f"  - kagglehub and kaggle package: Kaggle has no dataset {config.KAGGLE_DATASET} (HTTP 404 Not Found): "
+        f"check the slug (config.KAGGLE_DATASET) by opening {fetch.KAGGLE_URL} in a browser; if the dataset was "
+        "renamed, removed or made private, download a copy by hand and use --zip, or point --data-dir at a folder "
+        "that holds one"
+    ]
+
+
+@pytest.mark.parametrize("error", [
+    requests.ConnectionError("HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded with url: "
+                             "/v1/datasets.DatasetApiService/GetDataset (Caused by NameResolutionError(\"Failed to "
+                             "resolve 'api.kaggle.com' ([Errno -3] Temporary failure in name resolution)\"))"),
+    requests.ConnectTimeout("Connection to api.kaggle.com timed out"),
+    requests.ReadTimeout("Read timed out"),
+], ids=["dns", "connect-timeout", "read-timeout"])
+def test_no_network_says_check_it_or_use_a_local_copy(tmp_path, env_credentials, kaggle_answers, capsys, error):
+    kaggle_answers(error)
+    [line] = _cli_fetch_kaggle(tmp_path / "data", capsys)
+    assert line.startswith(f"  - kagglehub and kaggle package: no connection to Kaggle ({type(error).__name__}: ")
+    assert line.endswith(
+        "): check that this machine is online (Wi-Fi, proxy, firewall) and try again, or use a copy you already "
+        "have: --zip PATH/TO/archive.zip, or --data-dir (data_dir in the notebooks) pointing at a folder that holds "
+        "train/ and test/"
+    )
+
+
+def test_notebook_00_falls_back_to_synthetic_and_shows_why(tmp_path, env_credentials, kaggle_answers, capsys):
+    """Notebook 00 calls fetch_dataset(data_dir, source="auto"): the cause is in the synthetic banner it prints."""
+    kaggle_answers(403)
+    result = fetch.fetch_dataset(tmp_path / "data", "auto")
+    out = capsys.readouterr().out
+    assert result.synthetic and is_synthetic(tmp_path / "data") and SECRET not in out
+    text = " ".join(line.strip("! ").strip() for line in out.splitlines() if line.startswith("! "))
+    assert "USING A SYNTHETIC DATASET" in text
+    assert (f"- kagglehub and kaggle package: Kaggle refused the account in {env_credentials} access to "
+            f"{config.KAGGLE_DATASET} (HTTP 403 Forbidden): sign in at {fetch.KAGGLE_URL}") in text
+
+
+def test_a_key_in_an_error_is_never_shown(env_credentials, no_credentials, monkeypatch):
+    message = fetch.explain_kaggle_error(RuntimeError(f"bad key {SECRET} for someone"), env_credentials)
+    assert SECRET not in message and "***" in message
+    monkeypatch.delenv("KAGGLE_KEY")
+    (no_credentials / ".kaggle").mkdir()
+    (no_credentials / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "someone", "key": SECRET}))
+    message = fetch.explain_kaggle_error(RuntimeError(f"bad key {SECRET}"), str(no_credentials / ".kaggle"))
+    assert SECRET not in message and "***" in message
+
+
 def test_kagglehub_folder_is_copied_into_the_layout(tmp_path, no_credentials, monkeypatch):
     import kagglehub
 

@@ -91,3 +91,27 @@ def test_every_layer_says_what_it_owns():
     for layer in LAYERS:
         init = PACKAGE / layer / "__init__.py"
         assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"muffin_lib/{layer} needs a docstring"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_module_uses_another_modules_private_names():
+    # `from muffin_lib.x import _name` and `module._name` on a module imported from muffin_lib: what is used
+    # across modules is public (no underscore) and says what it is in a docstring.
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("muffin_lib"):
+                wrong += [f"{path.name}: from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+                modules.update(a.asname or a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                modules.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("muffin_lib"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
+                    and node.value.id in modules):
+                wrong.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert wrong == [], "private names used across modules: " + "; ".join(sorted(wrong))

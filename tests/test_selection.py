@@ -20,6 +20,7 @@ from muffin_lib.data.cache import load_images
 from muffin_lib.data.splits import plan_for_cache
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import (
+    RunOptions,
     compare_configs,
     cross_validate,
     grid_search,
@@ -28,11 +29,12 @@ from muffin_lib.selection import (
     stratified_folds,
 )
 from muffin_lib.selection.stats import summarize_losses
-from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trial_store import TrialStore, fold_plan_key, trial_key
 from muffin_lib.training import augment, engine
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
+CPU = RunOptions(device="cpu", progress=False)  # tests run quietly on the CPU; .replace(store=...) adds a store
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,7 @@ def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, mon
     monkeypatch.setattr(augment, "augment_batch", recording_augment)
     monkeypatch.setattr(engine, "fit", fit_with_new_record)
     monkeypatch.setattr(engine, "evaluate", recording_evaluate)
-    result = cross_validate(TINY, cache, folds, device="cpu", progress=False)
+    result = cross_validate(TINY, cache, folds, options=CPU)
 
     assert len(counter.calls) == len(folds) == len(evaluated) == len(augmented)
     for (train_idx, test_idx), call, batches, scored in zip(folds, counter.calls, augmented, evaluated, strict=True):
@@ -153,7 +155,7 @@ def test_early_stopping_split_comes_from_the_training_folds(cache, folds, monkey
     counter = FitCounter()
     monkeypatch.setattr(engine, "fit", counter)
     config = TINY.replace(epochs=2, early_stopping_patience=1)
-    cross_validate(config, cache, folds, device="cpu", progress=False)
+    cross_validate(config, cache, folds, options=CPU)
     for (train_idx, test_idx), call in zip(folds, counter.calls, strict=True):
         assert call["val"] is not None
         assert len(call["train"]) + len(call["val"]) == len(train_idx)
@@ -189,7 +191,7 @@ def test_cross_validate_passes_twin_groups_to_early_stopping(cache, folds, monke
     by_hash = {hashlib.sha256(image.numpy().tobytes()).hexdigest(): i for i, image in enumerate(cache.images)}
     assert len(by_hash) == len(cache.labels)
     config = TINY.replace(epochs=1, early_stopping_patience=1)
-    cross_validate(config, cache, folds, device="cpu", progress=False, groups=groups)
+    cross_validate(config, cache, folds, groups=groups, options=CPU)
     for call in counter.calls:
         fit_groups = {groups[by_hash[h]] for h in _hashes(call["train"])}
         stop_groups = {groups[by_hash[h]] for h in _hashes(call["val"])}
@@ -201,12 +203,12 @@ def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, mon
     grid = {"lr": [3e-3, 1e-3]}
     monkeypatch.setattr(engine, "fit", FitCounter(interrupt_on=4))
     with pytest.raises(KeyboardInterrupt):
-        grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+        grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     assert len(store) == 3  # the three finished trials were committed
 
     counter = FitCounter()
     monkeypatch.setattr(engine, "fit", counter)
-    result = grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    result = grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     assert len(counter.calls) == 3  # only the unfinished trials were trained
     rows = store.records(scope="cv")
     assert len(rows) == 6 and len({(r["config_key"], r["fold"]) for r in rows}) == 6
@@ -214,7 +216,7 @@ def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, mon
 
     again = FitCounter()
     monkeypatch.setattr(engine, "fit", again)
-    rerun = grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    rerun = grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     assert again.calls == [] and len(store) == 6
     assert rerun.table["mean"].tolist() == result.table["mean"].tolist()
 
@@ -222,9 +224,8 @@ def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, mon
 def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, cache, folds, tmp_path):
     store = TrialStore(tmp_path / "trials.sqlite")
     grid = {"lr": [3e-3, 1e-3], "image_size": [32, 40]}
-    result = grid_search(
-        TINY, grid, cache, folds, store=store, data_dir=synthetic_data_dir, work_dir=work_dir, device="cpu", progress=False
-    )
+    options = CPU.replace(store=store, data_dir=synthetic_data_dir, work_dir=work_dir)
+    result = grid_search(TINY, grid, cache, folds, options=options)
     table = result.table
     assert len(table) == 4 and len(result.trials) == 12
     assert {"lr", "image_size", "mean", "std", "se", "ci_low", "ci_high", "seconds"} <= set(table.columns)
@@ -238,13 +239,13 @@ def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, ca
     comparison = compare_configs(a.config, b.config, a, b)
     assert 0.0 <= comparison["p_value"] <= 1.0
     assert comparison["mean_diff"] == pytest.approx(a.summary["mean"] - b.summary["mean"])
-    other = cross_validate(a.config, cache, folds[:2], device="cpu", progress=False)
+    other = cross_validate(a.config, cache, folds[:2], options=CPU)
     with pytest.raises(MuffinError, match="same folds"):
         compare_configs(a.config, b.config, other, b)
     with pytest.raises(MuffinError, match="not TrainConfig fields"):
-        grid_search(TINY, {"learning_rate": [0.1]}, cache, folds, store=None)
+        grid_search(TINY, {"learning_rate": [0.1]}, cache, folds)
     with pytest.raises(MuffinError, match="cache_for"):
-        grid_search(TINY, {"image_size": [40]}, cache, folds, store=None)
+        grid_search(TINY, {"image_size": [40]}, cache, folds)
 
 
 def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cache, folds, tmp_path, monkeypatch):
@@ -252,8 +253,8 @@ def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cach
     counter = FitCounter()
     monkeypatch.setattr(engine, "fit", counter)
     base = TINY.replace(epochs=2)
-    result = grid_search(base, {"lr": [1e-2, 3e-3, 1e-3]}, cache, folds, store=store, device="cpu", progress=False,
-                         rung_epochs=(1,), keep=1 / 3)
+    result = grid_search(base, {"lr": [1e-2, 3e-3, 1e-3]}, cache, folds, rung_epochs=(1,), keep=1 / 3,
+                         options=CPU.replace(store=store))
     k = len(folds)
     assert len(counter.calls) == 3 * k + 1 * k  # every configuration at 1 epoch, the best third at 2
     assert [call["config"].epochs for call in counter.calls] == [1] * 3 * k + [2] * k
@@ -264,17 +265,17 @@ def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cach
     assert result.table["rung"].tolist() == [0, 0, 0, 1] and result.table["epochs"].tolist() == [1, 1, 1, 2]
     assert result.heatmap("lr", "epochs").shape == (3, 1)  # rung 0: every configuration
     with pytest.raises(MuffinError, match="rung_epochs must increase"):
-        grid_search(base, {"lr": [1e-3]}, cache, folds, store=None, rung_epochs=(2,))
+        grid_search(base, {"lr": [1e-3]}, cache, folds, rung_epochs=(2,))
 
 
 def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(cache, folds, tmp_path, monkeypatch):
     # Notebook 06's grid and notebook 07's cross-validation of the same configuration on the same folds
     # are the same trials: 07 finds them in the store.
     store = TrialStore(tmp_path / "trials.sqlite")
-    grid = grid_search(TINY, {"lr": [3e-3, 1e-3]}, cache, folds, store=store, device="cpu", progress=False)
+    grid = grid_search(TINY, {"lr": [3e-3, 1e-3]}, cache, folds, options=CPU.replace(store=store))
     counter = FitCounter()
     monkeypatch.setattr(engine, "fit", counter)
-    again = cross_validate(TINY.replace(lr=1e-3), cache, folds, store=store, device="cpu", progress=False)
+    again = cross_validate(TINY.replace(lr=1e-3), cache, folds, options=CPU.replace(store=store))
     assert counter.calls == []
     assert [t["status"] for t in again.trials] == ["stored"] * len(folds)
     assert again.losses == grid.results[1].losses
@@ -293,7 +294,7 @@ def test_trial_key_changes_with_config_data_and_folds(cache, folds):
 def test_nested_cv_and_the_single_test_evaluation(cache, test_cache, tmp_path, monkeypatch):
     store = TrialStore(tmp_path / "trials.sqlite")
     nested = nested_cv(
-        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, store=store, device="cpu", progress=False
+        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, options=CPU.replace(store=store)
     )
     assert len(nested.outer_losses) == 2 and nested.summary["n"] == 2
     assert [row["outer_fold"] for row in nested.chosen] == [0, 1]
@@ -313,7 +314,7 @@ def test_nested_cv_and_the_single_test_evaluation(cache, test_cache, tmp_path, m
     assert len(counter.calls) == 1 and second["status"] == "stored"  # the test split is scored once
     assert second["zero_one_loss"] == first["zero_one_loss"]
     again = nested_cv(
-        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, store=store, device="cpu", progress=False
+        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, options=CPU.replace(store=store)
     )
     assert len(counter.calls) == 1 and again.outer_losses == nested.outer_losses
 
@@ -372,7 +373,7 @@ def test_cv_cli_resumes_after_kill_9(synthetic_data_dir, tmp_path):
 def test_cross_validation_on_real_images(shared_data, tmp_path):
     cache = load_images(shared_data / "muffin-chihuahua-dev", tmp_path, "train", 32, "grayscale", progress=False)
     plan = plan_for_cache(cache, tmp_path, n_splits=3, seed=0)
-    result = cross_validate(TINY.replace(epochs=3, batch_size=32), cache, plan.folds, device="cpu", progress=False)
+    result = cross_validate(TINY.replace(epochs=3, batch_size=32), cache, plan.folds, options=CPU)
     # Better than always answering the majority class (0.46 error) on real photos.
     assert result.summary["mean"] < 0.40
 
@@ -383,10 +384,10 @@ def test_nested_cv_reuses_the_grid_trial_that_is_its_outer_refit(cache, tmp_path
     store = TrialStore(tmp_path / "trials.sqlite")
     folds = stratified_folds(cache.labels.numpy(), 2, seed=0)
     grid = {"lr": [3e-3]}
-    searched = grid_search(TINY, grid, cache, folds, store=store, device="cpu", progress=False)
+    searched = grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     statuses = []
-    nested = nested_cv(TINY, grid, cache, outer_folds=folds, inner_folds=2, seed=0, store=store, device="cpu",
-                       progress=False, on_trial=lambda record: statuses.append((record["scope"], record["status"])))
+    report = CPU.replace(store=store, on_trial=lambda record: statuses.append((record["scope"], record["status"])))
+    nested = nested_cv(TINY, grid, cache, outer_folds=folds, inner_folds=2, seed=0, options=report)
     outer = [status for scope, status in statuses if scope == "cv"]
     assert outer == ["stored", "stored"]  # both outer refits came from the grid's trials
     assert nested.outer_losses == searched.best_result.losses

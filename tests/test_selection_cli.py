@@ -8,8 +8,8 @@ import pytest
 
 from muffin_lib.cli import main as cli_main
 from muffin_lib.errors import MuffinError
-from muffin_lib.selection import grid_search
-from muffin_lib.selection.trials import TrialStore
+from muffin_lib.selection import RunOptions, grid_search
+from muffin_lib.selection.trial_store import TrialStore
 from muffin_lib.training.engine import TrainConfig
 
 
@@ -46,4 +46,4 @@ def test_a_grid_over_epochs_cannot_also_halve(synthetic_data_dir, tmp_path):
     folds = [(list(range(0, 64, 2)), list(range(1, 64, 2)))]
     base = TrainConfig(image_size=32, color_mode="grayscale", epochs=2, batch_size=16)
     with pytest.raises(MuffinError, match="successive halving"):
-        grid_search(base, {"epochs": [1, 2]}, cache, folds, store=None, device="cpu", progress=False, rung_epochs=[1])
+        grid_search(base, {"epochs": [1, 2]}, cache, folds, rung_epochs=[1], options=RunOptions(device="cpu"))

@@ -1,5 +1,5 @@
 """Notebook 09's ensemble candidate: the mean of the calibrated probabilities of the three from-scratch networks,
-scored with the others in the same look (selection.final_test.ENSEMBLE), and identified by its members' sha256
+scored with the others in the same look (selection.evaluation.ENSEMBLE), and identified by its members' sha256
 in the look record (muffin_lib.test_looks)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from muffin_lib import test_looks
 from muffin_lib.data.cache import load_images
 from muffin_lib.errors import MuffinError
-from muffin_lib.selection import final_test
+from muffin_lib.selection import evaluation
 from muffin_lib.study import report
 from muffin_lib.training import engine, train
 from muffin_lib.training.calibration import apply_temperature
@@ -45,18 +45,18 @@ def _work(members, tmp_path):
 
 
 def _evaluate(data_dir, work_dir, candidates, **kwargs):
-    return final_test.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False, **kwargs)
+    return evaluation.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False, **kwargs)
 
 
 def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, tmp_path):
     data_dir, work_dir, paths, _ = _work(members, tmp_path)
-    assert final_test.ENSEMBLE == "ensemble(simple_cnn+deeper_cnn+resnet_like)"
+    assert evaluation.ENSEMBLE == "ensemble(simple_cnn+deeper_cnn+resnet_like)"
     final = _evaluate(data_dir, work_dir, paths)
-    name = final_test.ENSEMBLE
+    name = evaluation.ENSEMBLE
     assert set(final.scores) == {*paths, name} and name in final.table.index
 
     calibrated, labels, relpaths = [], None, None
-    for member, path in paths.items():  # each member on its own test cache, independently of final_test
+    for member, path in paths.items():  # each member on its own test cache, independently of evaluate_candidates
         model, stored = engine.load_checkpoint(path, device="cpu")
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=False)
         proba = engine.predict_proba(model, test.images, stored["normalization"], device="cpu")
@@ -65,7 +65,7 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
         labels, relpaths = test.labels.numpy(), list(test.relpaths)
     mean = np.mean(calibrated, axis=0)
     ensemble = final.predictions[name]
-    assert ensemble["relpaths"] == relpaths and ensemble["members"] == list(final_test.ENSEMBLE_MEMBERS)
+    assert ensemble["relpaths"] == relpaths and ensemble["members"] == list(evaluation.ENSEMBLE_MEMBERS)
     np.testing.assert_allclose(ensemble["probabilities"], mean, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(ensemble["probabilities"].sum(axis=1), 1.0)
     assert ensemble["predicted"] == mean.argmax(axis=1).tolist()
@@ -78,8 +78,8 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
     findings = report.final_test_findings(final)
     assert any(line.startswith(f"{name} (mean of the calibrated probabilities") for line in findings)
     assert sum(name in line and " vs " in line for line in findings) == 3
-    check = final_test.calibration_check(final, name)
-    assert check["members"] == list(final_test.ENSEMBLE_MEMBERS) and check["before"] == check["after"]
+    check = evaluation.calibration_check(final, name)
+    assert check["members"] == list(evaluation.ENSEMBLE_MEMBERS) and check["before"] == check["after"]
     assert "none of its own" in report.calibration_finding(name, check)
     assert report.most_confident_test_errors(final, name, 3) == sorted(
         report.most_confident_test_errors(final, name, 3), key=lambda row: -row["confidence"])
@@ -93,14 +93,14 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
 def test_no_ensemble_without_all_three_members(members, tmp_path):
     data_dir, work_dir, paths, _ = _work(members, tmp_path)
     two = {name: paths[name] for name in ("simple_cnn", "resnet_like")}
-    assert final_test.with_ensemble(two) == two
+    assert evaluation.with_ensemble(two) == two
     final = _evaluate(data_dir, work_dir, two)
     assert set(final.scores) == set(two) and len(final.paired) == 1
 
 
 def test_look_record_identifies_the_ensemble_by_its_members(members, tmp_path):
     data_dir, work_dir, paths, other = _work(members, tmp_path)
-    name = final_test.ENSEMBLE
+    name = evaluation.ENSEMBLE
     first = _evaluate(data_dir, work_dir, paths)
     [look] = test_looks.looks(work_dir)
     assert first.n_looks == 1 and sorted(look["candidates"]) == sorted([*paths, name])

@@ -12,7 +12,7 @@ import pytest
 from muffin_lib import cli, test_looks
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
-from muffin_lib.selection import final_test
+from muffin_lib.selection import evaluation
 from muffin_lib.study import report
 from muffin_lib.study.runner import format_summary
 from muffin_lib.training import predict, train
@@ -32,7 +32,7 @@ def checkpoints(synthetic_data_dir, tmp_path_factory):
 
 
 def _evaluate(data_dir, work_dir, candidates, **kwargs):
-    return final_test.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False, **kwargs)
+    return evaluation.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False, **kwargs)
 
 
 def test_one_look_recorded_rerun_allowed_other_set_refused_unless_forced(checkpoints, tmp_path):
@@ -68,7 +68,7 @@ def test_one_look_recorded_rerun_allowed_other_set_refused_unless_forced(checkpo
     assert forced.looks == recorded
 
     # the 09 results and the runner's summary say it
-    check = final_test.calibration_check(forced, "simple_cnn")
+    check = evaluation.calibration_check(forced, "simple_cnn")
     results = report.final_results(forced, check, [], synthetic=True)
     assert results["n_test_looks"] == 2 and len(results["test_looks"]) == 2
     json.dumps(results, default=str)

@@ -110,7 +110,7 @@ def test_last_batch_of_one_is_dropped():
     images, labels = _bright_vs_dark(33)
     result = engine.fit(_config(epochs=1), images, labels, device="cpu", progress=False)
     assert result.history[0]["images_per_s"] > 0
-    assert engine._batch_starts(33, 16) == [0, 16] and engine._batch_starts(34, 16) == [0, 16, 32]
+    assert engine.batch_starts(33, 16) == [0, 16] and engine.batch_starts(34, 16) == [0, 16, 32]
 
 
 def test_early_stopping_restores_the_best_epoch():

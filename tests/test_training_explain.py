@@ -121,7 +121,7 @@ def test_your_photo_reads_both_upload_formats_and_keeps_only_the_name(tmp_path):
 
 
 def test_calibration_check_uses_the_twin_free_predictions_already_made():
-    from muffin_lib.selection.final_test import FinalTest, calibration_check
+    from muffin_lib.selection.evaluation import FinalTest, calibration_check
 
     proba, labels = _overconfident(n=400)
     relpaths = [f"test/x/{i}.jpg" for i in range(400)]

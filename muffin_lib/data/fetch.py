@@ -2,8 +2,10 @@
 
 ``fetch_dataset(source="auto")`` uses a complete DATA_DIR as it is, else downloads from Kaggle
 (kagglehub first: public data needs no login; then the kaggle package when credentials exist), else
-writes the synthetic demo set and says so loudly. Every Kaggle failure (offline, no credentials, the
-kaggle package's auth banner and ``SystemExit``) becomes one message that says what to do.
+writes the synthetic demo set and says so loudly. Every Kaggle failure becomes one sentence that says what
+happened and what to do (``explain_kaggle_error``): no credentials, credentials refused (HTTP 401), access
+refused (403: the dataset's rules not accepted), no such dataset (404), no network (DNS, refused, timed out);
+the kaggle package's auth banner and ``SystemExit`` are caught. A key is never printed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from muffin_lib.errors import MuffinError
 log = logging.getLogger(__name__)
 
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{config.KAGGLE_DATASET}"
+KAGGLE_TOKEN_PAGE = "https://www.kaggle.com/settings"
 SOURCES = ("auto", "kaggle", "synthetic")
 _CREDENTIAL_NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
 
@@ -96,21 +99,123 @@ def kaggle_credentials_source() -> str | None:
     return None
 
 
+def _kaggle_secrets() -> list[str]:
+    secrets = [os.environ.get(name, "") for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no kaggle.json, or not one
+        secrets.append(str(json.loads(_kaggle_json_path().read_text(encoding="utf-8")).get("key", "")))
+    return [secret for secret in secrets if len(secret) >= 4]
+
+
+def _redact(text: str) -> str:
+    """``text`` with every Kaggle key this machine has (environment, kaggle.json) replaced by ``***``."""
+    for secret in _kaggle_secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
 def _short(error: BaseException, limit: int = 100) -> str:
-    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    text = _redact(f"{type(error).__name__}: {error}".splitlines()[0])
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- what went wrong, what to do
+
+
+def _kaggle_json_path() -> Path:
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
+
+
+def _add_credentials(lead: str) -> str:
+    return (
+        f"{lead}: create a token at {KAGGLE_TOKEN_PAGE} (API -> Create New Token) and save the kaggle.json it gives "
+        f"as {_kaggle_json_path()} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN); "
+        "on Colab add them as notebook secrets (key icon)"
+    )
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status of a Kaggle answer: requests' ``HTTPError.response`` (kagglehub's ``KaggleApiHTTPError`` and
+    the kaggle package >= 1.7 raise those) or ``ApiException.status`` (the kaggle package before 1.7)."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is None:
+        status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _network_failure(error: BaseException) -> BaseException | None:
+    """The error (or one it was raised from) that says the network failed: DNS, refused, reset, timed out."""
+    import socket
+
+    kinds: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, socket.gaierror)
+    with contextlib.suppress(ImportError):
+        import requests
+
+        kinds += (requests.ConnectionError, requests.Timeout)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def explain_kaggle_error(error: BaseException, credentials: str | None) -> str:
+    """One sentence for a failed Kaggle download: what happened and what to do.
+
+    ``error`` is what kagglehub or the kaggle package raised; ``credentials`` says where the credentials
+    they used were found (``kaggle_credentials_source``), None when there are none. Never holds a key."""
+    dataset = config.KAGGLE_DATASET
+    network = _network_failure(error)
+    if network is not None:
+        return (
+            f"no connection to Kaggle ({_short(network, 80)}): check that this machine is online (Wi-Fi, proxy, "
+            "firewall) and try again, or use a copy you already have: --zip PATH/TO/archive.zip, or --data-dir "
+            "(data_dir in the notebooks) pointing at a folder that holds train/ and test/"
+        )
+    if type(error).__name__ == "UnauthenticatedError":  # kagglehub, when a download needs a login
+        return _add_credentials("Kaggle asked for a login and no Kaggle credentials were found")
+    status = _http_status(error)
+    if status == 401:
+        if credentials is None:
+            return _add_credentials("Kaggle asked for a login (HTTP 401 Unauthorized) and no Kaggle credentials were found")
+        return (
+            f"Kaggle rejected the credentials in {credentials} (HTTP 401 Unauthorized): the username or key is "
+            f"wrong, or the token expired or was revoked; create a new token at {KAGGLE_TOKEN_PAGE} (API -> Create "
+            f"New Token) and replace the one in {credentials}"
+        )
+    if status == 403:
+        if credentials is None:
+            return _add_credentials(
+                f"Kaggle refused anonymous access to {dataset} (HTTP 403 Forbidden): sign in at {KAGGLE_URL} and "
+                "accept the dataset's rules there, then give this machine that account's credentials"
+            )
+        return (
+            f"Kaggle refused the account in {credentials} access to {dataset} (HTTP 403 Forbidden): sign in at "
+            f"{KAGGLE_URL} as that account, accept the dataset's rules or terms if the page asks you to, and try again"
+        )
+    if status == 404:
+        return (
+            f"Kaggle has no dataset {dataset} (HTTP 404 Not Found): check the slug (config.KAGGLE_DATASET) by "
+            f"opening {KAGGLE_URL} in a browser; if the dataset was renamed, removed or made private, download a "
+            "copy by hand and use --zip, or point --data-dir at a folder that holds one"
+        )
+    if status == 429:
+        return "Kaggle is limiting requests (HTTP 429 Too Many Requests): wait a few minutes and try again"
+    if status is not None and status >= 500:
+        return f"Kaggle's server failed (HTTP {status}): try again later, or use --zip with a copy downloaded by hand"
+    if status is not None:
+        return f"Kaggle answered HTTP {status} ({_short(error, 80)}): try again later, or use --zip with a copy downloaded by hand"
+    return _short(error)
 
 
 def _download_with_kagglehub(data_dir: Path) -> None:
     import kagglehub
-    import requests
 
     try:
         folder = kagglehub.dataset_download(config.KAGGLE_DATASET)
-    except requests.ConnectionError as error:
-        raise KaggleUnavailable(f"kagglehub: no connection to Kaggle - offline? ({_short(error, 60)})") from None
-    except Exception as error:  # kagglehub raises its own and requests' errors for HTTP/auth problems
-        raise KaggleUnavailable(f"kagglehub: {_short(error)}") from None
+    except Exception as error:  # requests' errors, kagglehub's KaggleApiHTTPError (an HTTPError) and its own
+        raise KaggleUnavailable(explain_kaggle_error(error, kaggle_credentials_source())) from None
     copy_layout(folder, data_dir)
 
 
@@ -126,9 +231,11 @@ def _download_with_kaggle_package(data_dir: Path) -> None:
             api.authenticate()
         except (Exception, SystemExit) as error:
             if where is None:
-                raise KaggleUnavailable("kaggle package: no Kaggle credentials found") from None
+                raise KaggleUnavailable(_add_credentials("no Kaggle credentials found")) from None
             raise KaggleUnavailable(
-                f"kaggle package: the credentials in {where} were not accepted ({_short(error)})"
+                f"the credentials in {where} were not accepted ({_short(error)}): a kaggle.json holds "
+                f'{{"username": ..., "key": ...}}; create a new token at {KAGGLE_TOKEN_PAGE} (API -> Create New '
+                f"Token) and replace {where}"
             ) from None
     download_dir = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.download-", dir=data_dir.parent))
     try:
@@ -138,23 +245,29 @@ def _download_with_kaggle_package(data_dir: Path) -> None:
                     config.KAGGLE_DATASET, path=str(download_dir), quiet=True, unzip=False
                 )
         except (Exception, SystemExit) as error:
-            raise KaggleUnavailable(f"kaggle package: download failed ({_short(error)})") from None
+            raise KaggleUnavailable(explain_kaggle_error(error, where)) from None
         zips = sorted(download_dir.glob("*.zip"))
         if not zips:
-            raise KaggleUnavailable(f"kaggle package: the download gave no zip file in {download_dir}")
+            raise KaggleUnavailable(f"the download gave no zip file in {download_dir}")
         safe_extract_zip(zips[0], data_dir)
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
 
 
 def download_from_kaggle(data_dir: str | os.PathLike, *, quiet: bool = False) -> Path:
-    """Download the Kaggle dataset into ``data_dir``; raises KaggleUnavailable with what to do."""
+    """Download the Kaggle dataset into ``data_dir``; raises KaggleUnavailable with what to do.
+
+    Its summary is a first line naming the dataset, then one line per cause: ``  - <who>: <what happened>: <what
+    to do>``, where both downloaders failing for the same cause share one line."""
     data_dir = Path(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for name, attempt in (("kagglehub", _download_with_kagglehub), ("kaggle", _download_with_kaggle_package)):
+    failures: dict[str, list[str]] = {}  # explanation -> the downloaders that met it
+    for name, label, attempt in (
+        ("kagglehub", "kagglehub", _download_with_kagglehub),
+        ("kaggle", "kaggle package", _download_with_kaggle_package),
+    ):
         if importlib.util.find_spec(name) is None:
-            failures.append(f"{name}: not installed (pip install {name})")
+            failures.setdefault(f"not installed (pip install {name})", []).append(label)
             continue
         if not quiet:
             print(f"trying to download {config.KAGGLE_DATASET} with {name} ...", flush=True)
@@ -162,9 +275,9 @@ def download_from_kaggle(data_dir: str | os.PathLike, *, quiet: bool = False) ->
             attempt(data_dir)
             return data_dir
         except KaggleUnavailable as error:
-            failures.append(str(error))
+            failures.setdefault(_redact(str(error)), []).append(label)
     summary = f"Could not download the Kaggle dataset {config.KAGGLE_DATASET}:\n" + "\n".join(
-        f"  - {failure}" for failure in failures
+        f"  - {' and '.join(labels)}: {explanation}" for explanation, labels in failures.items()
     )
     raise KaggleUnavailable(summary, how_to_get_real_data(data_dir))
 
@@ -202,7 +315,7 @@ def _make_synthetic(data_dir: Path, reason: str, quiet: bool) -> FetchResult:
         make_synthetic_dataset(data_dir)
     banner = synthetic_banner(data_dir, reason)
     if quiet:
-        log.warning("using the SYNTHETIC dataset in %s (%s)", data_dir, reason.splitlines()[0])
+        log.warning("using the SYNTHETIC dataset in %s (%s)", data_dir, " ".join(line.strip() for line in reason.splitlines()))
     else:
         print(banner, flush=True)
     return FetchResult(data_dir, "synthetic", True, banner)

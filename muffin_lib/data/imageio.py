@@ -142,9 +142,11 @@ def _decode(path: Path, draft_mode: str | None, draft_size: int | None) -> Image
     return image
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """The image at ``path``, upright (EXIF), as "RGB" or "L" (greyscale stays "L")."""
-    return _to_rgb_or_l(_decode(Path(path), None, None))
+def load_image(path: str | os.PathLike, *, draft_mode: str | None = None, draft_size: int | None = None) -> Image.Image:
+    """The image at ``path``, upright (EXIF), as "RGB" or "L" (greyscale stays "L"). With ``draft_size`` a
+    JPEG is decoded in draft mode (``draft_mode``, DCT downscaling, never below ``draft_size`` per side): for
+    thumbnails, not for what models see."""
+    return _to_rgb_or_l(_decode(Path(path), draft_mode, draft_size))
 
 
 def _square(image: Image.Image, image_size: int) -> Image.Image:

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -48,10 +47,10 @@ _BLOCK = 1024  # rows of the correlation matrix computed at once (1024 x N float
 def image_signature(path: str) -> tuple[bytes, bytes] | None:
     """Worker job: :func:`image_signature_of` the image at ``path`` (JPEGs decoded in draft mode), None if
     it cannot be read."""
-    from muffin_lib.data.imageio import UnreadableImage, _decode, _to_rgb_or_l
+    from muffin_lib.data.imageio import UnreadableImage, load_image
 
     try:
-        image = _to_rgb_or_l(_decode(Path(path), "L", 4 * THUMBNAIL_SIZE))
+        image = load_image(path, draft_mode="L", draft_size=4 * THUMBNAIL_SIZE)
     except UnreadableImage:
         return None
     return image_signature_of(image)

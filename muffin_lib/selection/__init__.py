@@ -8,14 +8,17 @@ Rules that keep the estimates honest:
 * the held-out fold is only evaluated, once, with the model after the configured number of epochs.
   No epoch is chosen on it; when ``early_stopping_patience`` is set, the early-stopping split is
   carved out of the training folds, twin-grouped when the split plan's ``groups`` are passed;
-* the test split is scored by ``final_test.evaluate_candidates`` (notebook 09, every look recorded in
+* the test split is scored by ``evaluation.evaluate_candidates`` (notebook 09, every look recorded in
   ``work_dir/test_looks.json``) and by :func:`refit_and_test` (library only, stored with scope ``test``).
 
-Every finished trial is committed to the :class:`~muffin_lib.selection.trials.TrialStore` at once, so an
-interrupted run resumes where it stopped; trials already stored are never trained again.
+Every finished trial is committed to the :class:`~muffin_lib.selection.trial_store.TrialStore` at once, so an
+interrupted run resumes where it stopped; trials already stored are never trained again. Where and how
+trials run (store, device, backend, progress, ...) is one :class:`RunOptions`, passed as ``options=`` to
+:func:`cross_validate`, :func:`grid_search` and :func:`nested_cv`.
 """
 
 from muffin_lib.selection.cv import CVResult, compare_all, compare_configs, cross_validate
+from muffin_lib.selection.options import BACKENDS, RunOptions
 from muffin_lib.selection.refit import refit_and_test
 from muffin_lib.selection.search import (
     GridResult,
@@ -26,7 +29,6 @@ from muffin_lib.selection.search import (
     stratified_folds,
 )
 from muffin_lib.selection.trial import (
-    BACKENDS,
     EARLY_STOPPING_FRACTION,
     SUMMARY_COLUMNS,
     TrialTask,
@@ -35,6 +37,7 @@ from muffin_lib.selection.trial import (
     run_task,
     run_trial,
 )
+from muffin_lib.selection.trial_store import TrialStore
 
 __all__ = [
     "BACKENDS",
@@ -43,6 +46,8 @@ __all__ = [
     "CVResult",
     "GridResult",
     "NestedCVResult",
+    "RunOptions",
+    "TrialStore",
     "TrialTask",
     "compare_all",
     "compare_configs",

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import jsonable
-from muffin_lib.selection.cv import _print_trial
+from muffin_lib.selection.options import BACKENDS, RunOptions
 from muffin_lib.selection.search import grid_search, nested_cv
-from muffin_lib.selection.trial import BACKENDS, SUMMARY_COLUMNS
-from muffin_lib.selection.trials import TrialStore
+from muffin_lib.selection.trial import SUMMARY_COLUMNS, print_trial
+from muffin_lib.selection.trial_store import TrialStore
 
 # --------------------------------------------------------------------------------------------------
 # CLI: python -m muffin_lib cv
@@ -121,16 +121,15 @@ def cv_command(args) -> int:
             "cpus_per_trial": args.cpus_per_trial,
             "gpus_per_trial": args.gpus_per_trial,
         }
-    common = dict(
-        rung_epochs=args.rung_epochs,
+    options = RunOptions(
         store=store,
+        device=args.device,
+        backend=args.backend,
+        ray_options=ray_options,
+        progress=progress,
+        on_trial=print_trial(varied),  # one line per trial, --quiet or not
         data_dir=args.data_dir,
         work_dir=args.work_dir,
-        device=args.device,
-        progress=progress,
-        backend=args.backend,
-        on_trial=_print_trial(varied),
-        ray_options=ray_options,
     )
     n_configs = math.prod(len(values) for values in grid.values())
     fixed = ", ".join(f"{name}={values[0]}" for name, values in grid.items() if name not in varied)
@@ -145,7 +144,7 @@ def cv_command(args) -> int:
         )
         nested = nested_cv(
             base, grid, cache, outer_folds=plan.folds, inner_folds=args.inner_folds, seed=args.seed,
-            groups=plan.groups, **common
+            groups=plan.groups, rung_epochs=args.rung_epochs, options=options,
         )
         print("\nconfiguration chosen by inner CV in each outer fold, and its outer held-out zero-one loss:")
         _print_table(nested.table[["outer_fold", *varied, "inner_mean", "zero_one_loss", "n_test"]])
@@ -166,7 +165,8 @@ def cv_command(args) -> int:
 
     n_trials = n_configs * len(plan.folds)
     print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
-    result = grid_search(base, grid, cache, plan.folds, groups=plan.groups, **common)
+    result = grid_search(base, grid, cache, plan.folds, groups=plan.groups, rung_epochs=args.rung_epochs,
+                         options=options)
     print(f"\nzero-one loss over the folds ({result.best_result.summary['interval']} interval):")
     _print_table(result.table[["rung", "epochs", *[v for v in varied if v != "epochs"], *SUMMARY_COLUMNS, "n_folds", "seconds"]])
     best = ", ".join(f"{name}={getattr(result.best, name)}" for name in varied)

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.selection.execute import _run_tasks
+from muffin_lib.selection.execute import TrialCaches, run_tasks
+from muffin_lib.selection.options import RunOptions
 from muffin_lib.selection.stats import corrected_resampled_ttest, holm_adjust, summarize_losses
-from muffin_lib.selection.trial import (
-    Folds,
-    OnTrial,
-    TrialTask,
-    _Caches,
-    _check_backend,
-    config_setting,
-    describe_trial,
-    fold_seed,
-)
-from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trial import Folds, TrialTask, config_setting, fold_seed
+from muffin_lib.selection.trial_store import fold_plan_key, trial_key
 
 # --------------------------------------------------------------------------------------------------
 # Cross-validation
@@ -54,7 +45,8 @@ class CVResult:
         }
 
 
-def _check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` as int64 index arrays, or a MuffinError for an empty, overlapping or out-of-range fold."""
     checked = []
     for number, (train_idx, test_idx) in enumerate(folds):
         train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
@@ -73,16 +65,19 @@ def _check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndar
     return checked
 
 
-def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, device, groups=None) -> list[TrialTask]:
+def cv_tasks(config, cache, folds, *, scope: str, device: str, groups=None) -> list[TrialTask]:
+    """One :class:`TrialTask` per fold of ``folds`` (checked, indexing ``cache``) for ``config``, keyed by the
+    configuration, the cache's content fingerprint, the fold plan and the execution on ``device``."""
     from muffin_lib.training import engine
 
+    fingerprint = getattr(cache, "fingerprint", None)
     plan = fold_plan_key(folds)
     execution = engine.execution_key(config.amp, device)
     key = trial_key(config.key(), fingerprint, plan, execution=execution)
     return [
         TrialTask(
             config=config,
-            setting=setting,
+            setting=config_setting(config),
             fold=number,
             train_idx=train_idx,
             test_idx=test_idx,
@@ -98,13 +93,14 @@ def _cv_tasks(config, folds, *, scope: str, fingerprint: str | None, setting, de
     ]
 
 
-def _test_train_ratio(trials: list[dict]) -> float | None:
+def fold_size_ratio(trials: list[dict]) -> float | None:
     """n_test / n_train of the folds, for the corrected (Nadeau-Bengio) variance of their mean loss."""
     n_train = float(np.mean([t["n_train"] for t in trials]))
     return float(np.mean([t["n_test"] for t in trials])) / n_train if n_train > 0 else None
 
 
-def _cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
+def cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
+    """The :class:`CVResult` of ``config`` from the records (by task identity) of its ``tasks``."""
     trials = [records[task.identity] for task in tasks]
     losses = [float(trial["zero_one_loss"]) for trial in trials]
     return CVResult(
@@ -112,7 +108,7 @@ def _cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
         config_key=tasks[0].config_key,
         plan_key=tasks[0].plan_key,
         losses=losses,
-        summary=summarize_losses(losses, test_train_ratio=_test_train_ratio(trials)),
+        summary=summarize_losses(losses, test_train_ratio=fold_size_ratio(trials)),
         trials=trials,
         n_train=float(np.mean([t["n_train"] for t in trials])),
         n_test=float(np.mean([t["n_test"] for t in trials])),
@@ -120,61 +116,24 @@ def _cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
     )
 
 
-def _fingerprint(cache, fingerprint: str | None) -> str | None:
-    return fingerprint if fingerprint is not None else getattr(cache, "fingerprint", None)
-
-
-def _print_trial(varied: Sequence[str]) -> OnTrial:
-    return lambda record: print(describe_trial(record, varied), flush=True)
-
-
-def cross_validate(
-    config,
-    cache,
-    folds: Folds,
-    *,
-    store: TrialStore | None = None,
-    scope: str = "cv",
-    device: str = "auto",
-    progress: bool = True,
-    backend: str = "serial",
-    fingerprint: str | None = None,
-    on_trial: OnTrial | None = None,
-    ray_options: dict | None = None,
-    groups=None,
-) -> CVResult:
+def cross_validate(config, cache, folds: Folds, *, groups=None, scope: str = "cv",
+                   options: RunOptions | None = None) -> CVResult:
     """K-fold CV of one configuration: zero-one loss on each held-out fold, after the last epoch.
 
-    ``folds`` index ``cache`` (e.g. ``SplitPlan.folds``). Trials already in ``store`` are not re-run.
-    ``on_trial(record)`` is called for every trial (``record["status"]`` is ``trained`` or ``stored``);
-    by default a line per trial is printed when ``progress`` is on. ``groups`` (``SplitPlan.groups``: one
-    twin-group id per cached image) keeps twins on one side of an early-stopping split.
+    ``folds`` index ``cache`` (e.g. ``SplitPlan.folds``). ``groups`` (``SplitPlan.groups``: one twin-group id
+    per cached image) keeps twins on one side of an early-stopping split. ``options`` (:class:`RunOptions`)
+    say where trials are stored and how they run; trials already in its store are not re-run.
     """
-    _check_backend(backend)
-    caches = _Caches(cache)
+    options = (options or RunOptions()).reporting()
+    caches = TrialCaches(cache, options)
     caches.check(config)
-    checked = _check_folds(folds, len(cache.labels))
-    fp = _fingerprint(cache, fingerprint)
-    tasks = _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device,
-                      groups=groups)
-    if on_trial is None and progress:
-        on_trial = _print_trial(())
-    records = _run_tasks(
-        tasks,
-        caches,
-        store=store,
-        device=device,
-        progress=progress,
-        backend=backend,
-        on_trial=on_trial,
-        ray_options=ray_options,
-    )
-    return _cv_result(config, tasks, records)
+    checked = check_folds(folds, len(cache.labels))
+    tasks = cv_tasks(config, cache, checked, scope=scope, device=options.device, groups=groups)
+    return cv_result(config, tasks, run_tasks(tasks, caches, options))
 
 
 # --------------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------------
-# Comparison and the one test evaluation
+# Comparison
 
 
 def compare_configs(

@@ -1,28 +1,73 @@
 """Run a batch of trials, serially or on Ray Tune, skipping those the trial store already holds and
-committing each as it finishes. The one place that chooses a backend (so ``ray_backend`` and the trial
-code never import each other)."""
+committing each as it finishes; the caches a batch reads. The one place that chooses a backend (so
+``ray_backend`` and the trial code never import each other)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from muffin_lib.selection.trial import OnTrial, TrialTask, _Caches, _check_backend, run_task
-from muffin_lib.selection.trials import TrialStore
+import numpy as np
+
+from muffin_lib.errors import MuffinError
+from muffin_lib.selection.options import RunOptions
+from muffin_lib.selection.trial import TrialTask, cache_setting, config_setting, run_task
 
 
-def _run_tasks(
-    tasks: Sequence[TrialTask],
-    caches: _Caches,
-    *,
-    store: TrialStore | None,
-    device: str,
-    progress: bool,
-    backend: str,
-    on_trial: OnTrial | None,
-    ray_options: dict | None,
+class TrialCaches:
+    """The caches a grid needs, one per (image_size, color_mode), all in the same record order (the folds
+    index every one of them): ``cache`` itself, and the others from ``options.cache_for`` or loaded from
+    ``options.data_dir`` / ``options.work_dir``."""
+
+    def __init__(self, cache, options: RunOptions):
+        self.base = cache
+        self._by_setting = {cache_setting(cache): cache}
+        cache_for = options.cache_for
+        if cache_for is None and options.data_dir is not None and options.work_dir is not None:
+
+            def cache_for(image_size, color_mode):
+                from muffin_lib.data.cache import load_images
+
+                return load_images(options.data_dir, options.work_dir, "train", image_size, color_mode,
+                                   progress=options.progress)
+
+        self._cache_for = cache_for
+
+    def get(self, setting: tuple[int, str]):
+        """The cache of ``setting`` (image_size, color_mode), loaded once and checked to list the same images."""
+        if setting in self._by_setting:
+            return self._by_setting[setting]
+        if self._cache_for is None:
+            have = cache_setting(self.base)
+            raise MuffinError(
+                f"configuration wants image_size={setting[0]}, color_mode={setting[1]!r} but the cache holds "
+                f"{have[0]} px {have[1]!r} images; pass RunOptions(cache_for=(image_size, color_mode) -> ImageCache), "
+                "or RunOptions(data_dir=..., work_dir=...), so the matching cache can be loaded"
+            )
+        cache = self._cache_for(*setting)
+        if cache_setting(cache) != setting:
+            raise MuffinError(f"cache_for{setting} returned a cache of {cache_setting(cache)} images")
+        same_order = list(cache.relpaths) == list(self.base.relpaths) and np.array_equal(
+            np.asarray(cache.labels), np.asarray(self.base.labels)
+        )
+        if not same_order:
+            raise MuffinError(
+                f"the {setting[0]} px {setting[1]} cache lists other images (or another order) than the "
+                f"{cache_setting(self.base)} cache, so the folds would not match; load both from the same data_dir"
+            )
+        self._by_setting[setting] = cache
+        return cache
+
+    def check(self, config) -> None:
+        """Fail early when the cache ``config`` trains on cannot be had."""
+        self.get(config_setting(config))
+
+
+def run_tasks(
+    tasks: Sequence[TrialTask], caches: TrialCaches, options: RunOptions
 ) -> dict[tuple[str, int, str], dict]:
-    """Run the tasks not yet in ``store``; each result is committed as soon as its trial ends."""
-    _check_backend(backend)
+    """Run the tasks not yet in ``options.store`` on ``options.backend``; each result is committed as soon
+    as its trial ends and reported to ``options.on_trial``. Returns every task's record by its identity."""
+    store, on_trial = options.store, options.on_trial
     records: dict[tuple[str, int, str], dict] = {}
     pending: dict[tuple[str, int, str], TrialTask] = {}
     for task in tasks:
@@ -45,15 +90,14 @@ def _run_tasks(
 
     if not pending:
         return records
-    if backend == "ray":
+    if options.backend == "ray":
         from muffin_lib.selection import ray_backend  # imports trial only: no cycle
 
         needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
-        ray_backend.run_tasks(list(pending.values()), needed, on_record=finish, device=device, **(ray_options or {}))
+        ray_backend.run_tasks(list(pending.values()), needed, on_record=finish, device=options.device,
+                              **(options.ray_options or {}))
     else:
         for task in pending.values():
             cache = caches.get(task.setting)
-            finish(run_task(task, cache.images, cache.labels, device=device, progress=progress))
+            finish(run_task(task, cache.images, cache.labels, device=options.device, progress=options.progress))
     return records
-
-

@@ -3,7 +3,7 @@
 Each Tune trial is one :class:`~muffin_lib.selection.TrialTask`. The image arrays go to the object
 store once (``tune.with_parameters``) and every worker reads them from there without a copy per trial.
 Results travel back in the trial's report; a Tune ``Callback`` in the driver writes each finished
-trial to the :class:`~muffin_lib.selection.trials.TrialStore` the moment it completes, so the SQLite file has a
+trial to the :class:`~muffin_lib.selection.trial_store.TrialStore` the moment it completes, so the SQLite file has a
 single writer and an interrupted run keeps everything that finished. Ray is an optional extra:
 ``pip install 'muffin-lab[ray]'``.
 """

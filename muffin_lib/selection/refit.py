@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.selection.trial import TrialTask, _record, _take, cache_setting, config_setting, run_trial
-from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trial import (
+    TrialTask,
+    cache_setting,
+    config_setting,
+    run_trial,
+    take_rows,
+    trial_record,
+)
+from muffin_lib.selection.trial_store import TrialStore, fold_plan_key, trial_key
 
 
 def refit_and_test(
@@ -60,8 +67,8 @@ def refit_and_test(
     if record is None:
         outcome = run_trial(
             config,
-            _take(train_cache.images, train_idx),
-            _take(train_cache.labels, train_idx),
+            take_rows(train_cache.images, train_idx),
+            take_rows(train_cache.labels, train_idx),
             test_cache.images,
             test_cache.labels,
             seed=task.seed,
@@ -69,7 +76,7 @@ def refit_and_test(
             progress=progress,
             groups=None if groups is None else np.asarray(groups)[train_idx],
         )
-        record = _record(task, outcome)
+        record = trial_record(task, outcome)
         status = "trained"
         if store is not None:
             store.add_record(record)

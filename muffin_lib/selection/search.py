@@ -6,36 +6,19 @@ import dataclasses
 import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.budget import SELECTION
-from muffin_lib.selection.cv import (
-    CVResult,
-    _check_folds,
-    _cv_result,
-    _cv_tasks,
-    _fingerprint,
-    _print_trial,
-    _test_train_ratio,
-)
-from muffin_lib.selection.execute import _run_tasks
+from muffin_lib.selection.cv import CVResult, check_folds, cv_result, cv_tasks, fold_size_ratio
+from muffin_lib.selection.execute import TrialCaches, run_tasks
+from muffin_lib.selection.options import RunOptions
 from muffin_lib.selection.stats import summarize_losses
-from muffin_lib.selection.trial import (
-    SUMMARY_COLUMNS,
-    Folds,
-    OnTrial,
-    TrialTask,
-    _Caches,
-    _check_backend,
-    config_setting,
-    fold_seed,
-)
-from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection.trial import SUMMARY_COLUMNS, Folds, TrialTask, config_setting, fold_seed
+from muffin_lib.selection.trial_store import fold_plan_key, trial_key
 
 # Grid search
 
@@ -116,20 +99,11 @@ def grid_search(
     cache,
     folds: Folds,
     *,
-    store: TrialStore | None,
-    scope: str = "cv",
-    cache_for: Callable | None = None,
-    data_dir: str | Path | None = None,
-    work_dir: str | Path | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    backend: str = "serial",
-    fingerprint: str | None = None,
-    on_trial: OnTrial | None = None,
-    ray_options: dict | None = None,
+    groups=None,
     rung_epochs: Sequence[int] = (),
     keep: float = 1 / 3,
-    groups=None,
+    scope: str = "cv",
+    options: RunOptions | None = None,
 ) -> GridResult:
     """Cross-validate every combination of ``grid`` (TrainConfig field -> values) on the same ``folds``.
 
@@ -140,12 +114,11 @@ def grid_search(
     from the last rung. Without ``rung_epochs`` every configuration runs at its own epochs (``base_config.epochs``
     unless the grid varies ``epochs``); a grid over epochs cannot also use ``rung_epochs``.
 
-    Grids over ``image_size`` / ``color_mode`` need a cache per setting: give ``cache_for(image_size,
-    color_mode)`` or ``data_dir`` and ``work_dir``. All trials of a rung are queued at once, so the
-    Ray backend runs them in parallel. ``groups`` (``SplitPlan.groups``, one twin-group id per cached image)
-    keeps twins on one side of an early-stopping split.
+    ``groups`` (``SplitPlan.groups``, one twin-group id per cached image) keeps twins on one side of an
+    early-stopping split. ``options`` (:class:`RunOptions`) say where trials are stored and how they run;
+    grids over ``image_size`` / ``color_mode`` need a cache per setting: its ``cache_for`` or ``data_dir``
+    and ``work_dir``. All trials of a rung are queued at once, so the Ray backend runs them in parallel.
     """
-    _check_backend(backend)
     configs = expand_grid(base_config, grid)
     if rung_epochs and "epochs" in grid:
         raise MuffinError(
@@ -159,16 +132,12 @@ def grid_search(
         )
     if not 0.0 < keep < 1.0:
         raise MuffinError(f"keep must lie strictly between 0 and 1 (the share kept per rung), got {keep}")
-    caches = _Caches(cache, cache_for, data_dir, work_dir, progress)
+    varied = list(grid)
+    options = (options or RunOptions()).reporting(varied)
+    caches = TrialCaches(cache, options)
     for config in configs:
         caches.check(config)
-    checked = _check_folds(folds, len(cache.labels))
-    fp = _fingerprint(cache, fingerprint)
-    varied = list(grid)
-    if on_trial is None and progress:
-        on_trial = _print_trial(varied)
-    options = dict(store=store, device=device, progress=progress, backend=backend, on_trial=on_trial,
-                   ray_options=ray_options)
+    checked = check_folds(folds, len(cache.labels))
 
     rungs: list[list[CVResult]] = []
     alive = configs
@@ -177,12 +146,11 @@ def grid_search(
         last = number == len(schedule) - 1
         rung_configs = alive if last else [config.replace(epochs=epochs) for config in alive]
         per_config = [
-            _cv_tasks(config, checked, scope=scope, fingerprint=fp, setting=config_setting(config), device=device,
-                      groups=groups)
+            cv_tasks(config, cache, checked, scope=scope, device=options.device, groups=groups)
             for config in rung_configs
         ]
-        records = _run_tasks([task for tasks in per_config for task in tasks], caches, **options)
-        results = [_cv_result(c, tasks, records) for c, tasks in zip(rung_configs, per_config, strict=True)]
+        records = run_tasks([task for tasks in per_config for task in tasks], caches, options)
+        results = [cv_result(c, tasks, records) for c, tasks in zip(rung_configs, per_config, strict=True)]
         rungs.append(results)
         if number < len(schedule) - 1:
             n_keep = max(1, math.ceil(len(results) * keep))
@@ -244,20 +212,11 @@ def nested_cv(
     outer_folds: int | Folds = 5,
     inner_folds: int = SELECTION.inner_splits,
     seed: int = 0,
-    store: TrialStore | None = None,
     indices=None,
     groups=None,
-    cache_for: Callable | None = None,
-    data_dir: str | Path | None = None,
-    work_dir: str | Path | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    backend: str = "serial",
-    fingerprint: str | None = None,
-    on_trial: OnTrial | None = None,
-    ray_options: dict | None = None,
     rung_epochs: Sequence[int] = (),
     keep: float = 1 / 3,
+    options: RunOptions | None = None,
 ) -> NestedCVResult:
     """Nested CV: for each outer fold, grid-search by stratified inner CV on its training part, refit the
     winner on the whole outer-training part and score it once on the outer held-out fold.
@@ -266,45 +225,31 @@ def nested_cv(
     folds such as ``SplitPlan.folds``. ``groups`` (e.g. ``SplitPlan.groups``: one id per cached image,
     twins share one) keeps near-duplicates on one side of every inner and generated outer fold.
     ``rung_epochs`` and ``keep`` make each inner grid search a successive halving (see :func:`grid_search`).
-    Inner trials are stored with scope ``nested-inner``, outer refits with ``nested-outer``.
+    Inner trials are stored with scope ``nested-inner``, outer refits with ``nested-outer``; ``options``
+    (:class:`RunOptions`) say where and how all of them run.
     """
     from muffin_lib.training import engine
 
-    _check_backend(backend)
     labels = np.asarray(cache.labels)
     if isinstance(outer_folds, int):
         outer = stratified_folds(labels, outer_folds, seed, indices, groups)
     else:
-        outer = _check_folds(outer_folds, len(labels))
+        outer = check_folds(outer_folds, len(labels))
     outer_plan = fold_plan_key(outer)
-    fp = _fingerprint(cache, fingerprint)
-    caches = _Caches(cache, cache_for, data_dir, work_dir, progress)
+    fp = getattr(cache, "fingerprint", None)
     varied = list(grid)
-    if on_trial is None and progress:
-        on_trial = _print_trial(varied)
-    options = dict(
-        device=device, progress=progress, backend=backend, on_trial=on_trial, ray_options=ray_options
-    )
+    options = (options or RunOptions()).reporting(varied)
+    caches = TrialCaches(cache, options)
+    inner_options = options.replace(cache_for=caches.get)  # every inner search shares the caches loaded here
+    store = options.store
 
     inner_results, chosen, outer_losses, trials, trials_outer = [], [], [], [], []
     for number, (outer_train, outer_test) in enumerate(outer):
         inner = stratified_folds(labels, inner_folds, seed + 1 + number, outer_train, groups)
-        searched = grid_search(
-            base_config,
-            grid,
-            cache,
-            inner,
-            store=store,
-            scope="nested-inner",
-            cache_for=caches.get,
-            fingerprint=fp,
-            rung_epochs=rung_epochs,
-            keep=keep,
-            groups=groups,
-            **options,
-        )
+        searched = grid_search(base_config, grid, cache, inner, groups=groups, rung_epochs=rung_epochs, keep=keep,
+                               scope="nested-inner", options=inner_options)
         winner = searched.best
-        execution = engine.execution_key(winner.amp, device)
+        execution = engine.execution_key(winner.amp, options.device)
         task = TrialTask(
             config=winner,
             setting=config_setting(winner),
@@ -324,10 +269,10 @@ def nested_cv(
         same_as_cv = store.get(task.config_key, number, "cv") if store is not None else None
         if same_as_cv is not None:
             record = {**same_as_cv, "status": "stored"}
-            if options["on_trial"] is not None:
-                options["on_trial"](record)
+            if options.on_trial is not None:
+                options.on_trial(record)
         else:
-            record = _run_tasks([task], caches, store=store, **options)[task.identity]
+            record = run_tasks([task], caches, options)[task.identity]
         inner_results.append(searched)
         trials.extend([*searched.trials, record])
         trials_outer.append(record)
@@ -345,7 +290,7 @@ def nested_cv(
         )
     return NestedCVResult(
         outer_losses=outer_losses,
-        summary=summarize_losses(outer_losses, test_train_ratio=_test_train_ratio(trials_outer)),
+        summary=summarize_losses(outer_losses, test_train_ratio=fold_size_ratio(trials_outer)),
         chosen=chosen,
         inner=inner_results,
         trials=trials,

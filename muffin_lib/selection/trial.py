@@ -1,5 +1,5 @@
-"""One trial: a fresh model trained on one fold's training part and scored once on its held-out part;
-the caches a grid needs, and how a finished trial becomes a trial-store record."""
+"""One trial: a fresh model trained on one fold's training part and scored once on its held-out part, how a
+finished trial becomes a trial-store record, and the line that reports it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from muffin_lib.files import jsonable
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("serial", "ray")
 # Share of the training folds held back for early stopping when a config asks for it.
 EARLY_STOPPING_FRACTION = 0.2
 SUMMARY_COLUMNS = ("mean", "std", "se", "ci_low", "ci_high")
@@ -60,9 +59,9 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _take(values, indices: np.ndarray) -> torch.Tensor:
-    """The rows ``indices`` of a tensor or array, as a tensor. Fancy indexing copies, so this also works
-    on the read-only buffers of Ray's object store."""
+def take_rows(values, indices: np.ndarray) -> torch.Tensor:
+    """The rows ``indices`` of a tensor or array, as a tensor (a copy, so it also works on the read-only
+    buffers of Ray's object store)."""
     if isinstance(values, torch.Tensor):
         return values[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
     return torch.from_numpy(np.asarray(values)[np.asarray(indices, dtype=np.int64)])
@@ -76,7 +75,7 @@ def _early_stopping_split(train_idx: np.ndarray, labels, seed: int, groups=None)
     from sklearn.model_selection import train_test_split
 
     train_idx = np.asarray(train_idx)
-    train_labels = np.asarray(_take(labels, train_idx))
+    train_labels = np.asarray(take_rows(labels, train_idx))
     if groups is not None:
         from muffin_lib.data.splits import grouped_part
 
@@ -124,8 +123,8 @@ def run_trial(
     stop_images = stop_labels = None
     if getattr(config, "early_stopping_patience", None):
         fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed, groups)
-        fit_images, fit_labels = _take(train_images, fit_idx), _take(train_labels, fit_idx)
-        stop_images, stop_labels = _take(train_images, stop_idx), _take(train_labels, stop_idx)
+        fit_images, fit_labels = take_rows(train_images, fit_idx), take_rows(train_labels, fit_idx)
+        stop_images, stop_labels = take_rows(train_images, stop_idx), take_rows(train_labels, stop_idx)
     started = time.perf_counter()
     fitted = engine.fit(
         trial_config,
@@ -164,19 +163,21 @@ def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress:
     """:func:`run_trial` for a :class:`TrialTask` on its cache arrays; returns the full store record."""
     outcome = run_trial(
         task.config,
-        _take(images, task.train_idx),
-        _take(labels, task.train_idx),
-        _take(images, task.test_idx),
-        _take(labels, task.test_idx),
+        take_rows(images, task.train_idx),
+        take_rows(labels, task.train_idx),
+        take_rows(images, task.test_idx),
+        take_rows(labels, task.test_idx),
         seed=task.seed,
         device=device,
         progress=progress,
         groups=task.groups,
     )
-    return _record(task, outcome)
+    return trial_record(task, outcome)
 
 
-def _record(task: TrialTask, outcome: dict) -> dict:
+def trial_record(task: TrialTask, outcome: dict) -> dict:
+    """The trial-store record of ``task`` from :func:`run_trial`'s ``outcome``; refused when it ran otherwise
+    than its key says (another device type or precision)."""
     ran = outcome.get("execution", task.execution)
     if ran != task.execution:
         # E.g. a Ray worker without a GPU resolving device 'auto' to the CPU: never store that under this key.
@@ -201,7 +202,7 @@ def _record(task: TrialTask, outcome: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Caches per (image_size, color_mode) and running a batch of trials
+# Which cache a trial reads, and its progress line
 
 
 def cache_setting(cache) -> tuple[int, str]:
@@ -211,56 +212,8 @@ def cache_setting(cache) -> tuple[int, str]:
 
 
 def config_setting(config) -> tuple[int, str]:
+    """``(image_size, color_mode)`` a configuration trains on: the cache its trials need."""
     return int(config.image_size), str(config.color_mode)
-
-
-class _Caches:
-    """The caches a grid needs, all in the same record order (the folds index every one of them)."""
-
-    def __init__(self, cache, cache_for=None, data_dir=None, work_dir=None, progress=True):
-        self.base = cache
-        self._by_setting = {cache_setting(cache): cache}
-        if cache_for is None and data_dir is not None and work_dir is not None:
-
-            def cache_for(image_size, color_mode):
-                from muffin_lib.data.cache import load_images
-
-                split = "train"
-                return load_images(data_dir, work_dir, split, image_size, color_mode, progress=progress)
-
-        self._cache_for = cache_for
-
-    def get(self, setting: tuple[int, str]):
-        if setting in self._by_setting:
-            return self._by_setting[setting]
-        if self._cache_for is None:
-            have = cache_setting(self.base)
-            raise MuffinError(
-                f"configuration wants image_size={setting[0]}, color_mode={setting[1]!r} but the cache holds "
-                f"{have[0]} px {have[1]!r} images; pass cache_for=(image_size, color_mode) -> ImageCache, "
-                "or data_dir and work_dir, so the matching cache can be loaded"
-            )
-        cache = self._cache_for(*setting)
-        if cache_setting(cache) != setting:
-            raise MuffinError(f"cache_for{setting} returned a cache of {cache_setting(cache)} images")
-        same_order = list(cache.relpaths) == list(self.base.relpaths) and np.array_equal(
-            np.asarray(cache.labels), np.asarray(self.base.labels)
-        )
-        if not same_order:
-            raise MuffinError(
-                f"the {setting[0]} px {setting[1]} cache lists other images (or another order) than the "
-                f"{cache_setting(self.base)} cache, so the folds would not match; load both from the same data_dir"
-            )
-        self._by_setting[setting] = cache
-        return cache
-
-    def check(self, config) -> None:
-        self.get(config_setting(config))
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise MuffinError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def describe_trial(record: dict, varied: Sequence[str] = ()) -> str:
@@ -272,3 +225,6 @@ def describe_trial(record: dict, varied: Sequence[str] = ()) -> str:
     return " ".join(parts)
 
 
+def print_trial(varied: Sequence[str] = ()) -> OnTrial:
+    """An ``on_trial`` that prints :func:`describe_trial`'s line for every trial."""
+    return lambda record: print(describe_trial(record, varied), flush=True)

@@ -356,7 +356,7 @@ def gradcam_grid(examples: Sequence[dict], *, title: str | None = None, ncols: i
 
 
 def reliability_diagram(calibration: dict, *, title: str | None = None) -> Figure:
-    """Accuracy against confidence per bin, before and after temperature scaling (``final_test.calibration_check``);
+    """Accuracy against confidence per bin, before and after temperature scaling (``evaluation.calibration_check``);
     the diagonal is a perfectly calibrated model."""
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")

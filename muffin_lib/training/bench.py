@@ -5,7 +5,8 @@ reference: torchvision ``ImageFolder`` + per-sample PIL transforms (Grayscale, R
   batch 4, float32, Adam, glibc's default allocator settings. It runs first, before ours tunes the
   allocator (a process-wide setting).
 ours: decode once (the cache's preprocessing, timed separately), then ``engine.TrainStep`` - the
-  step ``fit`` runs: batch 64 on the device, normalisation and augmentation there, channels_last,
+  step ``fit`` runs: batch 64 on the device, normalisation and augmentation there, channels_last
+  (contiguous on Apple MPS: ``runtime.memory_format_for``),
   fused AdamW, AMP where it pays, tuned allocator on the CPU.
 
 The two pipelines run in alternating rounds (reference, ours, reference, ours, ...; ``--rounds``, at
@@ -107,11 +108,10 @@ def _muffin_pipeline(images, labels, config, device, seconds):
         runtime.tune_cpu_allocator()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_model(config.model, in_channels=config.in_channels, image_size=config.image_size).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config.model, in_channels=config.in_channels, image_size=config.image_size)
+    model = model.to(device, memory_format=runtime.memory_format_for(device, config.channels_last))  # as fit
     normalization = engine.compute_normalization(images)
-    images = engine._place_images(images, device)
+    images = engine.place_images(images, device)
     labels = labels.to(device)
     train_step = engine.TrainStep(model, config, device, normalization, total_steps=10_000)
     generator = torch.Generator().manual_seed(config.seed)
@@ -123,12 +123,13 @@ def _muffin_pipeline(images, labels, config, device, seconds):
             order, position = torch.randperm(len(labels), generator=generator), 0
         idx = order[position : position + config.batch_size]
         position += config.batch_size
-        train_step(engine._take(images, idx, device), labels[idx.to(labels.device)])
+        train_step(engine.take_batch(images, idx, device), labels[idx.to(labels.device)])
         return len(idx)
 
     model.train()
     timing = _time_steps(step, device, seconds)
     timing["amp"] = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[train_step.amp_dtype]
+    timing["memory_format"] = "channels_last" if runtime.channels_last_for(device, config.channels_last) else "contiguous"
     return timing
 
 
@@ -229,7 +230,7 @@ def run_benchmark(
                     f"{ours['img_per_s']:.1f}: {per_round[-1]['amp_speedup']:.2f}x")
             say(
                 f"round {number}: reference (PIL per sample, batch {baseline_batch_size}, fp32) "
-                f"{baseline['img_per_s']:.1f} images/s; ours (batch {batch_size}, amp {ours['amp']}, channels_last) "
+                f"{baseline['img_per_s']:.1f} images/s; ours (batch {batch_size}, amp {ours['amp']}, {ours['memory_format']}) "
                 f"{ours['img_per_s']:.1f} images/s: {per_round[-1]['speedup']:.1f}x"
             )
     finally:
@@ -266,6 +267,7 @@ def run_benchmark(
         "amp": ours["amp"],
         "amp_requested": amp,
         "precision": precision,
+        "memory_format": ours["memory_format"],
         "cpu": runtime.cpu_model(),
         "allocator_during_baseline": allocator_before,
         "allocator_during_muffin": runtime.allocator_state(),

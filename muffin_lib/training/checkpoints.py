@@ -87,8 +87,6 @@ def load_checkpoint(path, device="auto") -> tuple[nn.Module, dict]:
     except RuntimeError as error:
         raise MuffinError(f"checkpoint {path}: weights do not fit model {checkpoint['model_name']!r} ({error})") from error
     device = runtime.resolve_device(device)
-    model.to(device)
-    if checkpoint["config"].get("channels_last", False):
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=runtime.memory_format_for(device, checkpoint["config"].get("channels_last", False)))
     model.eval()
     return model, checkpoint

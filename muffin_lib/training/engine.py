@@ -37,9 +37,8 @@ from muffin_lib.training.checkpoints import (  # noqa: F401
 from muffin_lib.training.models import MIN_IMAGE_SIZE, MODEL_NAMES, build_model
 from muffin_lib.training.runtime import AMP_MODES, execution_key, resolve_amp  # noqa: F401  (engine.* for callers)
 from muffin_lib.training.step import (  # noqa: F401  (engine.* for callers: fit's loop is built from these parts)
-    Normalizer,
     TrainStep,
-    _batch_starts,
+    batch_starts,
     epoch_batches,
     make_optimizer,
     make_schedule,
@@ -47,14 +46,15 @@ from muffin_lib.training.step import (  # noqa: F401  (engine.* for callers: fit
 )
 from muffin_lib.training.tensors import (  # noqa: F401  (engine.* for callers)
     GPU_RESIDENT_FRACTION,
-    _model_spec,
-    _place_images,
-    _take,
-    _uses_channels_last,
+    Normalizer,
     check_images,
     check_labels,
     compute_normalization,
     imagenet_normalization,
+    model_spec,
+    place_images,
+    take_batch,
+    uses_channels_last,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     early_stopping_patience: int | None = None
     amp: str = "auto"
-    channels_last: bool = True
+    channels_last: bool = True  # where it is fast: not on Apple MPS (runtime.channels_last_for says why)
     compile: bool = False
     seed: int = 0
     pretrained: bool = False
@@ -222,15 +222,16 @@ def fit(
     normalization = imagenet_normalization(channels) if config.pretrained else compute_normalization(train_images)
 
     model = build_model(config.model, in_channels=channels, image_size=size, pretrained=config.pretrained)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # channels-last where it is fast (CPU, CUDA), contiguous NCHW on Apple MPS (runtime.CHANNELS_LAST_AVOIDED);
+    # TrainStep's normaliser lays the batches out the same way.
+    memory_format = runtime.memory_format_for(device, config.channels_last)
+    model = model.to(device, memory_format=memory_format)
 
     n_train = train_images.shape[0]
-    images = _place_images(train_images, device)
+    images = place_images(train_images, device)
     labels = train_labels.to(device)
     if has_val:
-        val_images = _place_images(val_images, device)
+        val_images = place_images(val_images, device)
     steps = steps_per_epoch(n_train, config.batch_size)
     train_step = TrainStep(model, config, device, normalization, config.epochs * steps)
     order_generator = torch.Generator().manual_seed(config.seed)
@@ -238,9 +239,12 @@ def fit(
     say(
         f"training {config.model} on {n_train} images ({channels}x{size}x{size}), "
         f"{val_images.shape[0] if has_val else 0} validation; device {device}, amp {amp_name}, "
+        f"{'channels-last' if memory_format == torch.channels_last else 'contiguous'} memory format, "
         f"batch {config.batch_size}, {config.epochs} epochs x {steps} steps, "
         f"{config.optimizer} lr {config.lr:g} ({config.schedule}), augment {config.augment}"
     )
+    for note in runtime.device_notes(device, config.amp, config.channels_last):
+        say(f"on {device}: {note}")
     history: list[dict] = []
     best = {"loss": math.inf, "epoch": None, "state": None}
     stopped_early = False
@@ -254,7 +258,7 @@ def fit(
         batches = epoch_batches(n_train, config.batch_size, order_generator)
         for idx in progress_bar(batches, enabled=progress, desc=f"epoch {epoch}", unit="batch", leave=False):
             y = labels[idx.to(labels.device)]
-            loss, logits = train_step(_take(images, idx, device), y)
+            loss, logits = train_step(take_batch(images, idx, device), y)
             loss_sum += loss * len(idx)
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(idx)
@@ -332,21 +336,23 @@ def fit(
 def _logits(model: nn.Module, images, normalization: dict, device, batch_size: int) -> tuple[torch.Tensor, torch.device]:
     """float32 logits of ``model`` (eval mode, no augmentation) for every image, on ``device``."""
     device = runtime.resolve_device(device)
-    spec = _model_spec(model)
+    spec = model_spec(model)
     images = check_images(images, "images", channels=spec.get("in_channels"), image_size=spec.get("image_size"))
     if len(normalization["mean"]) != images.shape[1]:
         raise MuffinError(
             f"normalization has {len(normalization['mean'])} channel(s) but the images have {images.shape[1]}"
         )
-    model.to(device)
-    normalize = Normalizer(normalization, device, _uses_channels_last(model))
+    # The model's own layout, except where the device avoids channels-last (Apple MPS): NCHW there, weights too.
+    channels_last = runtime.channels_last_for(device, uses_channels_last(model))
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    normalize = Normalizer(normalization, device, channels_last)
     was_training = model.training
     model.eval()
     outputs = []
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
             idx = torch.arange(start, min(start + batch_size, images.shape[0]))
-            outputs.append(model(normalize(_take(images, idx, device))).float())
+            outputs.append(model(normalize(take_batch(images, idx, device))).float())
     model.train(was_training)
     return torch.cat(outputs), device
 

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from muffin_lib.config import CLASSES
-from muffin_lib.training.tensors import _model_spec, _Normalizer, _uses_channels_last
+from muffin_lib.training.tensors import Normalizer, model_spec, uses_channels_last
 
 
 def gradcam_layer(model: nn.Module) -> nn.Module:
     """The last module (in execution order) whose output is a feature map of at least 2 x 2."""
-    spec = _model_spec(model)
+    spec = model_spec(model)
     device = next(model.parameters()).device
     outputs: list[nn.Module] = []
 
@@ -46,7 +46,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, normalization: dict, *, targ
     from captum.attr import LayerAttribution, LayerGradCam
 
     device = next(model.parameters()).device
-    normalize = _Normalizer(normalization, device, _uses_channels_last(model))
+    normalize = Normalizer(normalization, device, uses_channels_last(model))
     cam = LayerGradCam(model, gradcam_layer(model))
     model.eval()
     heats, probabilities = [], []

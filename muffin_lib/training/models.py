@@ -156,6 +156,19 @@ def load_pretrained_state_dict(progress: bool = True) -> dict[str, torch.Tensor]
         ) from error
 
 
+def try_pretrained(pretrained: bool) -> tuple[bool, str | None]:
+    """``(use the ImageNet weights, why not)`` for the transfer model: ``(True, None)`` when ``pretrained``
+    is asked for and the weights load (downloaded once, then from torch hub's cache); ``(False, the
+    reason)`` when they cannot be had; ``(False, None)`` when not asked for."""
+    if not pretrained:
+        return False, None
+    try:
+        load_pretrained_state_dict(progress=False)
+    except MuffinError as error:
+        return False, str(error)
+    return True, None
+
+
 def build_model(
     name: str, *, in_channels: int, image_size: int, num_classes: int = 2, pretrained: bool = False
 ) -> nn.Module:

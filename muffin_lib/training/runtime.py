@@ -1,4 +1,6 @@
-"""Where and how training runs: device choice, seeding, the CPU allocator, an environment summary."""
+"""Where and how training runs: device choice, seeding, the CPU allocator, an environment summary, and what
+each device type trains in: the autocast precision (``resolve_amp``) and the memory format
+(``memory_format_for``), both pure functions of the device."""
 
 from __future__ import annotations
 
@@ -141,6 +143,7 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
         "torch_threads": torch.get_num_threads(),
         "ram_gb": round(ram / 2**30, 1) if ram else None,
         "cpu_allocator": allocator_state(),
+        "memory_format": "channels_last" if channels_last_for(resolved) else "contiguous",  # TrainConfig's default
     }
     if resolved.type == "cuda":
         props = torch.cuda.get_device_properties(resolved)
@@ -205,28 +208,102 @@ def cpu_bf16_pays() -> bool:
     return CPU_BF16_FEATURE in cpu_flags() and torch.backends.mkldnn.is_available()
 
 
+def policy_device_type(device: str | torch.device) -> str:
+    """The device type whose rules (``resolve_amp``, ``channels_last_for``) apply to ``device``: its own type.
+    The one seam for tests: patched to return "mps", they run Apple MPS's choices on the CPU."""
+    return torch.device(device).type
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    release = torch.__version__.split("+")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) >= (major, minor)
+    except (IndexError, ValueError):
+        return True
+
+
+# amp="auto" on Apple MPS: fp32. Autocast exists there only from torch 2.5 (pytorch/pytorch#99272; this project
+# allows torch >= 2.3); GradScaler, which fp16 needs, failed on MPS (no float64: #142397, MPS kernels in #150255)
+# and then zeroed fp16/bf16 gradients until #184286 (2026); and no Mac has measured fp16 to pay for these small
+# CNNs. amp="fp16" (or "bf16", macOS 14+) asks for it explicitly on torch >= 2.5.
+MPS_AUTO_AMP_REASON = (
+    "amp 'auto' trains in fp32 on Apple MPS: autocast there needs torch >= 2.5 and its fp16 GradScaler was broken "
+    "until recently (pytorch/pytorch#142397, #184286); amp='fp16' asks for it"
+)
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None = full float32)."""
     if amp not in AMP_MODES:
         raise MuffinError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "off":
         return None
-    if device.type == "cuda":
+    kind = policy_device_type(device)
+    if kind == "cuda":
         bf16_ok = native_bf16(device)
         if amp == "auto":
             return torch.bfloat16 if bf16_ok else torch.float16
         if amp == "bf16" and not bf16_ok:
             raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --amp fp16")
         return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu":
+    if kind == "cpu":
         # "auto": bf16 only where the hardware makes it pay (cpu_bf16_pays); elsewhere it is far slower.
         if amp == "fp16":
             raise MuffinError("amp='fp16' needs a CUDA GPU; on the CPU use amp='bf16' or 'off'")
         if amp == "auto":
             return torch.bfloat16 if cpu_bf16_pays() else None
         return torch.bfloat16 if amp == "bf16" else None
-    # MPS: explicit choices only.
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    # MPS: fp32 for "auto" (MPS_AUTO_AMP_REASON); explicit choices where torch has autocast for MPS.
+    if amp == "auto":
+        return None
+    if not _torch_at_least(2, 5):
+        raise MuffinError(
+            f"amp={amp!r} on Apple MPS needs torch >= 2.5 (autocast for MPS), this is torch {torch.__version__}; "
+            "use amp='auto' or 'off' (fp32), or upgrade torch"
+        )
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+# ----------------------------------------------------------------------------- memory format
+
+# Device types that train and predict in the contiguous (NCHW) memory format even when channels-last is asked
+# for (TrainConfig.channels_last, the default), and why; fit logs the reason. Apple MPS: its 2-D convolution
+# backward builds an NCHW graph and reaches channels-last tensors through MPSGraph's strided path, about 30x
+# slower than contiguous (pytorch/pytorch#193349, fixed by #193623 in 2026); conv2d gave silently wrong
+# results on a channel slice of a channels-last tensor (#180984, fixed by #180992) and BatchNorm's
+# channels-last backward failed (#182269, #188371). This project allows torch >= 2.3, every release before
+# those fixes: NCHW is the layout MPS's kernels are built for, fast and right on all of them.
+CHANNELS_LAST_AVOIDED = {
+    "mps": (
+        "memory format contiguous (NCHW) on Apple MPS, not channels-last: there channels-last conv2d backward is "
+        "about 30x slower (pytorch/pytorch#193349) and a channel slice of a channels-last tensor gave wrong "
+        "conv2d results (#180984)"
+    ),
+}
+
+
+def channels_last_for(device: str | torch.device, requested: bool = True) -> bool:
+    """Whether models and batches on ``device`` use the channels-last memory format: when ``requested``
+    (``TrainConfig.channels_last``, or how a model's weights are laid out), except on the device types of
+    ``CHANNELS_LAST_AVOIDED`` (Apple MPS)."""
+    return bool(requested) and policy_device_type(device) not in CHANNELS_LAST_AVOIDED
+
+
+def memory_format_for(device: str | torch.device, requested: bool = True) -> torch.memory_format:
+    """``torch.channels_last`` or ``torch.contiguous_format``, as ``channels_last_for`` decides."""
+    return torch.channels_last if channels_last_for(device, requested) else torch.contiguous_format
+
+
+def device_notes(device: str | torch.device, amp: str, channels_last: bool) -> list[str]:
+    """Why ``device`` trains otherwise than asked (``amp``, ``channels_last``): one sentence per choice, for
+    the log line fit writes when training starts; empty where the request is followed as it stands."""
+    kind = policy_device_type(device)
+    notes = []
+    if channels_last and not channels_last_for(device, channels_last):
+        notes.append(CHANNELS_LAST_AVOIDED[kind])
+    if kind == "mps" and amp == "auto":
+        notes.append(MPS_AUTO_AMP_REASON)
+    return notes
 
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

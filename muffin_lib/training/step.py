@@ -1,5 +1,6 @@
 """The parts of ``engine.fit``'s training loop: the optimizer and learning-rate schedule of a config, the
-normaliser, the seeded batch order of an epoch, and ``TrainStep`` (one optimisation step).
+seeded batch order of an epoch, and ``TrainStep`` (one optimisation step, its inputs normalised by
+``tensors.Normalizer``).
 
 They are public so that notebook 03 can write fit's loop out with them in plain sight;
 ``tests/test_training_loop.py`` checks that its loop gives fit's history. ``engine`` re-exports them.
@@ -12,11 +13,8 @@ import torch
 from torch import nn
 
 from muffin_lib.training import augment
-from muffin_lib.training.runtime import resolve_amp
-from muffin_lib.training.tensors import _Normalizer
-
-# uint8 batch on the device -> normalised float32, in the model's memory format (public: notebook 03's loop)
-Normalizer = _Normalizer
+from muffin_lib.training.runtime import channels_last_for, resolve_amp
+from muffin_lib.training.tensors import Normalizer
 
 
 def make_optimizer(model: nn.Module, config, device: torch.device) -> torch.optim.Optimizer:
@@ -65,7 +63,7 @@ class TrainStep:
         self.amp_dtype = resolve_amp(config.amp, device)
         self.device = device
         self.model = torch.compile(model) if config.compile else model
-        self.normalize = Normalizer(normalization, device, config.channels_last)
+        self.normalize = Normalizer(normalization, device, channels_last_for(device, config.channels_last))
         self.augment_kwargs = augment.AUGMENT_PRESETS[config.augment]
         self.generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.optimizer = make_optimizer(model, config, device)
@@ -88,7 +86,8 @@ class TrainStep:
         return loss.detach(), logits.detach()
 
 
-def _batch_starts(n: int, batch_size: int) -> list[int]:
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Where the batches of an epoch over ``n`` images start (a last batch of one image is dropped)."""
     starts = list(range(0, n, batch_size))
     # A last batch of one image would make BatchNorm's batch statistics degenerate; drop it.
     if len(starts) > 1 and n - starts[-1] == 1:
@@ -98,7 +97,7 @@ def _batch_starts(n: int, batch_size: int) -> list[int]:
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Batches in an epoch over ``n`` images (a last batch of one image is dropped: BatchNorm needs two)."""
-    return len(_batch_starts(n, batch_size))
+    return len(batch_starts(n, batch_size))
 
 
 def epoch_batches(n: int, batch_size: int, order: torch.Generator) -> list[torch.Tensor]:
@@ -106,4 +105,4 @@ def epoch_batches(n: int, batch_size: int, order: torch.Generator) -> list[torch
     ``order`` (fit's is a CPU generator seeded with ``config.seed``, drawn once per epoch), cut every
     ``batch_size``."""
     shuffled = torch.randperm(n, generator=order)
-    return [shuffled[start : start + batch_size] for start in _batch_starts(n, batch_size)]
+    return [shuffled[start : start + batch_size] for start in batch_starts(n, batch_size)]

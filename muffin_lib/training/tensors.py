@@ -60,7 +60,8 @@ def check_labels(labels, n: int, what: str, num_classes: int = len(CLASSES)) -> 
     return labels
 
 
-def _model_spec(model: nn.Module) -> dict:
+def model_spec(model: nn.Module) -> dict:
+    """The ``muffin_spec`` ``models.build_model`` attached to ``model`` (name, channels, size, ...); {} if none."""
     return getattr(model, "muffin_spec", {})
 
 
@@ -89,7 +90,7 @@ def imagenet_normalization(channels: int) -> dict:
     return {"mean": [sum(IMAGENET_MEAN) / 3], "std": [sum(IMAGENET_STD) / 3]}
 
 
-class _Normalizer:
+class Normalizer:
     """uint8 batch on the device -> normalised float32 (in the model's memory format)."""
 
     def __init__(self, normalization: dict, device: torch.device, channels_last: bool):
@@ -104,7 +105,7 @@ class _Normalizer:
         return x.contiguous(memory_format=self.memory_format)
 
 
-def _place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The image set where batches are cut from: on the GPU when it fits comfortably, else on the CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -116,7 +117,8 @@ def _place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images
 
 
-def _take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+def take_batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The images ``idx`` on ``device`` (from the CPU: pinned and copied asynchronously to a GPU)."""
     batch = images.index_select(0, idx.to(images.device))
     if batch.device == device:
         return batch
@@ -125,7 +127,8 @@ def _take(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torc
     return batch.to(device)
 
 
-def _uses_channels_last(model: nn.Module) -> bool:
+def uses_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s 4-D weights are in channels-last memory format (its inputs should be too)."""
     return any(
         p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
         for p in model.parameters()

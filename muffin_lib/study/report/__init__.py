@@ -26,11 +26,11 @@ from muffin_lib.study.report.data import (  # noqa: F401
 from muffin_lib.study.report.models import (  # noqa: F401
     curve_finding,
     initialisation_note,
+    initialisation_text,
     model_results,
     most_confident_errors,
     per_class_frame,
     training_note,
-    transfer_initialisation,
     validation_comparison,
     validation_finding,
     validation_summary,

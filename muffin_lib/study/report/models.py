@@ -111,19 +111,14 @@ def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence
     return pd.DataFrame(rows, index=["val", "val_low", "val_high"]).T
 
 
-def transfer_initialisation(pretrained: bool) -> tuple[bool, str, str | None]:
-    """``(use_pretrained, what the network starts from, why the weights are missing or None)`` for notebook
-    08: the ImageNet weights when asked for and loadable (downloaded once, or cached), else random init."""
-    from muffin_lib.errors import MuffinError
-    from muffin_lib.training import models
-
-    if not pretrained:
-        return False, "ResNet-18 from random initialisation (pretrained=False)", None
-    try:
-        models.load_pretrained_state_dict(progress=False)
-    except MuffinError as error:
-        return False, "ResNet-18 from RANDOM initialisation (the ImageNet weights could not be loaded)", str(error)
-    return True, "ImageNet-pretrained ResNet-18", None
+def initialisation_text(pretrained: bool, use_pretrained: bool) -> str:
+    """What notebook 08's network starts from, given ``pretrained`` (asked for) and ``use_pretrained``
+    (``training.models.try_pretrained``'s answer: the weights could be loaded)."""
+    if use_pretrained:
+        return "ImageNet-pretrained ResNet-18"
+    if pretrained:
+        return "ResNet-18 from RANDOM initialisation (the ImageNet weights could not be loaded)"
+    return "ResNet-18 from random initialisation (pretrained=False)"
 
 
 def initialisation_note(init_text: str, weights_note: str | None) -> str:

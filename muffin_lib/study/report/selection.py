@@ -161,7 +161,7 @@ def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, fi
                "cv_deployed": deployed(r.config)}
         for name, r in cv.items()
     }
-    from muffin_lib.selection.final_test import tuned_name
+    from muffin_lib.selection.evaluation import tuned_name
 
     best = grid_results["best_config"]
     models[tuned_name(best)] = {
@@ -186,7 +186,7 @@ def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, fi
 
 
 def final_test_findings(final) -> list[str]:
-    """Sentences for notebook 09 from ``final_test.evaluate_candidates``."""
+    """Sentences for notebook 09 from ``evaluation.evaluate_candidates``."""
     table = final.table
     lines = []
     for name, row in table.iterrows():
@@ -248,7 +248,7 @@ def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
 def calibration_finding(model: str, check: dict) -> str:
     """What the reliability diagram says, with the ECE before and after temperature scaling."""
     before, after = check["before"], check["after"]
-    if check.get("members"):  # the ensemble (selection.final_test.ENSEMBLE): no temperature of its own
+    if check.get("members"):  # the ensemble (selection.evaluation.ENSEMBLE): no temperature of its own
         return (f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images for "
                 f"the mean of the calibrated probabilities of {', '.join(check['members'])} (each member's temperature "
                 "was fitted on its validation split; the ensemble has none of its own).")

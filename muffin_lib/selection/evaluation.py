@@ -222,11 +222,13 @@ def calibration_check(final: FinalTest, name: str, n_bins: int = 10) -> dict:
     free = np.isin(predicted["relpaths"], final.twin_free_paths)
     raw, labels = predicted["probabilities"][free], np.asarray(predicted["labels"])[free]
     temperature = float(predicted["temperature"] or 1.0)
+    before = calibration.reliability(raw, labels, n_bins)
+    fitted = predicted["temperature"] is not None  # without one, exactly the raw probabilities (no log/exp round trip)
     return {
         "temperature": temperature,
-        "fitted": predicted["temperature"] is not None,
-        "before": calibration.reliability(raw, labels, n_bins),
-        "after": calibration.reliability(calibration.apply_temperature(raw, temperature), labels, n_bins),
+        "fitted": fitted,
+        "before": before,
+        "after": calibration.reliability(calibration.apply_temperature(raw, temperature), labels, n_bins) if fitted else before,
         "n": int(free.sum()),
         "members": predicted.get("members"),
     }

@@ -15,8 +15,8 @@ import torch
 from muffin_lib.data import imageio
 from muffin_lib.data.cache import load_images
 from muffin_lib.errors import MuffinError
-from muffin_lib.selection import cross_validate
-from muffin_lib.selection.trials import TrialStore, fold_plan_key, trial_key
+from muffin_lib.selection import RunOptions, cross_validate
+from muffin_lib.selection.trial_store import TrialStore, fold_plan_key, trial_key
 from muffin_lib.training import engine
 
 
@@ -132,7 +132,7 @@ def test_cross_validate_trains_again_after_a_code_version_bump(synthetic_data_di
 
     def run():
         seen = []
-        result = cross_validate(config, cache, folds, store=store, device="cpu", progress=False, on_trial=seen.append)
+        result = cross_validate(config, cache, folds, options=RunOptions(store=store, device="cpu", progress=False, on_trial=seen.append))
         return result, [record["status"] for record in seen]
 
     first, statuses = run()
@@ -172,7 +172,7 @@ def test_kill_during_writes_leaves_only_whole_rows(tmp_path):
     path = tmp_path / "trials.sqlite"
     writer = textwrap.dedent(
         f"""
-        from muffin_lib.selection.trials import TrialStore
+        from muffin_lib.selection.trial_store import TrialStore
         store = TrialStore({str(path)!r})
         for fold in range(100000):
             store.add(config_key="k", fold=fold, scope="cv", config={{"lr": 0.1}},
@@ -216,3 +216,51 @@ def test_a_trial_run_otherwise_than_its_key_is_not_stored(synthetic_data_dir, tm
     )
     with pytest.raises(MuffinError, match="keyed for cuda/bf16 but trained as cpu/fp32"):
         run_task(task, cache.images, cache.labels, device="cpu")
+
+
+def test_key_functions_give_the_keys_stores_on_disk_hold(monkeypatch):
+    """Trial stores already on disk are reused only while keys are computed as before. These values were
+    computed by the code that filled them (before the selection package was reorganised, issue 17)."""
+    monkeypatch.setattr(engine, "CODE_VERSION", 7)
+    monkeypatch.setattr(imageio, "PREPROCESS_VERSION", 3)
+    folds = [(np.array([0, 1, 2]), np.array([3, 4])), (np.array([3, 4]), np.array([0, 1, 2]))]
+    assert fold_plan_key(folds) == "b69ac5570cf09a49"
+    assert trial_key("abc123", "fp", "plan", execution="cpu/fp32") == "6786f0e87a5e51e55a8f"
+    assert trial_key("abc123", None, "plan", execution="cuda/bf16") == "2f287f390f173babbc43"
+
+
+def test_cv_grid_and_nested_cv_key_their_trials_as_before(monkeypatch, tmp_path):
+    """Every trial of cross_validate, grid_search (with a rung) and nested_cv is keyed by trial_key of its
+    configuration, the cache's fingerprint, its fold plan and execution, under the scopes stores hold
+    (cv, nested-inner, nested-outer). Nothing is trained: run_task is replaced by a stand-in."""
+    from types import SimpleNamespace
+
+    from muffin_lib.selection import execute, grid_search, nested_cv, stratified_folds
+    from muffin_lib.selection.trial import trial_record
+
+    def stand_in(task, images, labels, *, device="auto", progress=False):
+        metrics = {"zero_one_loss": task.fold / 10, "loss": 0.0, "accuracy": 1.0, "n": 1, "errors": 0, "history": []}
+        return trial_record(task, {"metrics": metrics, "seed": task.seed, "n_train": len(task.train_idx),
+                                   "n_test": len(task.test_idx), "seconds": 0.0, "device": "cpu",
+                                   "execution": task.execution})
+
+    monkeypatch.setattr(execute, "run_task", stand_in)
+    n = 24
+    cache = SimpleNamespace(images=torch.zeros(n, 1, 32, 32, dtype=torch.uint8), labels=torch.tensor([0, 1] * (n // 2)),
+                            relpaths=[f"{i}.jpg" for i in range(n)], fingerprint="fp-abc")
+    groups = np.arange(n) // 2
+    folds = stratified_folds(cache.labels.numpy(), 3, 0, groups=groups)
+    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, amp="off")
+    store = TrialStore(tmp_path / "trials.sqlite")
+    options = RunOptions(store=store, device="cpu", progress=False)
+    result = cross_validate(config, cache, folds, groups=groups, options=options)
+    assert result.config_key == trial_key(config.key(), "fp-abc", fold_plan_key(folds), execution="cpu/fp32")
+    grid_search(config, {"lr": [1e-3, 3e-3, 1e-2]}, cache, folds, groups=groups, rung_epochs=(1,), options=options)
+    nested_cv(config, {"lr": [1e-3, 3e-3]}, cache, outer_folds=2, inner_folds=2, groups=groups, options=options)
+    records = store.records()
+    assert {r["scope"] for r in records} == {"cv", "nested-inner", "nested-outer"}
+    for record in records:
+        key = engine.TrainConfig.from_dict(record["config"]).key()
+        assert record["config_key"] == trial_key(key, "fp-abc", record["plan_key"], execution="cpu/fp32")
+        assert record["fingerprint"] == "fp-abc" and record["execution"] == "cpu/fp32"
+    assert {r["plan_key"] for r in records if r["scope"] == "cv"} == {fold_plan_key(folds)}

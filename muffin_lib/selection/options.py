@@ -1,0 +1,69 @@
+"""``RunOptions``: how and where the trials of ``cross_validate``, ``grid_search`` and ``nested_cv`` run.
+
+What is estimated (configuration, grid, cache, folds, twin groups, scope) stays in each function's own
+arguments; the options say only where trials are stored, on which device and backend, how they report and
+where the caches of other image settings come from. One object, built once and passed to every call::
+
+    run = RunOptions(store=TrialStore(work_dir / "trials.sqlite"), device="cuda")
+    cross_validate(config, cache, folds, groups=plan.groups, options=run)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from muffin_lib.errors import MuffinError
+
+if TYPE_CHECKING:
+    from muffin_lib.selection.trial import OnTrial
+    from muffin_lib.selection.trial_store import TrialStore
+
+BACKENDS = ("serial", "ray")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run settings shared by cross_validate, grid_search and nested_cv (none of them changes a trial key
+    except ``device``, whose resolved type and precision are part of it).
+
+    * ``store``: the :class:`~muffin_lib.selection.trial_store.TrialStore` trials are read from and written
+      to as each ends (None: nothing is stored, nothing is resumed);
+    * ``device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``;
+    * ``backend``: ``serial`` (one trial after another) or ``ray`` (Ray Tune, in parallel), with
+      ``ray_options`` passed on to ``ray_backend.run_tasks`` (address, num_cpus, cpus_per_trial, gpus_per_trial);
+    * ``progress``: progress bars and training logs, and a line per trial when ``on_trial`` is None;
+    * ``on_trial(record)``: called for every trial (``record["status"]`` is ``trained`` or ``stored``);
+    * ``cache_for(image_size, color_mode) -> ImageCache``, or ``data_dir`` and ``work_dir``: where the caches
+      of a grid over ``image_size`` / ``color_mode`` come from.
+    """
+
+    store: TrialStore | None = None
+    device: str = "auto"
+    backend: str = "serial"
+    ray_options: Mapping | None = None
+    progress: bool = True
+    on_trial: OnTrial | None = None
+    cache_for: Callable | None = None
+    data_dir: str | Path | None = None
+    work_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise MuffinError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def replace(self, **changes) -> RunOptions:
+        """A copy with ``changes`` (the options are frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def reporting(self, varied: Sequence[str] = ()) -> RunOptions:
+        """These options with ``on_trial`` set: the given one, else (with ``progress``) a printed line per trial
+        naming the ``varied`` grid parameters (``trial.print_trial``)."""
+        if self.on_trial is not None or not self.progress:
+            return self
+        from muffin_lib.selection.trial import print_trial
+
+        return self.replace(on_trial=print_trial(varied))
