@@ -111,7 +111,7 @@ def loop_cells() -> list:
             "from muffin_lib.training import augment, engine, models, runtime, train\n\n"
             "data = cache.load_images(params.data_dir, params.work_dir, \"train\", config.image_size, config.color_mode)\n"
             "plan = splits.plan_for_cache(data, params.work_dir, val_fraction=params.val_fraction, seed=train.SPLIT_SEED)\n"
-            "x, y = data.images[plan.train_idx], data.labels[plan.train_idx]  # the fit part: uint8 N x C x S x S, labels 0/1\n"
+            "x, y = data.images[plan.train_idx], data.labels[plan.train_idx]  # the fit part: uint8 N x C x S x S, labels 0..K-1 (data.class_names)\n"
             "x_val, y_val = data.images[plan.val_idx], data.labels[plan.val_idx]  # the validation part, never trained on\n"
             "normalization = engine.compute_normalization(x)  # per-channel mean and std of the fit images\n"
             "print(f\"{len(y)} fit and {len(y_val)} validation images of {tuple(x.shape[1:])}; {normalization}\")",
@@ -127,7 +127,8 @@ def loop_cells() -> list:
             "device = runtime.resolve_device(params.device)\n"
             "amp = runtime.resolve_amp(short.amp, device)  # bf16 or fp16 autocast where it pays, else None: float32\n"
             "runtime.seed_everything(short.seed)  # the initial weights come from the seeded generator\n"
-            "model = models.build_model(short.model, in_channels=short.in_channels, image_size=short.image_size)\n"
+            "model = models.build_model(short.model, in_channels=short.in_channels, image_size=short.image_size,\n"
+            "                           num_classes=len(data.class_names))  # one output per class folder: chihuahua, muffin\n"
             "layout = runtime.memory_format_for(device, short.channels_last)  # channels-last, but NCHW on Apple MPS (runtime says why)\n"
             "model = model.to(device, memory_format=layout)  # the memory layout fast convolutions want\n"
             "normalize = engine.Normalizer(normalization, device, channels_last=layout == torch.channels_last)  # uint8 -> (x / 255 - mean) / std\n"
@@ -267,16 +268,15 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
             "and precision/recall per class. The test split is scored once, for every model together, in notebook 09."
         ),
         code(
-            "from muffin_lib.config import CLASSES\n\n"
             "validation = report.validation_summary(run.val_predictions)\n"
-            "figure = plots.confusion_matrix(validation[\"confusion\"], title=f\"{config.model}: validation confusion matrix\")\n"
+            "class_names = validation[\"class_names\"]  # the data's class folders: chihuahua, muffin\n"
+            "figure = plots.confusion_matrix(validation[\"confusion\"], class_names=class_names,\n"
+            "                                title=f\"{config.model}: validation confusion matrix\")\n"
             "notebook.show_figure(figure, params, \"confusion_matrix\")\n"
-            "(right_0, wrong_0), (wrong_1, right_1) = validation[\"confusion\"]  # rows: true class, columns: predicted\n"
             "validation_finding = (\n"
             "    f\"{config.model}: validation zero-one loss {notebook.format_ci(validation['zero_one_loss'], validation['ci_low'], validation['ci_high'])} \"\n"
             "    f\"({validation['errors']} errors in {validation['n']} validation images, 95% Wilson interval; no twin of a validation \"\n"
-            "    f\"image was trained on): {wrong_0} of {right_0 + wrong_0} {CLASSES[0]}s taken for {CLASSES[1]}s, {wrong_1} of \"\n"
-            "    f\"{right_1 + wrong_1} {CLASSES[1]}s taken for {CLASSES[0]}s.\"\n"
+            "    f\"image was trained on): {report.confusion_finding(validation['confusion'], class_names)}.\"\n"
             ")\n"
             "notebook.display_markdown(validation_finding)\n"
             "report.per_class_frame(validation[\"per_class\"])"
@@ -287,7 +287,8 @@ def cells(name: str, model: str, title: str, intro: str) -> list:
         ),
         code(
             "wrong = report.most_confident_errors(run.val_predictions, params.n_misclassified)\n"
-            "figure = plots.errors_grid(params.data_dir, wrong, title=f\"{config.model}: the most confident validation errors\")\n"
+            "figure = plots.errors_grid(params.data_dir, wrong, class_names=class_names,\n"
+            "                           title=f\"{config.model}: the most confident validation errors\")\n"
             "notebook.show_figure(figure, params, \"misclassified\")"
         ),
         md(

@@ -52,7 +52,7 @@ def make_messy_dataset(root: Path) -> Path:
     (muffin / "readme.txt").write_text("stray file")
     for i in range(3):
         _jpeg(chihuahua / f"dog_{i}.JPEG", colour=(220, 200, 160 + 20 * i))
-    _jpeg(root / "train" / "dog" / "a.jpg")  # unrecognised class folder
+    (root / "train" / "stray.txt").write_text("not a class folder")  # a file beside the class folders
     for label, name in enumerate(CLASSES):
         _jpeg(root / "test" / name / "t.jpg", colour=(label * 100, 50, 50))
     shutil.copy(muffin / "good.jpg", root / "test" / "muffin" / "leaked.jpg")  # cross-split duplicate
@@ -86,7 +86,8 @@ def test_scan_rejects_bad_files_by_name_and_accepts_odd_valid_ones(messy):
 
     warnings = "\n".join(result.warnings)
     assert "png_named.jpg: a PNG file with a .jpg name; accepted" in warnings
-    assert "train/dog: unrecognised folder" in warnings
+    assert "train/stray.txt: a file beside the class folders" in warnings
+    assert result.class_names == CLASSES  # upper-case folders name the same classes
     assert "readme.txt" in warnings and "extra/" in warnings
 
 

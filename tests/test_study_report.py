@@ -32,7 +32,7 @@ def test_twin_pairs_to_show_prefers_train_test_pairs():
 
 def test_validation_summary_and_most_confident_errors():
     predictions = {"relpaths": ["a", "b", "c", "d"], "labels": [0, 0, 1, 1], "predicted": [0, 1, 1, 0],
-                   "p_muffin": [0.1, 0.9, 0.8, 0.4]}
+                   "confidence": [0.9, 0.9, 0.8, 0.6]}
     summary = report.validation_summary(predictions)
     assert summary["errors"] == 2 and summary["n"] == 4 and summary["confusion"] == [[1, 1], [1, 1]]
     wrong = report.most_confident_errors(predictions, 1)

@@ -33,7 +33,8 @@ def test_train_model_saves_and_validates(trained):
     assert run.checkpoint_path == work_dir.resolve() / "checkpoints" / "simple_cnn.pt"
     assert run.checkpoint_path.is_file() and not run.resumed and len(run.history) == 1
     n_val = run.val_scores["n"]
-    assert n_val == len(run.val_predictions["relpaths"]) == len(run.val_predictions["p_muffin"]) > 0
+    assert n_val == len(run.val_predictions["relpaths"]) == len(run.val_predictions["probabilities"]) > 0
+    assert run.val_predictions["class_names"] == list(CLASSES) and run.class_names == CLASSES
     assert run.val_scores["errors"] == sum(
         p != t for p, t in zip(run.val_predictions["predicted"], run.val_predictions["labels"], strict=True)
     )

@@ -36,7 +36,7 @@ _POOL_THRESHOLD = 2 * _CHUNK
 @dataclass
 class ImageCache:
     images: torch.Tensor  # uint8, N x C x H x W, in records_for(split) order
-    labels: torch.Tensor  # int64, N; index into config.CLASSES
+    labels: torch.Tensor  # int64, N; index into class_names
     relpaths: list[str]
     data_dir: Path
     split: str
@@ -46,13 +46,14 @@ class ImageCache:
     fingerprint: str  # the same as ScanResult.fingerprint(split): what SplitPlans are checked against
     synthetic: bool
     path: Path | None = None  # the .pt file
+    class_names: tuple[str, ...] = CLASSES  # label i = class_names[i] (the sorted class folders of train/)
 
     def __len__(self) -> int:
         return len(self.relpaths)
 
     def class_counts(self) -> dict[str, int]:
-        counts = torch.bincount(self.labels, minlength=len(CLASSES)).tolist()
-        return dict(zip(CLASSES, counts, strict=True))
+        counts = torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
+        return dict(zip(self.class_names, counts, strict=True))
 
     def __repr__(self) -> str:
         kind = ", SYNTHETIC" if self.synthetic else ""
@@ -131,6 +132,7 @@ def build_cache(
     work_dir: str | os.PathLike,
     progress: bool = True,
     synthetic: bool = False,
+    class_names: tuple[str, ...] = CLASSES,
 ) -> ImageCache:
     """Decode ``records`` with ``imageio.preprocess_image`` into a cached uint8 tensor (or load the cache)."""
     _check_settings(split, image_size, color_mode)
@@ -147,9 +149,11 @@ def build_cache(
     labels = torch.tensor([r.label for r in records], dtype=torch.int64)
     relpaths = [r.relpath for r in records]
 
+    class_names = tuple(class_names)
+
     def result(images: torch.Tensor) -> ImageCache:
         return ImageCache(images, labels, relpaths, data_dir, split, image_size, color_mode, key, fingerprint,
-                          synthetic, path)
+                          synthetic, path, class_names)
 
     started = time.perf_counter()
     if path.is_file():
@@ -173,6 +177,9 @@ def build_cache(
         "color_mode": color_mode,
         "fingerprint": fingerprint,
         "synthetic": synthetic,
+        # metadata only: the key already names the class folders (every relpath holds one), so the default
+        # dataset's cache files and keys are unchanged
+        "class_names": list(class_names),
     }
     write_atomic(path, lambda temp: torch.save(payload, temp))
     for stale in cache_dir.glob(f"{prefix}*.pt"):
@@ -202,8 +209,9 @@ def load_images(
     records = scan.records_for(split)
     if not records:
         raise MuffinError(
-            f"{scan.data_dir} has no valid images in {split}/ (expected {split}/{CLASSES[0]}/ and "
-            f"{split}/{CLASSES[1]}/ with .jpg/.png files). Run `python -m muffin_lib audit {scan.data_dir}`."
+            f"{scan.data_dir} has no valid images in {split}/ (expected "
+            f"{' and '.join(f'{split}/{name}/' for name in scan.class_names)} with .jpg/.png files). "
+            f"Run `python -m muffin_lib audit {scan.data_dir}`."
         )
     return build_cache(
         records,
@@ -214,4 +222,5 @@ def load_images(
         work_dir=work_dir,
         progress=progress,
         synthetic=scan.synthetic,
+        class_names=scan.class_names,
     )

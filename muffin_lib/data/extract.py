@@ -39,14 +39,24 @@ def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
 
 
+def _class_names(split_dir: Path) -> set[str]:
+    return {e.name.lower() for e in split_dir.iterdir()
+            if e.is_dir() and not e.name.startswith(".") and e.name.lower() not in _JUNK_DIRS}
+
+
 def is_complete(data_dir: str | os.PathLike) -> bool:
-    """True when every split folder holds every class folder with at least one image (any letter case)."""
+    """True when train/ holds two or more class folders (muffin and chihuahua for the Kaggle data), test/ the
+    same ones, and every one of them at least one image (any letter case)."""
     data_dir = Path(data_dir)
+    train = _child_dir(data_dir, "train")
+    classes = _class_names(train) if train is not None else set()
+    if len(classes) < 2:
+        return False
     for split in SPLITS:
         split_dir = _child_dir(data_dir, split)
-        if split_dir is None:
+        if split_dir is None or _class_names(split_dir) != classes:
             return False
-        for name in CLASSES:
+        for name in classes:
             class_dir = _child_dir(split_dir, name)
             if class_dir is None or not _has_images(class_dir):
                 return False

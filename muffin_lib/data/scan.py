@@ -1,5 +1,10 @@
 """Find and validate every image in DATA_DIR/train|test/<class>/; the audit report and ``audit`` CLI.
 
+The classes are the sub-folders of ``train/`` (names lower-cased, sorted: label i = the i-th name, as
+torchvision's ImageFolder orders them; muffin-vs-chihuahua gives chihuahua=0, muffin=1); ``test/`` must
+hold the same class folders. Fewer than two classes, or class folders that differ between the splits,
+are a ``MuffinError``.
+
 Each file is hashed and fully decoded (JPEGs at 1/8 scale, which still reads every byte) in a process
 pool. Bad files are rejected by name with a reason instead of stopping the scan; folders and files
 that do not fit the layout are reported as warnings. With a ``work_dir`` the results are kept in a
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from muffin_lib import config
 from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS, SPLITS, SYNTHETIC_MARKER, WorkDir
+from muffin_lib.data.classes import find_classes
 from muffin_lib.data.imageio import inspect_image
 from muffin_lib.data.synthetic import is_synthetic
 from muffin_lib.data.twins import describe_group
@@ -41,7 +47,7 @@ class ImageRecord:
     path: Path  # absolute
     relpath: str  # POSIX, relative to data_dir, e.g. "train/muffin/img_0_1.jpg"
     split: str
-    label: int  # index into config.CLASSES
+    label: int  # index into the scan's class_names (config.CLASSES for muffin-vs-chihuahua)
     width: int  # as displayed (after EXIF rotation)
     height: int
     mode: str  # the file's own Pillow mode, e.g. "RGB", "L", "CMYK", "P"
@@ -51,7 +57,8 @@ class ImageRecord:
 
     @property
     def class_name(self) -> str:
-        return CLASSES[self.label]
+        """The class folder's name, lower-cased (e.g. "muffin")."""
+        return self.relpath.split("/")[1].lower()
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class ScanResult:
     rejected: list[Rejected] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     synthetic: bool = False
+    class_names: tuple[str, ...] = CLASSES  # label i = class_names[i]: the sorted class folders of train/
 
     def records_for(self, split: str) -> list[ImageRecord]:
         """The valid images of ``split``, sorted by relative path: the order every index refers to."""
@@ -116,13 +124,13 @@ def _missing_data_message(data_dir: Path) -> str:
     ]
     hint = f" It is one level down: use --data-dir {data_dir / nested[0]}." if nested else ""
     return (
-        f"{data_dir} has no train/ folder (expected train/ and test/, each with "
-        f"{'/ and '.join(CLASSES)}/ sub-folders of images).{hint} "
+        f"{data_dir} has no train/ folder (expected train/ and test/, each with one sub-folder of images per "
+        f"class, e.g. {'/ and '.join(CLASSES)}/).{hint} "
         f"Run `python -m muffin_lib fetch --data-dir {data_dir}` to get the data in this layout."
     )
 
 
-def _find_candidates(data_dir: Path) -> tuple[list[tuple[str, str, int, os.stat_result]], list[str]]:
+def _find_candidates(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[str, str, int, os.stat_result]], list[str]]:
     """(relpath, split, label, stat) of every image-named file in the layout, plus layout warnings."""
     candidates, warnings = [], []
     found_splits = set()
@@ -136,11 +144,10 @@ def _find_candidates(data_dir: Path) -> tuple[list[tuple[str, str, int, os.stat_
         found_splits.add(split)
         for class_entry in _sorted_entries(Path(top.path)):
             class_rel = f"{top.name}/{class_entry.name}"
-            if not (class_entry.is_dir() and class_entry.name.lower() in CLASSES):
-                kind = "folder" if class_entry.is_dir() else "file"
-                warnings.append(f"{class_rel}: unrecognised {kind} (expected {'/ or '.join(CLASSES)}/); ignored")
+            if not class_entry.is_dir():
+                warnings.append(f"{class_rel}: a file beside the class folders ({'/, '.join(classes)}/); ignored")
                 continue
-            label = CLASSES.index(class_entry.name.lower())
+            label = classes.index(class_entry.name.lower())
             ignored = []
             for entry in _sorted_entries(Path(class_entry.path)):
                 if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -205,7 +212,8 @@ def scan_dataset(
         e.is_dir() and e.name.lower() == "train" for e in data_dir.iterdir()
     ):
         raise MuffinError(_missing_data_message(data_dir))
-    candidates, warnings = _find_candidates(data_dir)
+    classes = find_classes(data_dir)
+    candidates, warnings = _find_candidates(data_dir, classes)
     index = _ScanIndex(work_dir, data_dir)
 
     results: dict[str, tuple[os.stat_result, dict]] = {}
@@ -249,12 +257,12 @@ def scan_dataset(
             sha256=info["sha256"],
         ))
     for split in SPLITS:
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(classes):
             has_folder = any(s == split and lab == label for _, s, lab, _ in candidates)
             if has_folder and not any(r.split == split and r.label == label for r in records):
                 warnings.append(f"{split}/{name}: no valid images")
     records.sort(key=lambda r: r.relpath)
-    return ScanResult(data_dir, records, rejected, warnings, is_synthetic(data_dir))
+    return ScanResult(data_dir, records, rejected, warnings, is_synthetic(data_dir), classes)
 
 
 def _stats(values: list[float]) -> dict:
@@ -288,7 +296,7 @@ def audit_dataset(
     splits = {}
     for split in SPLITS:
         split_records = [r for r in records if r.split == split]
-        per_class = {name: sum(r.label == label for r in split_records) for label, name in enumerate(CLASSES)}
+        per_class = {name: sum(r.label == label for r in split_records) for label, name in enumerate(scan.class_names)}
         splits[split] = {"total": len(split_records), "per_class": per_class, "fingerprint": scan.fingerprint(split)}
 
     groups = defaultdict(list)
@@ -314,6 +322,7 @@ def audit_dataset(
     return {
         "data_dir": str(scan.data_dir),
         "synthetic": scan.synthetic,
+        "class_names": list(scan.class_names),
         "n_images": len(records),
         "n_rejected": len(scan.rejected),
         "splits": splits,
@@ -345,10 +354,12 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
     kind = "SYNTHETIC demo data, not the Kaggle photos" if report["synthetic"] else "real data"
     lines = [f"Dataset {report['data_dir']}: {kind}",
              f"{report['n_images']} valid images, {report['n_rejected']} rejected", ""]
-    header = f"  {'split':<8}" + "".join(f"{name:>11}" for name in CLASSES) + f"{'total':>9}"
+    classes = report.get("class_names", CLASSES)
+    width = max(11, *(len(name) + 2 for name in classes))
+    header = f"  {'split':<8}" + "".join(f"{name:>{width}}" for name in classes) + f"{'total':>9}"
     lines.append(header)
     for split, info in report["splits"].items():
-        counts = "".join(f"{info['per_class'][name]:>11,}" for name in CLASSES)
+        counts = "".join(f"{info['per_class'][name]:>{width},}" for name in classes)
         lines.append(f"  {split:<8}{counts}{info['total']:>9,}")
     sizes = report["sizes"]
     if report["n_images"]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from muffin_lib.config import WorkDir
+from muffin_lib.config import CLASSES, WorkDir
 from muffin_lib.errors import MuffinError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class SplitPlan:
     val_idx: np.ndarray
     folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # K-fold CV over all n
     groups: np.ndarray | None = None  # group id per index; twins share one
+    # label i = class_names[i]; stored with the plan, not part of its key or identity (the fingerprint
+    # already covers the class folders, so the default dataset's plans and keys are unchanged)
+    class_names: tuple[str, ...] = CLASSES
 
     @property
     def key(self) -> str:
@@ -160,6 +163,7 @@ def _to_json(plan: SplitPlan) -> dict:
         "val_idx": plan.val_idx.tolist(),
         # a fold's training part is the complement of its test part
         "fold_test_idx": [test.tolist() for _, test in plan.folds],
+        "class_names": list(plan.class_names),
     }
 
 def _from_json(data: dict) -> SplitPlan:
@@ -180,6 +184,7 @@ def _from_json(data: dict) -> SplitPlan:
         val_idx=val_idx,
         folds=folds,
         groups=_groups_from_lists(data["twin_groups"], n),
+        class_names=tuple(data.get("class_names", CLASSES)),  # plans written before class names: the default
     )
 
 def _read(path) -> dict:
@@ -209,6 +214,7 @@ def load_or_create_splits(
     val_fraction: float = VAL_FRACTION,
     n_splits: int = N_SPLITS,
     seed: int = 0,
+    class_names=CLASSES,
 ) -> SplitPlan:
     """The saved plan for these parameters, or a new one saved to ``WorkDir(work_dir).splits_file``.
 
@@ -233,11 +239,13 @@ def load_or_create_splits(
                 f"work_dir for the changed data, or delete {path} (and the results made with it) to start over."
             )
         if plan.twin_groups() == _multi_member_groups(groups):
+            plan.class_names = tuple(class_names)
             return plan
         log.warning("the twin groups of the data differ from those of the saved split %s in %s; making it anew", key, path)
     plan = make_split_plan(
         labels, groups, val_fraction=val_fraction, n_splits=n_splits, seed=seed, fingerprint=fingerprint
     )
+    plan.class_names = tuple(class_names)
     stored["plans"][key] = _to_json(plan)
     write_text_atomic(path, json.dumps(stored))
     return plan
@@ -259,6 +267,7 @@ def plan_for_scan(scan, work_dir, *, val_fraction: float = VAL_FRACTION, n_split
         val_fraction=val_fraction,
         n_splits=n_splits,
         seed=seed,
+        class_names=scan.class_names,
     )
     return plan, twins
 

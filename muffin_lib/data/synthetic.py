@@ -4,6 +4,8 @@ Muffins are warm-brown domes with dark chocolate chips on a pleated paper cup; c
 heads with two triangular ears, two dark eyes and a nose. Backgrounds, scale, position, rotation,
 colours, blur, noise and greyscale vary, and both classes share dark dots and brown tones, so a small
 CNN learns the task well but not perfectly. Each image depends only on (seed, split, index).
+``make_synthetic_dataset(..., classes=("a", "b", "c"))`` makes an N-class set for tests: a class named
+muffin or chihuahua is drawn as above, any other as a polygon whose sides and colour follow its index.
 """
 
 from __future__ import annotations
@@ -99,14 +101,32 @@ def _draw_chihuahua(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: flo
     draw.ellipse((cx - nose_r, nose_y - nose_r * 0.8, cx + nose_r, nose_y + nose_r * 0.8), fill=(35, 25, 25))
 
 
-def make_image(label: int, rng: np.random.Generator, image_size: int) -> Image.Image:
-    """One synthetic photo of class ``CLASSES[label]``."""
+_SHAPE_COLOURS = [(40, 90, 200), (200, 40, 60), (40, 170, 70), (230, 200, 40), (140, 60, 180), (30, 190, 200)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float, index: int) -> None:
+    """Class ``index`` of an N-class synthetic set: a regular polygon of 3 + index % 5 sides in colour index."""
+    sides = 3 + index % 5
+    r, turn = s * rng.uniform(0.35, 0.5), rng.uniform(0, 2 * np.pi)
+    points = [(cx + r * np.cos(turn + 2 * np.pi * k / sides), cy + r * np.sin(turn + 2 * np.pi * k / sides))
+              for k in range(sides)]
+    draw.polygon(points, fill=_jitter(rng, _SHAPE_COLOURS[index % len(_SHAPE_COLOURS)], 25))
+
+
+def make_image(label: int, rng: np.random.Generator, image_size: int, classes=CLASSES) -> Image.Image:
+    """One synthetic photo of class ``classes[label]``."""
     size = image_size * _OVERSAMPLE
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     s = size * rng.uniform(0.5, 0.8)
     cx, cy = size * rng.uniform(0.3, 0.7, 2)
-    (_draw_muffin if CLASSES[label] == "muffin" else _draw_chihuahua)(draw, rng, cx, cy, s)
+    name = classes[label]
+    if name == "muffin":
+        _draw_muffin(draw, rng, cx, cy, s)
+    elif name == "chihuahua":
+        _draw_chihuahua(draw, rng, cx, cy, s)
+    else:
+        _draw_shape(draw, rng, cx, cy, s, label)
     image = image.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR, fillcolor=image.getpixel((0, 0)))
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
@@ -130,27 +150,36 @@ def twin_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
-def _twin_source(split: str, i: int, n_train: int) -> int | None:
+def _twin_source(split: str, i: int, n_train: int, n_classes: int = 2) -> int | None:
     """Which earlier training image (of the same class) image ``i`` of ``split`` copies, or None.
 
     About one test image in ten has a twin in train, and one training image in sixteen a twin in train.
+    (Image i is of class i % n_classes; two classes give the files the generator always made.)
     """
-    if split == "test" and i % 10 == 3 and n_train >= 2:
+    if split == "test" and i % 10 == 3 and n_train >= n_classes:
         source = (7 * i) % n_train
-        return source if source % 2 == i % 2 else (source + 1 if source + 1 < n_train else source - 1)
-    if split == "train" and i % 16 == 5:
-        return i - 2
+        if n_classes == 2:
+            return source if source % 2 == i % 2 else (source + 1 if source + 1 < n_train else source - 1)
+        source += (i - source) % n_classes  # the next training image of image i's class
+        return source if source < n_train else source - n_classes
+    if split == "train" and i % 16 == 5 and i >= n_classes:
+        return i - n_classes
     return None
 
 
 def make_synthetic_dataset(
-    data_dir: str | os.PathLike, *, n_train: int = 240, n_test: int = 60, image_size: int = 96, seed: int = 0
+    data_dir: str | os.PathLike, *, n_train: int = 240, n_test: int = 60, image_size: int = 96, seed: int = 0,
+    classes=CLASSES,
 ) -> Path:
     """Write a seeded synthetic dataset in the Kaggle layout (JPEGs) plus the marker file; returns data_dir.
 
     The classes alternate, so each split is balanced (chihuahua gets the odd one). The folder is built
     beside ``data_dir`` and renamed into place; an existing non-empty ``data_dir`` is an error.
+    ``classes`` (two or more names, sorted like the scan sorts the folders) makes an N-class set for tests.
     """
+    classes = tuple(sorted(name.lower() for name in classes))
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise MuffinError(f"classes must be two or more different names, got {classes!r}")
     data_dir = Path(data_dir)
     if data_dir.exists() and any(data_dir.iterdir()):
         raise MuffinError(
@@ -164,20 +193,20 @@ def make_synthetic_dataset(
         train_images: list[Image.Image] = []
         n_twins = {"train": 0, "test": 0}
         for split_index, split in enumerate(SPLITS):
-            for name in CLASSES:
+            for name in classes:
                 (staging / split / name).mkdir(parents=True)
             for i in range(counts[split]):
                 rng = np.random.default_rng([seed, split_index, i])
-                label = i % len(CLASSES)
-                source = _twin_source(split, i, n_train)
+                label = i % len(classes)
+                source = _twin_source(split, i, n_train, len(classes))
                 if source is not None:  # a near-duplicate of an earlier training image, as the Kaggle data hold
                     image = twin_variant(train_images[source], rng)
                     n_twins[split] += 1
                 else:
-                    image = make_image(label, rng, image_size)
+                    image = make_image(label, rng, image_size, classes)
                 if split == "train":
                     train_images.append(image)
-                image.save(staging / split / CLASSES[label] / f"synthetic_{i:05d}.jpg", quality=90)
+                image.save(staging / split / classes[label] / f"synthetic_{i:05d}.jpg", quality=90)
         marker = {
             "synthetic": True,
             "generator": f"muffin_lib.data.synthetic v{GENERATOR_VERSION}",
@@ -185,6 +214,7 @@ def make_synthetic_dataset(
             "counts": counts,
             "near_duplicates": n_twins,
             "image_size": image_size,
+            **({} if classes == CLASSES else {"classes": list(classes)}),
             "note": "Synthetic stand-in (drawn muffins and chihuahuas), NOT the Kaggle photos. Results on it "
             "say nothing about real images. Get the real data with `python -m muffin_lib fetch --source kaggle`.",
         }

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from muffin_lib.config import CLASSES
 from muffin_lib.data.splits import VAL_FRACTION, twin_free_test_images
 from muffin_lib.errors import MuffinError
 from muffin_lib.training.metrics import scores_by_part
@@ -42,6 +43,7 @@ class FinalTest:
     twin_free_paths: list[str] = field(repr=False, default_factory=list)
     n_looks: int = 0  # looks at this test split recorded so far, this one included (test_looks.json)
     looks: list[dict] = field(repr=False, default_factory=list)  # those looks, oldest first
+    class_names: tuple[str, ...] = CLASSES  # label i = class_names[i] (the test split's class folders)
 
     @property
     def table(self):
@@ -106,6 +108,12 @@ def evaluate_candidates(
         model, stored = engine.load_checkpoint(checkpoint, device=device)
         config_keys[name] = stored.get("config_key")
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
+        trained_on = tuple(stored.get("class_names", CLASSES))
+        if trained_on != tuple(test.class_names):
+            raise MuffinError(
+                f"{name}: checkpoint {checkpoint} was trained on the classes {', '.join(trained_on)} but the test split "
+                f"of {test.data_dir} holds {', '.join(test.class_names)}; evaluate models trained on this dataset"
+            )
         if relpaths is None:  # before any test prediction: refuse another candidate set unless forced
             test_looks.check_candidates(work_dir, looked, allow_new_look, data_fingerprint=test.fingerprint)
             fingerprint = test.fingerprint
@@ -138,7 +146,8 @@ def evaluate_candidates(
                                   config_keys=config_keys)
     return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()),
                      twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep],
-                     n_looks=look["n_looks"], looks=test_looks.looks(work_dir, fingerprint))
+                     n_looks=look["n_looks"], looks=test_looks.looks(work_dir, fingerprint),
+                     class_names=tuple(test.class_names))
 
 
 def with_ensemble(candidates: dict[str, object]) -> dict[str, object]:

@@ -125,6 +125,10 @@ def run_trial(
         fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed, groups)
         fit_images, fit_labels = take_rows(train_images, fit_idx), take_rows(train_labels, fit_idx)
         stop_images, stop_labels = take_rows(train_images, stop_idx), take_rows(train_labels, stop_idx)
+    # one output per class of the data: two for muffin vs chihuahua, more when a label says so (a fold's two
+    # parts together hold every class of the training split: the folds are stratified)
+    seen = [int(np.asarray(labels).max()) + 1 for labels in (train_labels, test_labels) if len(labels)]
+    num_classes = max([2, *seen])
     started = time.perf_counter()
     fitted = engine.fit(
         trial_config,
@@ -134,6 +138,7 @@ def run_trial(
         stop_labels,
         device=device,
         progress=progress,
+        num_classes=num_classes,
     )
     scores = engine.evaluate(fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device)
     seconds = time.perf_counter() - started

@@ -239,7 +239,7 @@ def require_data(data_dir: str | Path) -> bool:
 
     if not is_complete(data_dir):
         raise MuffinError(
-            f"no complete dataset in {data_dir} (it needs train|test/muffin|chihuahua/ with images). "
+            f"no complete dataset in {data_dir} (it needs train/ and test/ with the same class folders of images, e.g. muffin/ and chihuahua/). "
             "Run notebooks/00_setup.ipynb first (it downloads the Kaggle data or makes the synthetic set), "
             "or set the data_dir parameter to the dataset folder."
         )

@@ -125,17 +125,22 @@ def learning_curves(history, *, title: str | None = None) -> Figure:
     return fig
 
 
-def confusion_matrix(matrix, *, class_names: Sequence[str] = CLASSES, title: str | None = None) -> Figure:
-    """Counts with row percentages; rows are the true class, columns the predicted one."""
+def confusion_matrix(matrix, *, class_names: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Counts with row percentages; rows are the true class, columns the predicted one (any number of classes;
+    ``class_names`` defaults to muffin and chihuahua for a 2 x 2 matrix)."""
     counts = np.asarray(matrix, dtype=np.int64)
+    k = counts.shape[0]
+    if class_names is None:
+        class_names = CLASSES if k == len(CLASSES) else [f"class {i}" for i in range(k)]
     row_share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    grow = max(0, k - 2)
+    fig, ax = plt.subplots(figsize=(4.2 + 1.1 * grow, 3.6 + 1.0 * grow))
     ax.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, f"{count}\n{row_share[i, j]:.0%}", ha="center", va="center",
                 color="white" if row_share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(k), class_names, rotation=30 if k > 3 else 0)
+    ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
@@ -314,11 +319,11 @@ def what_models_see(records, n_per_class: int, image_size: int, color_mode: str,
 
     rng = random.Random(seed)
     picked = []
-    for label in range(len(CLASSES)):
+    for label in sorted({r.label for r in records}):
         of_class = [r for r in records if r.label == label]
         picked += rng.sample(of_class, min(n_per_class, len(of_class)))
     images = [preprocess_image(r.path, image_size, color_mode) for r in picked]
-    titles = [f"{CLASSES[r.label]} ({r.width}x{r.height})" for r in picked]
+    titles = [f"{r.class_name} ({r.width}x{r.height})" for r in picked]
     return image_grid(images, titles, ncols=n_per_class, title=f"{image_size} px, {color_mode}: what the models see")
 
 
@@ -331,7 +336,7 @@ def resizing_preview(cache, indices: Sequence[int], image_size: int) -> Figure:
     for i in indices:
         original = open_original(cache, i)
         images += [original, preprocess_image(original, image_size, "rgb"), preprocess_image(original, image_size, "grayscale")]
-        titles += [f"{CLASSES[int(cache.labels[i])]} {original.width}x{original.height}", f"{image_size} px rgb",
+        titles += [f"{cache.class_names[int(cache.labels[i])]} {original.width}x{original.height}", f"{image_size} px rgb",
                    f"{image_size} px grey"]
     return image_grid(images, titles, ncols=6, title="original, then what the models see")
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muffin_lib.config import COLOR_MODES, channels_for
+from muffin_lib.config import CLASSES, COLOR_MODES, channels_for
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import progress_bar
 from muffin_lib.training import augment, runtime
@@ -190,8 +190,12 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[dict], bool | None] | None = None,
     log: Callable[[str], None] | logging.Logger | None = None,
+    num_classes: int | None = None,
 ) -> FitResult:
     """Train ``config.model`` on uint8 ``train_images`` (N x C x S x S) and integer ``train_labels``.
+
+    ``num_classes`` (the model's outputs): ``len(cache.class_names)`` of the data; None means the default two
+    (muffin vs chihuahua).
 
     With validation images, each epoch is also scored on them (never augmented) and early stopping
     (``config.early_stopping_patience``) may stop training and restore the best weights.
@@ -201,13 +205,14 @@ def fit(
     say = _as_log(log)
     channels, size = config.in_channels, config.image_size
     train_images = check_images(train_images, "training images", channels=channels, image_size=size)
-    train_labels = check_labels(train_labels, train_images.shape[0], "training labels")
+    num_classes = len(CLASSES) if num_classes is None else int(num_classes)
+    train_labels = check_labels(train_labels, train_images.shape[0], "training labels", num_classes)
     has_val = val_images is not None
     if has_val:
         if val_labels is None:
             raise MuffinError("val_images were given without val_labels; pass both or neither")
         val_images = check_images(val_images, "validation images", channels=channels, image_size=size)
-        val_labels = check_labels(val_labels, val_images.shape[0], "validation labels")
+        val_labels = check_labels(val_labels, val_images.shape[0], "validation labels", num_classes)
     if config.early_stopping_patience is not None and not has_val:
         raise MuffinError("early_stopping_patience needs a validation set; pass val_images and val_labels")
 
@@ -221,7 +226,8 @@ def fit(
     amp_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     normalization = imagenet_normalization(channels) if config.pretrained else compute_normalization(train_images)
 
-    model = build_model(config.model, in_channels=channels, image_size=size, pretrained=config.pretrained)
+    model = build_model(config.model, in_channels=channels, image_size=size, num_classes=num_classes,
+                        pretrained=config.pretrained)
     # channels-last where it is fast (CPU, CUDA), contiguous NCHW on Apple MPS (runtime.CHANNELS_LAST_AVOIDED);
     # TrainStep's normaliser lays the batches out the same way.
     memory_format = runtime.memory_format_for(device, config.channels_last)
@@ -368,7 +374,7 @@ def evaluate(model: nn.Module, images, labels, normalization: dict, *, device="a
 
 
 def predict_proba(model: nn.Module, images, normalization: dict, *, device="auto", batch_size: int = 256) -> np.ndarray:
-    """Class probabilities, N x num_classes (columns in ``config.CLASSES`` order)."""
+    """Class probabilities, N x num_classes (columns in label order: the checkpoint's ``class_names``)."""
     logits, _ = _logits(model, images, normalization, device, batch_size)
     return torch.softmax(logits, dim=1).cpu().numpy()
 

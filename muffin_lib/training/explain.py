@@ -79,12 +79,12 @@ def overlay(image: torch.Tensor, heat: np.ndarray, alpha: float = 0.45) -> np.nd
     return (255 * ((1 - alpha) * picture + alpha * colour)).round().clip(0, 255).astype(np.uint8)
 
 
-def caption(probabilities: np.ndarray, true_label: int | None = None) -> str:
+def caption(probabilities: np.ndarray, true_label: int | None = None, class_names=CLASSES) -> str:
     """ "muffin 0.93" (and "true: chihuahua" when it is wrong)."""
     k = int(np.argmax(probabilities))
-    text = f"{CLASSES[k]} {probabilities[k]:.2f}"
+    text = f"{class_names[k]} {probabilities[k]:.2f}"
     if true_label is not None and true_label != k:
-        text += f" (true: {CLASSES[true_label]})"
+        text += f" (true: {class_names[true_label]})"
     return text
 
 
@@ -99,8 +99,8 @@ def validation_examples(run, data_dir, work_dir, n: int = 6) -> list[dict]:
     row_of = {path: i for i, path in enumerate(cache.relpaths)}
     shown = run.val_predictions
     labels, predicted = np.asarray(shown["labels"]), np.asarray(shown["predicted"])
-    p_muffin = np.asarray(shown["p_muffin"])
-    confidence = np.where(predicted == CLASSES.index("muffin"), p_muffin, 1 - p_muffin)
+    confidence = np.asarray(shown["confidence"])  # the probability of the predicted class
+    class_names = shown.get("class_names", CLASSES)
     picked = []
     for subset in (np.flatnonzero(predicted != labels), np.flatnonzero(predicted == labels)):
         picked += subset[np.argsort(-confidence[subset], kind="stable")][:n].tolist()
@@ -109,6 +109,7 @@ def validation_examples(run, data_dir, work_dir, n: int = 6) -> list[dict]:
     images = cache.images[[row_of[shown["relpaths"][i]] for i in picked]]
     heats, probabilities = gradcam(run.model, images, run.normalization)
     return [
-        {"image": image, "heat": heat, "caption": caption(p, int(labels[i])), "wrong": bool(predicted[i] != labels[i])}
+        {"image": image, "heat": heat, "caption": caption(p, int(labels[i]), class_names),
+         "wrong": bool(predicted[i] != labels[i])}
         for i, image, heat, p in zip(picked, images, heats, probabilities, strict=True)
     ]

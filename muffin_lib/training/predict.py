@@ -1,9 +1,9 @@
 """Classify image files or folders with a checkpoint: ``predict_paths`` and the ``predict`` CLI.
 
 Any size or mode works (the same ``imageio.preprocess_image`` as the cache). A file that cannot be
-read is reported on its own line and skipped. Files that sit in a class folder (``muffin/`` or
-``chihuahua/``, any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is
-reported. Predicting a dataset's ``test/`` folder (or a class folder in it) is a look at its test split:
+read is reported on its own line and skipped. The checkpoint names its classes (``class_names``, the class
+folders it was trained on; older checkpoints: muffin and chihuahua). Files that sit in a folder named after
+one of them (any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is reported. Predicting a dataset's ``test/`` folder (or a class folder in it) is a look at its test split:
 recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``) when a work_dir is given, else one line
 on stderr says it was not.
 """
@@ -46,10 +46,11 @@ def _expand(paths) -> list[tuple[Path, str | None]]:
     return found
 
 
-def label_from_path(path: Path) -> int | None:
-    """The class index when the file's folder is named after a class (any case), else None."""
+def label_from_path(path: Path, class_names=CLASSES) -> int | None:
+    """The class index when the file's folder is named after one of ``class_names`` (any case), else None."""
     folder = path.parent.name.lower()
-    return CLASSES.index(folder) if folder in CLASSES else None
+    names = [name.lower() for name in class_names]
+    return names.index(folder) if folder in names else None
 
 
 def predict_paths(
@@ -57,7 +58,8 @@ def predict_paths(
     explain_dir=None,
 ) -> dict:
     """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
-    path, label, probability, probabilities, true_label, correct, error), ``n``, ``n_failed``,
+    path, label, probability, probabilities (class name -> probability, for every class of the checkpoint),
+    true_label, correct, error), ``class_names``, ``n``, ``n_failed``,
     ``n_labelled`` and, when some files are labelled by their folder, ``zero_one_loss`` with a 95 %
     Wilson interval (``ci_low``, ``ci_high``). When they are the test images of a dataset
     (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
@@ -82,7 +84,7 @@ def predict_paths(
         chunk = files[start : start + batch_size]
         entries, tensors = [], []
         for path, problem in chunk:
-            true = label_from_path(path)
+            true = label_from_path(path, class_names)
             entry = {"path": str(path), "label": None, "probability": None, "probabilities": None,
                      "true_label": class_names[true] if true is not None else None, "correct": None, "error": problem}
             if problem is None:
@@ -112,6 +114,7 @@ def predict_paths(
         "checkpoint": str(checkpoint),
         "model": stored["model_name"],
         "temperature": temperature,
+        "class_names": class_names,
         "predictions": predictions,
         "n": len(predictions),
         "n_failed": sum(e["error"] is not None for e in predictions),
@@ -122,29 +125,30 @@ def predict_paths(
         low, high = metrics.binomial_interval(errors, len(labelled))
         result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
         result["twin_free"] = _twin_free_scores(labelled, work_dir)
-    result["test_look"] = _record_test_look(checkpoint, stored, paths, work_dir)
+    result["test_look"] = _record_test_look(checkpoint, stored, paths, work_dir, class_names)
     return result
 
 
-def _test_folder_dataset(paths) -> Path | None:
+def _test_folder_dataset(paths, class_names=CLASSES) -> Path | None:
     """``DATA`` when one of ``paths`` is the folder ``DATA/test`` or ``DATA/test/<class>`` of a dataset with train/."""
+    names = {name.lower() for name in class_names}
     for raw in paths:
         path = Path(raw).expanduser().resolve()
         if not path.is_dir():
             continue
-        test = path if path.name.lower() == "test" else path.parent if path.name.lower() in CLASSES else None
+        test = path if path.name.lower() == "test" else path.parent if path.name.lower() in names else None
         if test is not None and test.name.lower() == "test" and (test.parent / "train").is_dir():
             return test.parent
     return None
 
 
-def _record_test_look(checkpoint, stored: dict, paths, work_dir) -> dict | None:
+def _record_test_look(checkpoint, stored: dict, paths, work_dir, class_names=CLASSES) -> dict | None:
     """Record predicting a dataset's test folder as a look at its test split (never refused); None otherwise."""
     import sys
 
     from muffin_lib.data.scan import scan_dataset
 
-    root = _test_folder_dataset(paths)
+    root = _test_folder_dataset(paths, class_names)
     if root is None:
         return None
     if work_dir is None:
@@ -217,18 +221,25 @@ def predict_command(args: argparse.Namespace) -> int:
         explain_dir=args.explain,
     )
     if args.json:
-        keep = ("predictions", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
+        keep = ("predictions", "class_names", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
                 "n_labelled", "model", "temperature", "test_look")
         print(json.dumps({k: result[k] for k in keep if k in result}))
         return 0
+    names = result["class_names"]
+    width = max(10, *(len(name) for name in names))
+    if len(names) > 2:  # two classes: the other one's probability is 1 minus the shown one
+        print(f"classes: {', '.join(names)} (probabilities per class in that order after each path)")
     for entry in result["predictions"]:
         if entry["error"] is not None:
-            print(f"{'unreadable':10s} {'':6s} {entry['path']}: {entry['error']}")
+            print(f"{'unreadable':{width}s} {'':6s} {entry['path']}: {entry['error']}")
             continue
         mark = ""
         if entry["true_label"] is not None:
             mark = "  ok" if entry["correct"] else f"  WRONG (is {entry['true_label']})"
-        print(f"{entry['label']:10s} {entry['probability']:6.3f} {entry['path']}{mark}")
+        others = ""
+        if len(names) > 2:
+            others = "  [" + " ".join(f"{entry['probabilities'][name]:.3f}" for name in names) + "]"
+        print(f"{entry['label']:{width}s} {entry['probability']:6.3f} {entry['path']}{others}{mark}")
     summary = f"{result['n'] - result['n_failed']} of {result['n']} files classified"
     if result["n_failed"]:
         summary += f", {result['n_failed']} unreadable"
@@ -248,7 +259,7 @@ def predict_command(args: argparse.Namespace) -> int:
                 f"({free['errors']}/{free['n']}; 95% CI {free['ci_low']:.3f}-{free['ci_high']:.3f})"
             )
     else:
-        print("zero-one loss: unknown (no file sits in a muffin/ or chihuahua/ folder)")
+        print(f"zero-one loss: unknown (no file sits in a folder named after a class: {'/, '.join(names)}/)")
     look = result.get("test_look")
     if look:
         print(f"test split look {'recorded' if look['new'] else 'already recorded'} in {look['record']} "

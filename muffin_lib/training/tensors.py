@@ -54,7 +54,7 @@ def check_labels(labels, n: int, what: str, num_classes: int = len(CLASSES)) -> 
     labels = labels.to(torch.int64)
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise MuffinError(
-            f"{what} must lie in 0..{num_classes - 1} ({', '.join(CLASSES)}), found "
+            f"{what} must lie in 0..{num_classes - 1} ({', '.join(CLASSES) if num_classes == len(CLASSES) else f'{num_classes} classes'}), found "
             f"{int(labels.min())}..{int(labels.max())}"
         )
     return labels

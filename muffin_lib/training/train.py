@@ -23,6 +23,7 @@ from torch import nn
 from muffin_lib.config import CLASSES, COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
 from muffin_lib.data import imageio
 from muffin_lib.data.splits import VAL_FRACTION
+from muffin_lib.errors import MuffinError
 from muffin_lib.training import augment, calibration, engine, metrics, runtime
 from muffin_lib.training.models import MODEL_NAMES
 
@@ -51,11 +52,14 @@ class TrainRun:
     device: str
     resumed: bool  # True when the checkpoint was reused instead of training
     val_scores: dict = field(default_factory=dict)  # loss, accuracy, zero_one_loss, errors, n
-    val_predictions: dict = field(default_factory=dict)  # relpaths, labels, predicted, p_muffin
+    # relpaths, labels, predicted, confidence (probability of the predicted class), probabilities (one row per
+    # image, one column per class), class_names
+    val_predictions: dict = field(default_factory=dict)
     temperature: float = 1.0  # fitted on the validation predictions (calibration.fit_temperature)
+    class_names: tuple[str, ...] = CLASSES  # label i = class_names[i]: the data's class folders
 
 
-def _predictions(model, images, labels, relpaths, normalization, device) -> tuple[dict, dict, np.ndarray]:
+def _predictions(model, images, labels, relpaths, normalization, device, class_names=CLASSES) -> tuple[dict, dict, np.ndarray]:
     proba = engine.predict_proba(model, images, normalization, device=device)
     predicted = proba.argmax(axis=1)
     labels = np.asarray(labels)
@@ -72,7 +76,9 @@ def _predictions(model, images, labels, relpaths, normalization, device) -> tupl
         "relpaths": list(relpaths),
         "labels": labels.tolist(),
         "predicted": predicted.tolist(),
-        "p_muffin": proba[:, CLASSES.index("muffin")].tolist(),
+        "confidence": proba[np.arange(len(labels)), predicted].tolist(),
+        "probabilities": proba.tolist(),
+        "class_names": list(class_names),
     }
     return scores, predictions, proba
 
@@ -153,13 +159,16 @@ def train_model(
             device=device,
             progress=progress,
             log=log_to,
+            num_classes=len(cache.class_names),
         )
         model, history, normalization, used_device = result.model, result.history, result.normalization, result.device
-    scores, predictions, proba = _predictions(model, val_images, val_labels, val_relpaths, normalization, used_device)
+    class_names = tuple(checkpoint.get("class_names", CLASSES)) if checkpoint is not None else cache.class_names
+    scores, predictions, proba = _predictions(model, val_images, val_labels, val_relpaths, normalization, used_device,
+                                              class_names)
     if checkpoint is None:
         # Calibrated on the validation predictions only; the temperature never changes a predicted class.
         extra["temperature"] = calibration.fit_temperature(proba, val_labels.numpy())
-        engine.save_checkpoint(path, result, class_names=CLASSES, extra=extra)
+        engine.save_checkpoint(path, result, class_names=cache.class_names, extra=extra)
     temperature = float((checkpoint or {"extra": extra}).get("extra", {}).get("temperature", 1.0))
     return TrainRun(
         model=model,
@@ -172,6 +181,7 @@ def train_model(
         val_scores=scores,
         val_predictions=predictions,
         temperature=temperature,
+        class_names=tuple(class_names),
     )
 
 
@@ -193,8 +203,14 @@ def evaluate_on_split(
 
     model, stored = engine.load_checkpoint(checkpoint, device=device)
     cache = load_images(data_dir, work_dir, split, stored["image_size"], stored["color_mode"], progress=progress)
+    class_names = list(stored.get("class_names", CLASSES))  # checkpoints made before class names: the default two
+    if list(cache.class_names) != class_names:
+        raise MuffinError(
+            f"checkpoint {checkpoint} was trained on the classes {', '.join(class_names)} but {cache.data_dir} holds "
+            f"{', '.join(cache.class_names)}; score it on a dataset with its classes, or train a model on this one"
+        )
     scores, predictions, _ = _predictions(
-        model, cache.images, cache.labels, cache.relpaths, stored["normalization"], device
+        model, cache.images, cache.labels, cache.relpaths, stored["normalization"], device, class_names
     )
     low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)
     y_true, y_pred = predictions["labels"], predictions["predicted"]
@@ -220,11 +236,13 @@ def evaluate_on_split(
         "confidence": confidence,
         "twin_free": by_part["twin_free"] if by_part else None,  # test images with no twin in train
         "n_test_looks": n_looks,  # looks at this test split recorded in work_dir (None for other splits)
-        "confusion": metrics.confusion(y_true, y_pred, len(CLASSES)).tolist(),
-        "per_class": metrics.per_class_report(y_true, y_pred, CLASSES),
+        "class_names": class_names,
+        "confusion": metrics.confusion(y_true, y_pred, len(class_names)).tolist(),
+        "per_class": metrics.per_class_report(y_true, y_pred, class_names),
         "predictions": [
-            {"relpath": r, "label": CLASSES[t], "predicted": CLASSES[p], "p_muffin": q, "correct": t == p}
-            for r, t, p, q in zip(predictions["relpaths"], y_true, y_pred, predictions["p_muffin"], strict=True)
+            {"relpath": r, "label": class_names[t], "predicted": class_names[p],
+             "probabilities": dict(zip(class_names, q, strict=True)), "correct": t == p}
+            for r, t, p, q in zip(predictions["relpaths"], y_true, y_pred, predictions["probabilities"], strict=True)
         ],
     }
 

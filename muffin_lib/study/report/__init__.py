@@ -24,6 +24,8 @@ from muffin_lib.study.report.data import (  # noqa: F401
     twins_finding,
 )
 from muffin_lib.study.report.models import (  # noqa: F401
+    confusion_finding,
+    confusion_table,
     curve_finding,
     initialisation_note,
     initialisation_text,

@@ -67,7 +67,7 @@ def size_frame(records):
     """One row per image: split, class, width, height, mode, aspect ratio and shorter side."""
     import pandas as pd
 
-    sizes = pd.DataFrame([{"split": r.split, "class": CLASSES[r.label], "width": r.width, "height": r.height,
+    sizes = pd.DataFrame([{"split": r.split, "class": r.class_name, "width": r.width, "height": r.height,
                            "mode": r.mode} for r in records])
     sizes["aspect"] = sizes["width"] / sizes["height"]
     sizes["shorter side"] = sizes[["width", "height"]].min(axis=1)
@@ -81,7 +81,7 @@ def color_statistics(cache, device) -> object:
 
     channels = ["grey"] if cache.color_mode == "grayscale" else ["red", "green", "blue"]
     rows = {}
-    for label, name in enumerate(CLASSES):
+    for label, name in enumerate(cache.class_names):
         pixels = cache.images[cache.labels == label].to(device, torch.float32)
         rows[name] = {
             **{f"mean {c}": float(pixels[:, i].mean()) for i, c in enumerate(channels)},
@@ -92,8 +92,17 @@ def color_statistics(cache, device) -> object:
 
 
 def color_finding(color_stats) -> str:
-    difference = color_stats.loc["muffin"] - color_stats.loc["chihuahua"]
     means = [c for c in color_stats.columns if c.startswith("mean ")]
+    if sorted(color_stats.index) != sorted(CLASSES):  # another dataset: brightest and darkest class
+        bright = color_stats["brightness"]
+        spread = color_stats[means].max() - color_stats[means].min()
+        widest = spread.idxmax()
+        return (
+            f"{bright.idxmax()} images are the brightest on average ({bright.max():.1f} grey levels), {bright.idxmin()} "
+            f"the darkest ({bright.min():.1f}); the channel mean that differs most between classes is "
+            f"{widest.removeprefix('mean ')} (a spread of {spread[widest]:.1f})."
+        )
+    difference = color_stats.loc["muffin"] - color_stats.loc["chihuahua"]
     biggest = difference[means].abs().idxmax()
     return (
         f"Muffin images are on average {abs(difference['brightness']):.1f} grey levels "
@@ -173,7 +182,7 @@ def split_table(labels, holdout, plan):
     parts = {"fit (train minus validation)": holdout.train_idx, "validation": holdout.val_idx}
     parts.update({f"fold {k + 1} held out": held_out for k, (_, held_out) in enumerate(plan.folds)})
     return pd.DataFrame([
-        {"part": name, "images": len(idx), **{f"{c} share": float(np.mean(labels[idx] == i)) for i, c in enumerate(CLASSES)}}
+        {"part": name, "images": len(idx), **{f"{c} share": float(np.mean(labels[idx] == i)) for i, c in enumerate(getattr(plan, "class_names", CLASSES))}}
         for name, idx in parts.items()
     ]).round(3)
 

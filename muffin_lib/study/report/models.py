@@ -19,22 +19,45 @@ def validation_summary(val_predictions: dict, confidence: float = 0.95) -> dict:
 
     labels = np.asarray(val_predictions["labels"])
     predicted = np.asarray(val_predictions["predicted"])
+    class_names = list(val_predictions.get("class_names", CLASSES))
     summary = scores(labels == predicted, confidence)
-    summary["confusion"] = metrics.confusion(labels, predicted, len(CLASSES)).tolist()
-    summary["per_class"] = metrics.per_class_report(labels, predicted, CLASSES)
+    summary["class_names"] = class_names
+    summary["confusion"] = metrics.confusion(labels, predicted, len(class_names)).tolist()
+    summary["per_class"] = metrics.per_class_report(labels, predicted, class_names)
     return summary
 
 
 def most_confident_errors(val_predictions: dict, k: int) -> list[dict]:
     """The ``k`` wrong predictions with the highest probability for the predicted class."""
-    muffin = CLASSES.index("muffin")
     rows = []
-    for path, label, guess, p_muffin in zip(val_predictions["relpaths"], val_predictions["labels"],
-                                            val_predictions["predicted"], val_predictions["p_muffin"], strict=True):
+    for path, label, guess, sure in zip(val_predictions["relpaths"], val_predictions["labels"],
+                                        val_predictions["predicted"], val_predictions["confidence"], strict=True):
         if label != guess:
-            rows.append({"relpath": path, "label": label, "predicted": guess,
-                         "confidence": p_muffin if guess == muffin else 1.0 - p_muffin})
+            rows.append({"relpath": path, "label": label, "predicted": guess, "confidence": sure})
     return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]
+
+
+def confusion_table(confusion, class_names: Sequence[str] = CLASSES):
+    """The confusion matrix as a DataFrame: rows "true <class>", columns "predicted <class>"."""
+    import pandas as pd
+
+    return pd.DataFrame(confusion, index=[f"true {c}" for c in class_names],
+                        columns=[f"predicted {c}" for c in class_names])
+
+
+def confusion_finding(confusion, class_names: Sequence[str] = CLASSES) -> str:
+    """The errors class by class, e.g. "3 of 40 chihuahuas taken for muffins, 5 of 41 muffins taken for
+    chihuahuas" (with more than two classes: "5 of 41 muffins taken for others (4 for chihuahuas, 1 for cakes)")."""
+    parts = []
+    for t, row in enumerate(confusion):
+        wrong = sorted(((n, class_names[p]) for p, n in enumerate(row) if p != t and n), key=lambda item: -item[0])
+        n_wrong = sum(n for n, _ in wrong)
+        if len(class_names) == 2:
+            parts.append(f"{n_wrong} of {sum(row)} {class_names[t]}s taken for {class_names[1 - t]}s")
+        else:
+            detail = f" ({', '.join(f'{n} for {name}s' for n, name in wrong)})" if wrong else ""
+            parts.append(f"{n_wrong} of {sum(row)} {class_names[t]}s taken for others{detail}")
+    return ", ".join(parts)
 
 
 def curve_finding(model: str, history: Sequence[dict]) -> str:
@@ -52,12 +75,15 @@ def curve_finding(model: str, history: Sequence[dict]) -> str:
 
 def validation_finding(model: str, summary: dict) -> str:
     confusion = summary["confusion"]
-    worst = max(range(len(CLASSES)), key=lambda c: confusion[c][1 - c] / max(1, sum(confusion[c])))
+    names = summary.get("class_names", CLASSES)
+    # the class whose images are most often wrong, and the class they are most often taken for
+    worst = max(range(len(names)), key=lambda c: (sum(confusion[c]) - confusion[c][c]) / max(1, sum(confusion[c])))
+    taken = max((p for p in range(len(names)) if p != worst), key=lambda p: confusion[worst][p])
     return (
         f"{model}: validation zero-one loss "
         f"{format_ci(summary['zero_one_loss'], summary['ci_low'], summary['ci_high'])} ({summary['errors']} errors "
         f"in {summary['n']} validation images, 95% Wilson interval; no twin of a validation image was trained on). "
-        f"Most errors are {CLASSES[worst]}s taken for {CLASSES[1 - worst]}s ({confusion[worst][1 - worst]} of "
+        f"Most errors are {names[worst]}s taken for {names[taken]}s ({confusion[worst][taken]} of "
         f"{sum(confusion[worst])}). The test split is scored once, for every model together, in notebook 09."
     )
 
