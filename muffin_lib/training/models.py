@@ -36,7 +36,7 @@ def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> in
 
 
 class SimpleCNN(nn.Module):
-    """Three conv(3x3)-ReLU-maxpool stages (16, 32, 64 channels), fc 512, fc 2."""
+    """Three conv(3x3)-ReLU-maxpool stages (16, 32, 64 channels), fc 512, fc num_classes (2: chihuahua, muffin)."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, num_classes: int = 2):
         super().__init__()
@@ -58,7 +58,7 @@ class SimpleCNN(nn.Module):
 
 
 class DeeperCNN(nn.Module):
-    """Four conv stages (32, 64, 128, 256) with BatchNorm after the middle two, fc 1024 + dropout, fc 2.
+    """Four conv stages (32, 64, 128, 256) with BatchNorm after the middle two, fc 1024 + dropout, fc num_classes.
 
     The layer order is the reference's (conv -> ReLU -> BN -> pool in the middle stages). The reference
     had no ReLU after conv 32 and conv 256, so those convs were linear maps straight into a max-pool;
@@ -97,7 +97,7 @@ class DeeperCNN(nn.Module):
 
 class ResNetLike(nn.Module):
     """ResNet stem (7x7/2 conv 64, BN, ReLU, 3x3/2 max-pool), blocks 64->64 and 64->128 (stride 2),
-    global average pool, dropout 0.3, fc 2.
+    global average pool, dropout 0.3, fc num_classes.
 
     The reference kept its residual blocks in a plain tuple, so PyTorch never registered their
     parameters: the optimizer skipped them and they stayed at their random initialisation. Here
