@@ -279,6 +279,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--pretrained", type=parse_bool, default=False, metavar="true|false")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, metavar="DECAY",
+                        help="validate and keep a moving average of the weights (e.g. 0.99); default: none")
+    parser.add_argument("--mix", choices=engine.MIX_MODES, default=defaults.mix,
+                        help="MixUp, CutMix or a random choice of the two per batch")
+    parser.add_argument("--mix-alpha", type=float, default=defaults.mix_alpha, metavar="ALPHA",
+                        help="the Beta(alpha, alpha) of the mixing share")
     parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--out", type=Path, default=None, metavar="CKPT",
@@ -301,8 +307,9 @@ def format_history(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def train_command(args: argparse.Namespace) -> int:
-    config = engine.TrainConfig(
+def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
+    """The ``TrainConfig`` of parsed ``train`` arguments."""
+    return engine.TrainConfig(
         model=args.model,
         image_size=args.image_size,
         color_mode=args.color_mode,
@@ -319,7 +326,14 @@ def train_command(args: argparse.Namespace) -> int:
         compile=args.compile,
         seed=args.seed,
         pretrained=args.pretrained,
+        ema_decay=args.ema_decay,
+        mix=args.mix,
+        mix_alpha=args.mix_alpha,
     )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     run = train_model(
         args.data_dir,
         args.work_dir,
