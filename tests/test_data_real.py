@@ -12,6 +12,7 @@ from muffin_lib.data.scan import audit_dataset
 pytestmark = pytest.mark.realdata
 
 
+@pytest.mark.slow  # audits every dev image: 7 s
 def test_audit_of_the_dev_set(shared_data, tmp_path):
     report = audit_dataset(shared_data / "muffin-chihuahua-dev", tmp_path / "work", progress=False)
     assert report["n_images"] == 4733 and report["n_rejected"] == 0 and not report["synthetic"]

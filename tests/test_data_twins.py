@@ -212,6 +212,7 @@ def test_plan_for_scan_gives_groups_in_cache_order(twin_data, tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # hashes every dev image: 7 s
 def test_dev_data_twins_match_a_careful_check(shared_data, tmp_path):
     report = audit_dataset(shared_data / "muffin-chihuahua-dev", tmp_path, progress=False)
     near = report["near_duplicates"]

@@ -168,6 +168,7 @@ def test_foreign_table_is_a_clear_error(tmp_path):
         TrialStore(tmp_path)
 
 
+@pytest.mark.slow  # kills writer processes: 7 s
 def test_kill_during_writes_leaves_only_whole_rows(tmp_path):
     path = tmp_path / "trials.sqlite"
     writer = textwrap.dedent(

@@ -176,6 +176,7 @@ def test_synthetic_data_is_said_loudly(series: Path, tmp_path: Path, capsys):
     assert "**⚠️ SYNTHETIC DATA**" in (work_dir / "summary.md").read_text()
 
 
+@pytest.mark.slow  # runs notebook 00 on the dev data twice: 20 s
 @pytest.mark.parametrize(("cuda", "expected"), [(False, "quick"), (True, "full")])
 def test_auto_profile_is_chosen_by_hardware_on_real_data_and_smoke_on_the_synthetic_fallback(
     series: Path, tmp_path: Path, synthetic_data_dir: Path, monkeypatch, cuda: bool, expected: str
