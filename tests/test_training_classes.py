@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -86,12 +87,15 @@ def test_an_old_checkpoint_without_names_predicts_muffin_and_chihuahua(three, tm
 
 
 def _linked_subset(source: Path, target: Path, rename: dict[str, str], per_class: dict[str, int]) -> Path:
-    """Hard links (copies across devices) of the first ``per_class[split]`` files of every class folder."""
-    for split, n in per_class.items():
-        for folder in sorted((source / split).iterdir()):
+    """Hard links (copies across devices) of dev-train photos into ``target``'s splits: per class folder, the
+    first ``per_class["train"]`` files go to train/, the next ``per_class["test"]`` to test/. Only the dev
+    data's train split is read: its test split is scored by notebook 09 alone."""
+    for folder in sorted((source / "train").iterdir()):
+        files = iter(sorted(folder.iterdir()))
+        for split, n in per_class.items():
             out = target / split / rename.get(folder.name, folder.name)
             out.mkdir(parents=True)
-            for file in sorted(folder.iterdir())[:n]:
+            for file in itertools.islice(files, n):
                 try:
                     os.link(file, out / file.name)
                 except OSError:
