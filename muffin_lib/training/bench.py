@@ -129,7 +129,7 @@ def _muffin_pipeline(images, labels, config, device, seconds):
     model.train()
     timing = _time_steps(step, device, seconds)
     timing["amp"] = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[train_step.amp_dtype]
-    timing["memory_format"] = "channels_last" if runtime.channels_last_for(device, config.channels_last) else "contiguous"
+    timing["memory_format"] = runtime.memory_format_name(device, config.channels_last)
     return timing
 
 

@@ -143,7 +143,7 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
         "torch_threads": torch.get_num_threads(),
         "ram_gb": round(ram / 2**30, 1) if ram else None,
         "cpu_allocator": allocator_state(),
-        "memory_format": "channels_last" if channels_last_for(resolved) else "contiguous",  # TrainConfig's default
+        "memory_format": memory_format_name(resolved),  # with TrainConfig's default (channels-last asked for)
     }
     if resolved.type == "cuda":
         props = torch.cuda.get_device_properties(resolved)
@@ -292,6 +292,11 @@ def channels_last_for(device: str | torch.device, requested: bool = True) -> boo
 def memory_format_for(device: str | torch.device, requested: bool = True) -> torch.memory_format:
     """``torch.channels_last`` or ``torch.contiguous_format``, as ``channels_last_for`` decides."""
     return torch.channels_last if channels_last_for(device, requested) else torch.contiguous_format
+
+
+def memory_format_name(device: str | torch.device, requested: bool = True) -> str:
+    """``memory_format_for``'s choice as reports name it: "channels_last" or "contiguous"."""
+    return "channels_last" if channels_last_for(device, requested) else "contiguous"
 
 
 def device_notes(device: str | torch.device, amp: str, channels_last: bool) -> list[str]:
