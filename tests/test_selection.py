@@ -281,6 +281,35 @@ def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(
     assert again.losses == grid.results[1].losses
 
 
+def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(cache, folds, tmp_path, monkeypatch):
+    # Notebook 07's written-out fold loop: engine.fit + engine.evaluate per task, stored with store_fold.
+    # cross_validate must then reuse them (no training), and their losses must be what cross_validate
+    # itself would have trained.
+    from muffin_lib.selection import cv_tasks, store_fold
+
+    by_library = cross_validate(TINY, cache, folds, options=CPU)
+    store = TrialStore(tmp_path / "trials.sqlite")
+    for task in cv_tasks(TINY, cache, folds, scope="cv", device="cpu"):
+        fitted = engine.fit(task.config.replace(seed=task.seed), cache.images[task.train_idx], cache.labels[task.train_idx],
+                            device="cpu", progress=False, num_classes=len(cache.class_names))
+        held_out = engine.evaluate(fitted.model, cache.images[task.test_idx], cache.labels[task.test_idx],
+                                   fitted.normalization, device=fitted.device)
+        store_fold(store, task, fitted, held_out, seconds=1.0)
+    counter = FitCounter()
+    monkeypatch.setattr(engine, "fit", counter)
+    reused = cross_validate(TINY, cache, folds, options=CPU.replace(store=store))
+    assert counter.calls == []
+    assert [t["status"] for t in reused.trials] == ["stored"] * len(folds)
+    assert reused.losses == by_library.losses
+    assert reused.summary == by_library.summary
+    # a model trained with another seed than its fold's is refused, not stored under the fold's key
+    monkeypatch.undo()
+    task = cv_tasks(TINY, cache, folds, scope="cv", device="cpu")[0]
+    fitted = engine.fit(TINY, cache.images[task.train_idx], cache.labels[task.train_idx], device="cpu", progress=False)
+    with pytest.raises(MuffinError, match="seed"):
+        store_fold(TrialStore(tmp_path / "other.sqlite"), task, fitted, {"n": 1, "zero_one_loss": 0.0, "loss": 0.0}, seconds=1.0)
+
+
 def test_trial_key_changes_with_config_data_and_folds(cache, folds):
     plan = fold_plan_key(folds)
     run = {"execution": "cpu/fp32"}

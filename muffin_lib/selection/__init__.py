@@ -17,7 +17,7 @@ trials run (store, device, backend, progress, ...) is one :class:`RunOptions`, p
 :func:`cross_validate`, :func:`grid_search` and :func:`nested_cv`.
 """
 
-from muffin_lib.selection.cv import CVResult, compare_all, compare_configs, cross_validate
+from muffin_lib.selection.cv import CVResult, compare_all, compare_configs, cross_validate, cv_tasks
 from muffin_lib.selection.options import BACKENDS, RunOptions
 from muffin_lib.selection.refit import refit_and_test
 from muffin_lib.selection.search import (
@@ -36,6 +36,7 @@ from muffin_lib.selection.trial import (
     fold_seed,
     run_task,
     run_trial,
+    store_fold,
 )
 from muffin_lib.selection.trial_store import TrialStore
 
@@ -52,6 +53,7 @@ __all__ = [
     "compare_all",
     "compare_configs",
     "cross_validate",
+    "cv_tasks",
     "describe_trial",
     "expand_grid",
     "fold_seed",
@@ -60,5 +62,6 @@ __all__ = [
     "refit_and_test",
     "run_task",
     "run_trial",
+    "store_fold",
     "stratified_folds",
 ]

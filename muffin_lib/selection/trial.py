@@ -141,8 +141,15 @@ def run_trial(
         num_classes=num_classes,
     )
     scores = engine.evaluate(fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device)
-    seconds = time.perf_counter() - started
-    n_test = int(scores.get("n", len(test_labels)))
+    return trial_outcome(fitted, scores, seed=seed, n_fit=len(fit_labels), seconds=time.perf_counter() - started)
+
+
+def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float) -> dict:
+    """:func:`run_trial`'s result from a fitted model (``engine.fit``) and its scores on the held-out part
+    (``engine.evaluate``): the one home of what a trial stores, whoever trained it."""
+    from muffin_lib.training import engine
+
+    n_test = int(scores["n"])
     # Exact errors / n: the engine's float32 accuracy would store 0.40909093... for 9/22.
     errors = int(round(float(scores["zero_one_loss"]) * n_test))
     metrics = {
@@ -156,12 +163,28 @@ def run_trial(
     return {
         "metrics": metrics,
         "seed": int(seed),
-        "n_train": int(len(fit_labels)),
+        "n_train": int(n_fit),
         "n_test": n_test,
-        "seconds": seconds,
+        "seconds": float(seconds),
         "device": str(fitted.device),
-        "execution": engine.execution_key(trial_config.amp, fitted.device),
+        "execution": engine.execution_key(fitted.config.amp, fitted.device),
     }
+
+
+def store_fold(store, task: TrialTask, fitted, scores: dict, *, seconds: float) -> dict:
+    """Store a fold trained by hand (notebook 07's written-out fold loop: ``engine.fit`` on ``task.train_idx``
+    with ``task.seed``, then ``engine.evaluate`` on ``task.test_idx``) as :func:`run_task` would have, so that
+    ``cross_validate`` reuses it instead of training it again. Returns the store record."""
+    if getattr(task.config, "early_stopping_patience", None):
+        raise MuffinError("a fold trained by hand has no early-stopping split; run early-stopping configurations "
+                          "through cross_validate")
+    if int(fitted.config.seed) != int(task.seed):
+        raise MuffinError(f"fold {task.fold} was trained with seed {fitted.config.seed}, its task says {task.seed}; "
+                          "train it with task.config.replace(seed=task.seed)")
+    outcome = trial_outcome(fitted, scores, seed=task.seed, n_fit=len(task.train_idx), seconds=seconds)
+    record = trial_record(task, outcome)
+    store.add_record(record)
+    return record
 
 
 def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress: bool = False) -> dict:
