@@ -100,6 +100,13 @@ def test_recipe_variants_are_valid_configs():
     assert any("ema_decay" in v[3] for v in variants.values()) and any("mix" in v[3] for v in variants.values())
 
 
+def test_recipe_cv_candidates_are_distinct_changes_of_the_deployed_recipe():
+    script = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")
+    deployed = TrainConfig(model=script["MODEL"])
+    keys = {deployed.replace(**changes).key() for changes in script["CANDIDATES"].values()}
+    assert len(keys) == len(script["CANDIDATES"]) and deployed.key() not in keys
+
+
 # ----------------------------------------------------------------------------- moving average of the weights
 
 
