@@ -143,3 +143,21 @@ def test_the_smoke_series_runs_on_a_three_class_dataset(tmp_path):
     assert summary["synthetic"] is True
     results = json.loads((tmp_path / "work" / "results" / "03_simple_cnn.json").read_text())
     assert results["validation"]["class_names"] == list(THREE)
+
+
+def test_selection_trials_build_one_output_per_class_of_the_cache_not_of_the_labels_seen(monkeypatch):
+    # A cache of three classes whose training images so far show only two labels: every trial's model must
+    # still have three outputs (the cache's classes), as its checkpointed siblings in 03-05 have.
+    from muffin_lib.data.cache import ImageCache
+    from muffin_lib.selection import RunOptions, cross_validate, stratified_folds
+
+    labels = torch.tensor([0, 1] * 12)
+    cache = ImageCache(images=torch.randint(0, 255, (24, 3, 32, 32), dtype=torch.uint8), labels=labels,
+                       relpaths=[f"{i}.jpg" for i in range(24)], data_dir=Path("."), split="train", image_size=32,
+                       color_mode="rgb", key="k", fingerprint="f", synthetic=True, class_names=THREE)
+    built = []
+    fit = engine.fit
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: built.append(k["num_classes"]) or fit(*a, **k))
+    folds = stratified_folds(labels.numpy(), 2, 0)
+    cross_validate(CONFIG.replace(color_mode="rgb"), cache, folds, options=RunOptions(device="cpu", progress=False))
+    assert built == [3, 3]

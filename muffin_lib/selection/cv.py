@@ -11,7 +11,7 @@ from muffin_lib.errors import MuffinError
 from muffin_lib.selection.execute import TrialCaches, run_tasks
 from muffin_lib.selection.options import RunOptions
 from muffin_lib.selection.stats import corrected_resampled_ttest, holm_adjust, summarize_losses
-from muffin_lib.selection.trial import Folds, TrialTask, config_setting, fold_seed
+from muffin_lib.selection.trial import Folds, TrialTask, cache_classes, config_setting, fold_seed
 from muffin_lib.selection.trial_store import fold_plan_key, trial_key
 
 # --------------------------------------------------------------------------------------------------
@@ -88,6 +88,7 @@ def cv_tasks(config, cache, folds, *, scope: str, device: str, groups=None) -> l
             seed=fold_seed(config.seed, number),
             execution=execution,
             groups=None if groups is None else np.asarray(groups)[train_idx],
+            num_classes=cache_classes(cache),
         )
         for number, (train_idx, test_idx) in enumerate(folds)
     ]

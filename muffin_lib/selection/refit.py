@@ -7,6 +7,7 @@ import numpy as np
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.trial import (
     TrialTask,
+    cache_classes,
     cache_setting,
     config_setting,
     run_trial,
@@ -61,6 +62,7 @@ def refit_and_test(
         fingerprint=fingerprint,
         seed=int(config.seed),
         execution=execution,
+        num_classes=cache_classes(train_cache),
     )
     record = store.get(*task.identity) if store is not None else None
     status = "stored"
@@ -75,6 +77,7 @@ def refit_and_test(
             device=device,
             progress=progress,
             groups=None if groups is None else np.asarray(groups)[train_idx],
+            num_classes=task.num_classes,
         )
         record = trial_record(task, outcome)
         status = "trained"

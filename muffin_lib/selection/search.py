@@ -17,7 +17,14 @@ from muffin_lib.selection.cv import CVResult, check_folds, cv_result, cv_tasks, 
 from muffin_lib.selection.execute import TrialCaches, run_tasks
 from muffin_lib.selection.options import RunOptions
 from muffin_lib.selection.stats import summarize_losses
-from muffin_lib.selection.trial import SUMMARY_COLUMNS, Folds, TrialTask, config_setting, fold_seed
+from muffin_lib.selection.trial import (
+    SUMMARY_COLUMNS,
+    Folds,
+    TrialTask,
+    cache_classes,
+    config_setting,
+    fold_seed,
+)
 from muffin_lib.selection.trial_store import fold_plan_key, trial_key
 
 # Grid search
@@ -263,6 +270,7 @@ def nested_cv(
             seed=fold_seed(winner.seed, number),
             execution=execution,
             groups=None if groups is None else np.asarray(groups)[outer_train],
+            num_classes=cache_classes(cache),
         )
         # On the study's folds, the outer refit of a configuration IS its CV trial on that fold (same images,
         # seed and key): reuse 06's trial when it is stored instead of training the same model again.

@@ -48,6 +48,7 @@ class TrialTask:
     seed: int
     execution: str  # engine.execution_key of the run, e.g. "cpu/fp32"; part of config_key
     groups: np.ndarray | None = None  # twin-group id per image of train_idx (None: unknown)
+    num_classes: int | None = None  # the model's outputs: the cache's class count (None: read from the labels)
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -106,11 +107,14 @@ def run_trial(
     device: str = "auto",
     progress: bool = False,
     groups=None,
+    num_classes: int | None = None,
 ) -> dict:
     """Fit a fresh model on the training part and evaluate it once on the held-out part.
 
     ``groups``: one twin-group id per training image; with early stopping, the images held back for it
-    never share a group with the fitted ones (None: a stratified split, with a warning).
+    never share a group with the fitted ones (None: a stratified split, with a warning). ``num_classes``: the
+    model's outputs, the class count of the cache the parts come from (:func:`cache_classes`); None reads it
+    from the labels (the largest label + 1, at least 2).
 
     Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history),
     ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
@@ -125,10 +129,9 @@ def run_trial(
         fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed, groups)
         fit_images, fit_labels = take_rows(train_images, fit_idx), take_rows(train_labels, fit_idx)
         stop_images, stop_labels = take_rows(train_images, stop_idx), take_rows(train_labels, stop_idx)
-    # one output per class of the data: two for muffin vs chihuahua, more when a label says so (a fold's two
-    # parts together hold every class of the training split: the folds are stratified)
-    seen = [int(np.asarray(labels).max()) + 1 for labels in (train_labels, test_labels) if len(labels)]
-    num_classes = max([2, *seen])
+    if num_classes is None:  # no cache said it: one output per class the labels show, at least two
+        seen = [int(np.asarray(labels).max()) + 1 for labels in (train_labels, test_labels) if len(labels)]
+        num_classes = max([2, *seen])
     started = time.perf_counter()
     fitted = engine.fit(
         trial_config,
@@ -199,6 +202,7 @@ def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress:
         device=device,
         progress=progress,
         groups=task.groups,
+        num_classes=task.num_classes,
     )
     return trial_record(task, outcome)
 
@@ -237,6 +241,13 @@ def cache_setting(cache) -> tuple[int, str]:
     """``(image_size, color_mode)`` of an ImageCache, read from its tensor shape."""
     channels, height = int(cache.images.shape[1]), int(cache.images.shape[2])
     return height, "grayscale" if channels == 1 else "rgb"
+
+
+def cache_classes(cache) -> int | None:
+    """The class count of an ImageCache (its ``class_names``), the outputs its trials' models need; None
+    for an object without class names."""
+    names = getattr(cache, "class_names", None)
+    return len(names) if names else None
 
 
 def config_setting(config) -> tuple[int, str]:
