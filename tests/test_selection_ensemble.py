@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from muffin_lib import test_looks
 from muffin_lib.data.cache import load_images
@@ -128,3 +129,24 @@ def test_look_record_identifies_the_ensemble_by_its_members(members, tmp_path):
     old, new = (x["candidates"][name] for x in test_looks.looks(work_dir))
     assert old["sha256"] != new["sha256"]
     assert new["members"]["deeper_cnn"]["sha256"] == test_looks.file_sha256(other)
+
+
+def test_06s_choice_is_the_existing_model_when_03_05_trained_exactly_that_configuration(members, tmp_path, monkeypatch):
+    # 06's grid often chooses the deployed recipe: then notebook 03's simple_cnn IS the tuned model, and 09
+    # must score it once (no retraining, no identical second candidate in its paired tests).
+    data_dir, work_dir, paths, _ = _work(members, tmp_path)
+    candidates = {name: str(path) for name, path in paths.items()}
+    chosen = BASE.replace(model="simple_cnn", image_size=SIZES["simple_cnn"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("06's choice was trained again although notebook 03 has that model")
+
+    monkeypatch.setattr(engine, "fit", no_training)
+    assert evaluation.tuned_candidate(data_dir, work_dir, chosen.to_dict(), candidates, device="cpu",
+                                      progress=False) == ("simple_cnn", candidates["simple_cnn"])
+    monkeypatch.undo()
+    # another configuration is trained, on the same fit split, under its own name
+    other = chosen.replace(lr=1e-3).to_dict()
+    name, path = evaluation.tuned_candidate(data_dir, work_dir, other, candidates, device="cpu", progress=False)
+    assert name == evaluation.tuned_name(other) and path.endswith("tuned.pt")
+    assert torch.load(path, weights_only=True)["config_key"] == TrainConfig.from_dict(other).key()

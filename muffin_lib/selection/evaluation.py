@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -192,8 +193,6 @@ def tuned_name(config: dict) -> str:
 def collect_candidates(work_dir, notebooks: Sequence[str] = TRAINING_NOTEBOOKS) -> tuple[dict[str, str], list[str]]:
     """``({name: checkpoint}, missing)`` from the results files of the training notebooks: every model
     whose notebook saved a checkpoint path that still exists; ``missing`` says which notebook to run."""
-    from pathlib import Path
-
     from muffin_lib.results import load_all_results
 
     results = load_all_results(work_dir)
@@ -207,17 +206,25 @@ def collect_candidates(work_dir, notebooks: Sequence[str] = TRAINING_NOTEBOOKS) 
     return candidates, missing
 
 
-def train_tuned(data_dir, work_dir, tuned_config: dict, *, device: str = "auto", val_fraction: float = VAL_FRACTION,
-                progress: bool = True):
-    """Train the configuration chosen by CV on the same fit split as the other candidates; returns the TrainRun."""
+def tuned_candidate(data_dir, work_dir, tuned_config: dict, candidates: dict[str, str], *, device: str = "auto",
+                    val_fraction: float = VAL_FRACTION, progress: bool = True) -> tuple[str, str]:
+    """``(name, checkpoint)`` of the configuration notebook 06 chose, for notebook 09. When one of ``candidates``
+    (name -> checkpoint, e.g. notebook 03's) was trained with exactly that configuration on the same fit split,
+    it IS that model: its name and checkpoint come back and nothing trains, so 09 scores it once (a second copy
+    would only add a tie to the paired tests and weaken their correction). Otherwise it is trained on the
+    same fit split as the other candidates, into ``checkpoints/tuned.pt``."""
     from muffin_lib.config import WorkDir
     from muffin_lib.training.engine import TrainConfig
-    from muffin_lib.training.train import train_model
+    from muffin_lib.training.train import train_model, trained_checkpoint
 
     config = TrainConfig.from_dict(tuned_config)
+    same = trained_checkpoint(data_dir, work_dir, config, candidates.values(), val_fraction=val_fraction, device=device)
+    if same is not None:
+        return next(name for name, path in candidates.items() if Path(path) == same), str(same)
     path = WorkDir(work_dir).checkpoints_dir / "tuned.pt"
-    return train_model(data_dir, work_dir, config, val_fraction=val_fraction, device=device, progress=progress,
-                       checkpoint_path=path)
+    run = train_model(data_dir, work_dir, config, val_fraction=val_fraction, device=device, progress=progress,
+                      checkpoint_path=path)
+    return tuned_name(tuned_config), str(run.checkpoint_path)
 
 
 def calibration_check(final: FinalTest, name: str, n_bins: int = 10) -> dict:

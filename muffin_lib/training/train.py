@@ -101,6 +101,41 @@ def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | Non
     return checkpoint
 
 
+def _fit_split(data_dir, work_dir, config: engine.TrainConfig, val_fraction: float, progress: bool):
+    """The training cache ``config`` needs and the shared fit/validation split plan over it."""
+    from muffin_lib.data.cache import load_images
+    from muffin_lib.data.splits import plan_for_cache
+
+    cache = load_images(data_dir, work_dir, "train", config.image_size, config.color_mode, progress=progress)
+    return cache, plan_for_cache(cache, work_dir, val_fraction=val_fraction, seed=SPLIT_SEED)
+
+
+def _checkpoint_extra(cache, plan, config: engine.TrainConfig, device: str) -> dict:
+    """What a checkpoint of ``config`` trained on ``cache``'s fit split records (``REUSE_KEYS`` decide reuse)."""
+    return {
+        "data_fingerprint": cache.fingerprint,
+        "data_dir": str(cache.data_dir),
+        "synthetic": bool(cache.synthetic),
+        "split": plan.identity,
+        "image_size": config.image_size,
+        "color_mode": config.color_mode,
+        "n_train": len(plan.train_idx),
+        "n_val": len(plan.val_idx),
+        "code_version": engine.CODE_VERSION,
+        "preprocess_version": imageio.PREPROCESS_VERSION,
+        "execution": engine.execution_key(config.amp, device),
+    }
+
+
+def trained_checkpoint(data_dir, work_dir, config: engine.TrainConfig, paths, *, val_fraction: float = VAL_FRACTION,
+                       device: str = "auto") -> Path | None:
+    """The first of the checkpoint ``paths`` that :func:`train_model` would reuse for ``config`` (the same config
+    key, data, split, code and preprocessing version and execution), or None: whether that model exists already."""
+    cache, plan = _fit_split(data_dir, work_dir, config, val_fraction, progress=False)
+    extra = _checkpoint_extra(cache, plan, config, device)
+    return next((Path(path) for path in paths if _reusable(Path(path), config, extra) is not None), None)
+
+
 def train_model(
     data_dir,
     work_dir,
@@ -119,25 +154,9 @@ def train_model(
     for the same config key, data fingerprint, split, code and preprocessing version and execution
     (device type and precision) is loaded instead of training again (see the module docstring).
     """
-    from muffin_lib.data.cache import load_images
-    from muffin_lib.data.splits import plan_for_cache
-
-    cache = load_images(data_dir, work_dir, "train", config.image_size, config.color_mode, progress=progress)
-    plan = plan_for_cache(cache, work_dir, val_fraction=val_fraction, seed=SPLIT_SEED)
+    cache, plan = _fit_split(data_dir, work_dir, config, val_fraction, progress)
     path = Path(checkpoint_path) if checkpoint_path else WorkDir(work_dir).checkpoints_dir / f"{config.model}.pt"
-    extra = {
-        "data_fingerprint": cache.fingerprint,
-        "data_dir": str(cache.data_dir),
-        "synthetic": bool(cache.synthetic),
-        "split": plan.identity,
-        "image_size": config.image_size,
-        "color_mode": config.color_mode,
-        "n_train": len(plan.train_idx),
-        "n_val": len(plan.val_idx),
-        "code_version": engine.CODE_VERSION,
-        "preprocess_version": imageio.PREPROCESS_VERSION,
-        "execution": engine.execution_key(config.amp, device),
-    }
+    extra = _checkpoint_extra(cache, plan, config, device)
     train_idx = torch.as_tensor(plan.train_idx, dtype=torch.int64)
     val_idx = torch.as_tensor(plan.val_idx, dtype=torch.int64)
     val_images, val_labels = cache.images[val_idx], cache.labels[val_idx]
