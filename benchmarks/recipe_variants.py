@@ -7,7 +7,7 @@ Prints one JSON line per variant (the table "Longer schedules and flip test-time
 benchmarks/README.md came from this on an H100). On a 2-core CPU one deeper_cnn training of 45 epochs
 takes about half an hour: pass --variants to run a few.
 
-The recipe candidates of issue 16 (not yet measured here; the comparison that decides is twin-grouped CV):
+The recipe candidates of issue 16 (the comparison that decides is paired twin-grouped CV, recipe_cv.py):
 an exponential moving average of the weights (`-ema<decay>`, TrainConfig.ema_decay: what is scored and
 returned is the average) and MixUp / CutMix (`-mixup`, `-cutmix`, `-mixup_cutmix`: TrainConfig.mix, alpha
 1.0). The fit part is 3,028 dev images, 48 steps an epoch at batch 64: a decay of 0.99 averages over about
