@@ -293,7 +293,7 @@ def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(
         fitted = engine.fit(task.config.replace(seed=task.seed), cache.images[task.train_idx], cache.labels[task.train_idx],
                             device="cpu", progress=False, num_classes=len(cache.class_names))
         held_out = engine.evaluate(fitted.model, cache.images[task.test_idx], cache.labels[task.test_idx],
-                                   fitted.normalization, device=fitted.device)
+                                   fitted.normalization, device=fitted.device, flip_tta=True)
         store_fold(store, task, fitted, held_out, seconds=1.0)
     counter = FitCounter()
     monkeypatch.setattr(engine, "fit", counter)
@@ -302,12 +302,20 @@ def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(
     assert [t["status"] for t in reused.trials] == ["stored"] * len(folds)
     assert reused.losses == by_library.losses
     assert reused.summary == by_library.summary
+    flips = [[t["metrics"]["flip_tta_errors"] for t in result.trials] for result in (reused, by_library)]
+    assert flips[0] == flips[1]
     # a model trained with another seed than its fold's is refused, not stored under the fold's key
     monkeypatch.undo()
     task = cv_tasks(TINY, cache, folds, scope="cv", device="cpu")[0]
     fitted = engine.fit(TINY, cache.images[task.train_idx], cache.labels[task.train_idx], device="cpu", progress=False)
     with pytest.raises(MuffinError, match="seed"):
         store_fold(TrialStore(tmp_path / "other.sqlite"), task, fitted, {"n": 1, "zero_one_loss": 0.0, "loss": 0.0}, seconds=1.0)
+    # and scores without the flip comparison are refused: the record would differ from cross_validate's
+    own = engine.fit(task.config.replace(seed=task.seed), cache.images[task.train_idx], cache.labels[task.train_idx],
+                     device="cpu", progress=False)
+    plain = engine.evaluate(own.model, cache.images[task.test_idx], cache.labels[task.test_idx], own.normalization)
+    with pytest.raises(MuffinError, match="flip_tta=True"):
+        store_fold(TrialStore(tmp_path / "other.sqlite"), task, own, plain, seconds=1.0)
 
 
 def test_trial_key_changes_with_config_data_and_folds(cache, folds):

@@ -60,6 +60,24 @@ def test_fit_learns_and_reports_history():
     assert scores["errors"] == round(scores["zero_one_loss"] * 32) and scores["n"] == 32
 
 
+def test_flip_tta_scores_the_mean_probability_of_each_image_and_its_mirror():
+    images, labels = _bright_vs_dark(64)
+    result = engine.fit(_config(epochs=1), images, labels, device="cpu", progress=False)
+    held_out, held_labels = _bright_vs_dark(40, seed=1)
+    scores = engine.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu", flip_tta=True)
+    plain = engine.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu")
+    assert {k: scores[k] for k in plain} == plain  # the plain scores do not move
+    by_hand = engine.predict_proba(result.model, held_out, result.normalization, device="cpu") + engine.predict_proba(
+        result.model, held_out.flip(-1), result.normalization, device="cpu"
+    )
+    expected = int((by_hand.argmax(1) != held_labels.numpy()).sum())
+    assert scores["flip_tta_errors"] == expected and scores["flip_tta_zero_one_loss"] == expected / 40
+    # Images that are their own mirror: the flip changes nothing.
+    symmetric = torch.cat([held_out[..., : SIZE // 2], held_out[..., : SIZE // 2].flip(-1)], dim=-1)
+    same = engine.evaluate(result.model, symmetric, held_labels, result.normalization, device="cpu", flip_tta=True)
+    assert same["flip_tta_errors"] == same["errors"]
+
+
 def test_normalization_comes_from_the_training_images_only():
     images, labels = _bright_vs_dark(32)
     val_images = torch.full((8, 1, SIZE, SIZE), 255, dtype=torch.uint8)

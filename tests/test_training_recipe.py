@@ -103,8 +103,20 @@ def test_recipe_variants_are_valid_configs():
 def test_recipe_cv_candidates_are_distinct_changes_of_the_deployed_recipe():
     script = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")
     deployed = TrainConfig(model=script["MODEL"])
-    keys = {deployed.replace(**changes).key() for changes in script["CANDIDATES"].values()}
-    assert len(keys) == len(script["CANDIDATES"]) and deployed.key() not in keys
+    trained = {name: changes for name, changes in script["CANDIDATES"].items() if name != "flip_tta"}
+    keys = {deployed.replace(**changes).key() for changes in trained.values()}
+    assert len(keys) == len(trained) and deployed.key() not in keys
+    assert script["CANDIDATES"]["flip_tta"] == {}  # scored on the deployed trials: nothing trains
+
+
+def test_recipe_cv_flip_tta_reads_the_trials_own_flip_scores_and_refuses_trials_without_them():
+    flip_tta = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["flip_tta"]
+    result = _cv_result(TrainConfig(model="deeper_cnn"), [0.08, 0.06])
+    result.trials = [{"metrics": {"zero_one_loss": v, "flip_tta_zero_one_loss": v - 0.01}} for v in result.losses]
+    assert flip_tta(result).losses == pytest.approx([0.07, 0.05]) and result.losses == [0.08, 0.06]
+    result.trials = [{"metrics": {"zero_one_loss": v}} for v in result.losses]  # stored before trials recorded it
+    with pytest.raises(SystemExit, match="flip test-time augmentation"):
+        flip_tta(result)
 
 
 def _cv_result(config, losses, plan_key="plan"):

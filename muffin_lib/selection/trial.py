@@ -116,7 +116,8 @@ def run_trial(
     model's outputs, the class count of the cache the parts come from (:func:`cache_classes`); None reads it
     from the labels (the largest label + 1, at least 2).
 
-    Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history),
+    Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history, and the same
+    fold scored with flip test-time augmentation: flip_tta_errors, flip_tta_zero_one_loss),
     ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
     precision the fit really used, ``engine.execution_key``).
     """
@@ -143,7 +144,9 @@ def run_trial(
         progress=progress,
         num_classes=num_classes,
     )
-    scores = engine.evaluate(fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device)
+    scores = engine.evaluate(
+        fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device, flip_tta=True
+    )
     return trial_outcome(fitted, scores, seed=seed, n_fit=len(fit_labels), seconds=time.perf_counter() - started)
 
 
@@ -163,6 +166,9 @@ def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float
         "errors": errors,
         "history": jsonable(fitted.history),
     }
+    if "flip_tta_errors" in scores:  # engine.evaluate(..., flip_tta=True): the same fold with flip TTA
+        metrics["flip_tta_errors"] = int(scores["flip_tta_errors"])
+        metrics["flip_tta_zero_one_loss"] = int(scores["flip_tta_errors"]) / n_test
     return {
         "metrics": metrics,
         "seed": int(seed),
@@ -176,14 +182,18 @@ def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float
 
 def store_fold(store, task: TrialTask, fitted, scores: dict, *, seconds: float) -> dict:
     """Store a fold trained by hand (notebook 07's written-out fold loop: ``engine.fit`` on ``task.train_idx``
-    with ``task.seed``, then ``engine.evaluate`` on ``task.test_idx``) as :func:`run_task` would have, so that
-    ``cross_validate`` reuses it instead of training it again. Returns the store record."""
+    with ``task.seed``, then ``engine.evaluate(..., flip_tta=True)`` on ``task.test_idx``) as :func:`run_task`
+    would have, so that ``cross_validate`` reuses it instead of training it again. Returns the store record."""
     if getattr(task.config, "early_stopping_patience", None):
         raise MuffinError("a fold trained by hand has no early-stopping split; run early-stopping configurations "
                           "through cross_validate")
     if int(fitted.config.seed) != int(task.seed):
         raise MuffinError(f"fold {task.fold} was trained with seed {fitted.config.seed}, its task says {task.seed}; "
                           "train it with task.config.replace(seed=task.seed)")
+    if "flip_tta_errors" not in scores:
+        raise MuffinError(f"fold {task.fold}'s scores lack flip_tta_errors; score the held-out fold with "
+                          "engine.evaluate(..., flip_tta=True), as cross_validate does, so that the stored trial is "
+                          "the same whoever trained it")
     outcome = trial_outcome(fitted, scores, seed=task.seed, n_fit=len(task.train_idx), seconds=seconds)
     record = trial_record(task, outcome)
     store.add_record(record)

@@ -379,8 +379,11 @@ def fit(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _logits(model: nn.Module, images, normalization: dict, device, batch_size: int) -> tuple[torch.Tensor, torch.device]:
-    """float32 logits of ``model`` (eval mode, no augmentation) for every image, on ``device``."""
+def _logits(
+    model: nn.Module, images, normalization: dict, device, batch_size: int, mirror: bool = False
+) -> tuple[torch.Tensor, torch.device]:
+    """float32 logits of ``model`` (eval mode, no augmentation) for every image, on ``device``; of every image's
+    left-right mirror with ``mirror``."""
     device = runtime.resolve_device(device)
     spec = model_spec(model)
     images = check_images(images, "images", channels=spec.get("in_channels"), image_size=spec.get("image_size"))
@@ -398,19 +401,40 @@ def _logits(model: nn.Module, images, normalization: dict, device, batch_size: i
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
             idx = torch.arange(start, min(start + batch_size, images.shape[0]))
-            outputs.append(model(normalize(take_batch(images, idx, device))).float())
+            batch = take_batch(images, idx, device)
+            outputs.append(model(normalize(batch.flip(-1) if mirror else batch)).float())
     model.train(was_training)
     return torch.cat(outputs), device
 
 
-def evaluate(model: nn.Module, images, labels, normalization: dict, *, device="auto", batch_size: int = 256) -> dict:
-    """Mean cross-entropy, accuracy, zero-one loss and error count of ``model`` on uint8 ``images`` (``n`` of them)."""
+def evaluate(
+    model: nn.Module,
+    images,
+    labels,
+    normalization: dict,
+    *,
+    device="auto",
+    batch_size: int = 256,
+    flip_tta: bool = False,
+) -> dict:
+    """Mean cross-entropy, accuracy, zero-one loss and error count of ``model`` on uint8 ``images`` (``n`` of them).
+
+    ``flip_tta`` also scores flip test-time augmentation, the mean of the probabilities of each image and its
+    left-right mirror: ``flip_tta_errors`` and ``flip_tta_zero_one_loss`` (one more forward pass, no training),
+    so that every cross-validation trial can say what the flip would have changed on the same held-out fold.
+    """
     logits, device = _logits(model, images, normalization, device, batch_size)
     labels = check_labels(labels, logits.shape[0], "labels", num_classes=logits.shape[1]).to(device)
     loss = F.cross_entropy(logits, labels).item()
     n = int(labels.shape[0])
     errors = int((logits.argmax(dim=1) != labels).sum().item())
-    return {"loss": loss, "accuracy": 1.0 - errors / n, "zero_one_loss": errors / n, "errors": errors, "n": n}
+    scores = {"loss": loss, "accuracy": 1.0 - errors / n, "zero_one_loss": errors / n, "errors": errors, "n": n}
+    if flip_tta:
+        mirrored, _ = _logits(model, images, normalization, device, batch_size, mirror=True)
+        probabilities = torch.softmax(logits, dim=1) + torch.softmax(mirrored, dim=1)
+        tta_errors = int((probabilities.argmax(dim=1) != labels).sum().item())
+        scores.update(flip_tta_errors=tta_errors, flip_tta_zero_one_loss=tta_errors / n)
+    return scores
 
 
 def predict_proba(model: nn.Module, images, normalization: dict, *, device="auto", batch_size: int = 256) -> np.ndarray:
