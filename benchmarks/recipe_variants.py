@@ -65,7 +65,7 @@ def main() -> None:
     plan = plan_for_cache(cache, args.work_dir)
     fit_idx, val_idx = torch.as_tensor(plan.train_idx), torch.as_tensor(plan.val_idx)
     images, labels = cache.images[fit_idx], cache.labels[fit_idx]
-    val_images, val_labels = cache.images[val_idx], cache.labels[val_idx].numpy()
+    val_images, val_labels = cache.images[val_idx], cache.labels[val_idx]
     for name in args.variants.split(","):
         model, epochs, seeds, changes = VARIANTS[name]
         plain, tta, seconds = [], [], []
@@ -74,10 +74,10 @@ def main() -> None:
             started = time.perf_counter()
             fitted = engine.fit(config, images, labels, device=args.device, progress=False)
             seconds.append(time.perf_counter() - started)
-            p = engine.predict_proba(fitted.model, val_images, fitted.normalization, device=args.device)
-            mirrored = engine.predict_proba(fitted.model, val_images.flip(-1), fitted.normalization, device=args.device)
-            plain.append(float((p.argmax(1) != val_labels).mean()))
-            tta.append(float(((p + mirrored).argmax(1) != val_labels).mean()))
+            scores = engine.evaluate(fitted.model, val_images, val_labels, fitted.normalization, device=args.device,
+                                     flip_tta=True)
+            plain.append(scores["zero_one_loss"])
+            tta.append(scores["flip_tta_zero_one_loss"])
         print(json.dumps({"variant": name, "model": model, "epochs": epochs, **changes, "seeds": len(seeds),
                           "validation": statistics.mean(plain), "validation_flip_tta": statistics.mean(tta),
                           "per_seed": [round(v, 4) for v in plain], "seconds": round(statistics.mean(seconds), 1)}),
