@@ -33,3 +33,18 @@ def shared_data() -> Path:
     if not DEV_DATA.is_dir():
         pytest.skip(f"real data {DEV_DATA} absent: ../shared/data is only on the project machines")
     return SHARED_DATA
+
+
+@pytest.fixture
+def cv_result():
+    """Builds a CVResult of ``config`` with these per-fold losses (400 training / 100 held-out images per fold),
+    as cross_validate would return it, for tests of what is computed from CV results."""
+    from muffin_lib.selection.cv import CVResult
+    from muffin_lib.selection.stats import summarize_losses
+
+    def make(config, losses, plan_key="plan"):
+        return CVResult(config=config, config_key=config.key(), plan_key=plan_key, losses=list(losses),
+                        summary=summarize_losses(losses, test_train_ratio=0.25), trials=[], n_train=400.0,
+                        n_test=100.0, seconds=0.0)
+
+    return make

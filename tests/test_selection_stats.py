@@ -171,15 +171,7 @@ def test_paired_table_covers_every_pair_with_holm():
     assert tie[0]["better"] is None and tie[0]["p_value"] == 1.0 and not tie[0]["significant"]
 
 
-def _cv_result(config, losses):
-    from muffin_lib.selection.cv import CVResult
-
-    return CVResult(config=config, config_key=config.key(), plan_key="plan", losses=list(losses),
-                    summary=summarize_losses(losses, test_train_ratio=0.25), trials=[], n_train=400.0,
-                    n_test=100.0, seconds=0.0)
-
-
-def test_cv_comparisons_are_holm_adjusted_and_judged_by_p_holm():
+def test_cv_comparisons_are_holm_adjusted_and_judged_by_p_holm(cv_result):
     from muffin_lib.selection.cv import compare_all
     from muffin_lib.study.report.selection import comparison_finding
     from muffin_lib.training.engine import TrainConfig
@@ -190,7 +182,7 @@ def test_cv_comparisons_are_holm_adjusted_and_judged_by_p_holm():
         "c": [0.16, 0.22, 0.12, 0.21, 0.17],
     }
     configs = {name: TrainConfig(lr=lr) for name, lr in zip(losses, (1e-3, 2e-3, 3e-3), strict=True)}
-    results = {name: _cv_result(configs[name], losses[name]) for name in losses}
+    results = {name: cv_result(configs[name], losses[name]) for name in losses}
     rows = compare_all(configs, results)
     assert [(row["a"], row["b"]) for row in rows] == [("a", "b"), ("a", "c"), ("b", "c")]
     p_values = [row["p_value"] for row in rows]

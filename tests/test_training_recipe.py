@@ -109,9 +109,9 @@ def test_recipe_cv_candidates_are_distinct_changes_of_the_deployed_recipe():
     assert script["CANDIDATES"]["flip_tta"] == {}  # scored on the deployed trials: nothing trains
 
 
-def test_recipe_cv_flip_tta_reads_the_trials_own_flip_scores_and_refuses_trials_without_them():
+def test_recipe_cv_flip_tta_reads_the_trials_own_flip_scores_and_refuses_trials_without_them(cv_result):
     flip_tta = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["flip_tta"]
-    result = _cv_result(TrainConfig(model="deeper_cnn"), [0.08, 0.06])
+    result = cv_result(TrainConfig(model="deeper_cnn"), [0.08, 0.06])
     result.trials = [{"metrics": {"zero_one_loss": v, "flip_tta_zero_one_loss": v - 0.01}} for v in result.losses]
     assert flip_tta(result).losses == pytest.approx([0.07, 0.05]) and result.losses == [0.08, 0.06]
     result.trials = [{"metrics": {"zero_one_loss": v}} for v in result.losses]  # stored before trials recorded it
@@ -119,22 +119,13 @@ def test_recipe_cv_flip_tta_reads_the_trials_own_flip_scores_and_refuses_trials_
         flip_tta(result)
 
 
-def _cv_result(config, losses, plan_key="plan"):
-    from muffin_lib.selection.cv import CVResult
-    from muffin_lib.selection.stats import summarize_losses
-
-    return CVResult(config=config, config_key=config.key(), plan_key=plan_key, losses=list(losses),
-                    summary=summarize_losses(losses, test_train_ratio=0.25), trials=[], n_train=400.0,
-                    n_test=100.0, seconds=0.0)
-
-
-def test_recipe_cv_with_one_seed_is_the_librarys_paired_test_and_with_two_averages_each_fold():
+def test_recipe_cv_with_one_seed_is_the_librarys_paired_test_and_with_two_averages_each_fold(cv_result):
     from muffin_lib.selection.cv import compare_configs
 
     compare = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["seed_averaged_comparison"]
     deployed, candidate = TrainConfig(model="deeper_cnn"), TrainConfig(model="deeper_cnn", epochs=30)
-    base0 = _cv_result(deployed, [0.08, 0.07, 0.09, 0.07, 0.06])
-    cand0 = _cv_result(candidate, [0.07, 0.07, 0.07, 0.06, 0.05])
+    base0 = cv_result(deployed, [0.08, 0.07, 0.09, 0.07, 0.06])
+    cand0 = cv_result(candidate, [0.07, 0.07, 0.07, 0.06, 0.05])
     one = compare([cand0], [base0])
     library = compare_configs(candidate, deployed, cand0, base0)
     assert one["diff"] == pytest.approx(library["mean_diff"]) and one["p_value"] == pytest.approx(library["p_value"])
@@ -142,15 +133,15 @@ def test_recipe_cv_with_one_seed_is_the_librarys_paired_test_and_with_two_averag
 
     # A second training seed on the same folds: each fold's loss is the mean of its two trainings, and a seed
     # that points the same way makes the fold differences steadier, so the test grows surer.
-    base1 = _cv_result(deployed.replace(seed=1), [0.06, 0.07, 0.05, 0.07, 0.06])
-    cand1 = _cv_result(candidate.replace(seed=1), [0.05, 0.06, 0.05, 0.05, 0.05])
+    base1 = cv_result(deployed.replace(seed=1), [0.06, 0.07, 0.05, 0.07, 0.06])
+    cand1 = cv_result(candidate.replace(seed=1), [0.05, 0.06, 0.05, 0.05, 0.05])
     two = compare([cand0, cand1], [base0, base1])
     assert two["seeds"] == [0, 1] and two["per_fold_per_seed"]["1"] == cand1.losses
     assert two["per_fold"] == pytest.approx([0.06, 0.065, 0.06, 0.055, 0.05])
     assert two["deployed_per_fold"] == pytest.approx([0.07, 0.07, 0.07, 0.07, 0.06])
     assert two["diff"] == pytest.approx(-0.01) and two["p_value"] < one["p_value"]
     with pytest.raises(SystemExit, match="same folds"):
-        compare([cand0], [_cv_result(deployed, base0.losses, plan_key="another plan")])
+        compare([cand0], [cv_result(deployed, base0.losses, plan_key="another plan")])
 
 
 # ----------------------------------------------------------------------------- moving average of the weights
