@@ -91,10 +91,21 @@ def test_best_by_cv_counts_only_risks_at_the_candidates_recipe(tmp_path):
     assert report_selection.best_by_cv(tmp_path, names) == "simple_cnn"
 
 
-def test_summary_names_the_settings_of_each_cv_number():
+def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_their_recipe():
+    from muffin_lib.study.report.models import off_recipe
+    from muffin_lib.training.engine import TRANSFER_RECIPE
+
+    assert off_recipe(TrainConfig(model="deeper_cnn")) is None and off_recipe(TRANSFER_RECIPE) is None
+    assert off_recipe(TRANSFER_RECIPE.replace(epochs=1)) == "128 px, 1 epochs (not its recipe's 128 px / 6)"
+    short = off_recipe(TrainConfig(model="deeper_cnn", epochs=5))  # e.g. `run -p epochs 5`
+    assert short == "128 px, 5 epochs (not the deployed 128 px / 15 epochs)"
     summary = {
         "synthetic": False, "data_dir": "D", "work_dir": "W", "profile": "quick", "notebooks": {}, "findings": [],
-        "models": {"deeper_cnn": {"cv_risk": 0.1, "cv_ci": [0.08, 0.12], "cv_settings": QUICK.label}},
+        "models": {"deeper_cnn": {"cv_risk": 0.1, "cv_ci": [0.08, 0.12], "cv_settings": QUICK.label,
+                                  "val_zero_one_loss": 0.07, "off_recipe": short},
+                   "transfer": {"val_zero_one_loss": 0.1, "off_recipe": None}},
     }
     text = runner.format_summary(summary)
     assert "0.100 [0.080, 0.120] at 64 px, 8 epochs (profile quick: cheaper than the deployed" in text
+    assert "| deeper_cnn at 128 px, 5 epochs (not the deployed 128 px / 15 epochs) |" in text
+    assert "| transfer |" in text

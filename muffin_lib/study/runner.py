@@ -351,7 +351,8 @@ def format_summary(summary: dict) -> str:
                 cv,
                 _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
             ]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+            named = f"{model} at {numbers['off_recipe']}" if numbers.get("off_recipe") else model
+            lines.append(f"| {named} | " + " | ".join(cells) + " |")
     if summary["findings"]:
         lines += ["", "## Findings (computed by the notebooks)", ""]
         lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]

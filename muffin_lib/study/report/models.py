@@ -104,12 +104,27 @@ def model_results(run, summary: dict, findings: list[str], synthetic: bool, name
                 "val_zero_one_loss": summary["zero_one_loss"],
                 "val_ci": [summary["ci_low"], summary["ci_high"]],
                 "epochs": len(run.history),
+                "off_recipe": off_recipe(run.config),  # e.g. `-p epochs 5` or the smoke profile; None at the recipe
                 "train_seconds": seconds,
                 "checkpoint": str(run.checkpoint_path),
             }
         },
         "findings": findings,
     }
+
+
+def off_recipe(config) -> str | None:
+    """How ``config`` differs from its recipe in size and schedule (``engine.TrainConfig``, or
+    ``TRANSFER_RECIPE`` for the transfer model), for the summary beside the model's name; None when it does not."""
+    from muffin_lib.selection.budget import settings_label
+    from muffin_lib.training.engine import TRANSFER_RECIPE, TrainConfig
+
+    recipe = TRANSFER_RECIPE if config.model == TRANSFER_RECIPE.model else TrainConfig()
+    if (config.image_size, config.epochs) == (recipe.image_size, recipe.epochs):
+        return None
+    if recipe is TRANSFER_RECIPE:
+        return f"{config.image_size} px, {config.epochs} epochs (not its recipe's {recipe.image_size} px / {recipe.epochs})"
+    return settings_label(config.image_size, config.epochs)
 
 
 def training_note(run) -> str:
