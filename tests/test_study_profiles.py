@@ -58,6 +58,18 @@ def test_quick_profile_changes_only_the_selection_budget_and_marks_it(name):
     assert notebook.apply_profile("quick", "04_deeper_cnn", {"image_size": 128, "epochs": 15})["image_size"] == 128
 
 
+@pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
+def test_the_selection_notebooks_train_trials_at_once_except_in_the_smoke_profile(name):
+    defaults = _selection_defaults(name)
+    assert defaults["workers"] == "auto"
+    assert notebook.apply_profile("full", name, defaults)["workers"] == "auto"
+    assert notebook.apply_profile("quick", name, defaults)["workers"] == "auto"
+    smoke = notebook.apply_profile("smoke", name, defaults)
+    assert smoke["workers"] == 1 and "was `'auto'`" in smoke._repr_markdown_()  # seconds-long trials: no pool
+    assert notebook.apply_profile("smoke", name, {**defaults, "workers": 3})["workers"] == 1
+    assert notebook.apply_profile("smoke", name, {**defaults, "workers": 1})["workers"] == 1
+
+
 def test_auto_profile_chooses_by_data_and_hardware(synthetic_data_dir, tmp_path, monkeypatch):
     import torch
 

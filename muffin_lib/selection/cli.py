@@ -32,6 +32,18 @@ def _split_list(kind):
     return parse
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    count = int(text)
+    if count < 1:
+        raise ValueError(f"{text!r}: need a number >= 1 or auto")
+    return count
+
+
+_workers.__name__ = "number or auto"
+
+
 def add_cv_arguments(parser) -> None:
     from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
     from muffin_lib.selection.budget import SELECTION
@@ -57,7 +69,10 @@ def add_cv_arguments(parser) -> None:
         help="inner folds of nested CV (default: as many as the outer search uses; the quick budget: 2)")
     add("--rung-epochs", type=_split_list(int), default=[], metavar="E1[,E2]",
         help="successive halving: every configuration first at these epochs, the best third goes on")
-    add("--backend", choices=BACKENDS, default="serial", help="run trials one by one, or in parallel on Ray Tune")
+    add("--backend", choices=BACKENDS, default="serial", help="run trials on this machine, or in parallel on Ray Tune")
+    add("--workers", type=_workers, default="auto",
+        help="serial backend: trials trained at once in worker processes; auto (default) chooses by device, "
+        "threads and free memory (2 on a 2-core CPU); 1: one after another with progress bars")
     add("--ray-address", default=None, help="Ray: an existing cluster (default: a local instance)")
     add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
     add("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions share a GPU)")
@@ -125,6 +140,7 @@ def cv_command(args) -> int:
         store=store,
         device=args.device,
         backend=args.backend,
+        workers=args.workers,
         ray_options=ray_options,
         progress=progress,
         on_trial=print_trial(varied),  # one line per trial, --quiet or not

@@ -1,4 +1,5 @@
-"""Run a batch of trials, serially or on Ray Tune, skipping those the trial store already holds and
+"""Run a batch of trials on this machine (one after another, or several at once in worker processes) or on
+Ray Tune, skipping those the trial store already holds and
 committing each as it finishes; the caches a batch reads. The one place that chooses a backend (so
 ``ray_backend`` and the trial code never import each other)."""
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.selection import processes
 from muffin_lib.selection.options import RunOptions
 from muffin_lib.selection.trial import TrialTask, cache_setting, config_setting, run_task
 
@@ -96,8 +98,14 @@ def run_tasks(
         needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
         ray_backend.run_tasks(list(pending.values()), needed, on_record=finish, device=options.device,
                               **(options.ray_options or {}))
-    else:
-        for task in pending.values():
-            cache = caches.get(task.setting)
-            finish(run_task(task, cache.images, cache.labels, device=options.device, progress=options.progress))
+        return records
+    workers = processes.resolve_workers(options.workers, options.device, len(pending))
+    if workers > 1:
+        needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
+        processes.run_tasks(list(pending.values()), needed, device=options.device, workers=workers,
+                            on_record=finish, say=print if options.progress else None)
+        return records
+    for task in pending.values():
+        cache = caches.get(task.setting)
+        finish(run_task(task, cache.images, cache.labels, device=options.device, progress=options.progress))
     return records

@@ -33,8 +33,11 @@ class RunOptions:
     * ``store``: the :class:`~muffin_lib.selection.trial_store.TrialStore` trials are read from and written
       to as each ends (None: nothing is stored, nothing is resumed);
     * ``device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``;
-    * ``backend``: ``serial`` (one trial after another) or ``ray`` (Ray Tune, in parallel), with
-      ``ray_options`` passed on to ``ray_backend.run_tasks`` (address, num_cpus, cpus_per_trial, gpus_per_trial);
+    * ``backend``: ``serial`` (on this machine) or ``ray`` (Ray Tune, in parallel), with ``ray_options``
+      passed on to ``ray_backend.run_tasks`` (address, num_cpus, cpus_per_trial, gpus_per_trial);
+    * ``workers`` (serial backend): how many trials train at once in worker processes on this machine,
+      a number or "auto" (``processes.resolve_workers``: by device, cores and free memory); 1 (the default)
+      trains one after another in this process, with its progress bars;
     * ``progress``: progress bars and training logs, and a line per trial when ``on_trial`` is None;
     * ``on_trial(record)``: called for every trial (``record["status"]`` is ``trained`` or ``stored``);
     * ``cache_for(image_size, color_mode) -> ImageCache``, or ``data_dir`` and ``work_dir``: where the caches
@@ -44,6 +47,7 @@ class RunOptions:
     store: TrialStore | None = None
     device: str = "auto"
     backend: str = "serial"
+    workers: int | str = 1
     ray_options: Mapping | None = None
     progress: bool = True
     on_trial: OnTrial | None = None
@@ -54,6 +58,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise MuffinError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.workers != "auto" and not (
+            isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 1
+        ):
+            raise MuffinError(f"workers must be a number >= 1 or 'auto', got {self.workers!r}")
 
     def replace(self, **changes) -> RunOptions:
         """A copy with ``changes`` (the options are frozen)."""

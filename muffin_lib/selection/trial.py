@@ -108,13 +108,15 @@ def run_trial(
     progress: bool = False,
     groups=None,
     num_classes: int | None = None,
+    on_epoch: Callable[[dict], bool | None] | None = None,
 ) -> dict:
     """Fit a fresh model on the training part and evaluate it once on the held-out part.
 
     ``groups``: one twin-group id per training image; with early stopping, the images held back for it
     never share a group with the fitted ones (None: a stratified split, with a warning). ``num_classes``: the
     model's outputs, the class count of the cache the parts come from (:func:`cache_classes`); None reads it
-    from the labels (the largest label + 1, at least 2).
+    from the labels (the largest label + 1, at least 2). ``on_epoch``: passed on to
+    ``engine.fit`` (a worker process of ``processes`` rebalances its threads there).
 
     Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history, and the same
     fold scored with flip test-time augmentation: flip_tta_errors, flip_tta_zero_one_loss),
@@ -143,6 +145,7 @@ def run_trial(
         device=device,
         progress=progress,
         num_classes=num_classes,
+        on_epoch=on_epoch,
     )
     scores = engine.evaluate(
         fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device, flip_tta=True
@@ -200,7 +203,8 @@ def store_fold(store, task: TrialTask, fitted, scores: dict, *, seconds: float) 
     return record
 
 
-def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress: bool = False) -> dict:
+def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress: bool = False,
+             on_epoch: Callable[[dict], bool | None] | None = None) -> dict:
     """:func:`run_trial` for a :class:`TrialTask` on its cache arrays; returns the full store record."""
     outcome = run_trial(
         task.config,
@@ -213,6 +217,7 @@ def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress:
         progress=progress,
         groups=task.groups,
         num_classes=task.num_classes,
+        on_epoch=on_epoch,
     )
     return trial_record(task, outcome)
 

@@ -36,7 +36,8 @@ PROFILES = ("full", "quick", "smoke")
 QUICK_NOTEBOOKS = ("06_grid_search", "07_cv_risk")
 QUICK_KEYS = ("image_size", "epochs", "rung_epochs", "inner_splits")
 # The smoke profile caps sizes (it never makes anything bigger, so a smaller value a user passes
-# survives): small images, one epoch, two folds, short grids. Every notebook goes through this table.
+# survives; None, "all", and "auto" are capped too): small images, one epoch, two folds, short grids, one
+# trial at a time. Every notebook goes through this table.
 SMOKE_CAPS: dict[str, int] = {
     "image_size": 32,
     "epochs": 1,
@@ -46,6 +47,7 @@ SMOKE_CAPS: dict[str, int] = {
     "n_preview": 4,
     "n_samples": 8,
     "max_images": 600,  # cross-validation on a subset (None, "all", is capped too)
+    "workers": 1,  # trials of a few seconds: starting worker processes would cost more than it saves ("auto" too)
 }
 SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3, "rung_epochs": 0}
 
@@ -161,7 +163,8 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
                 changed[key], values[key] = values[key], (list(quick) if isinstance(quick, tuple) else quick)
     if profile == "smoke":
         for key, cap in SMOKE_CAPS.items():
-            if key in values and (values[key] is None or (isinstance(values[key], int) and values[key] > cap)):
+            value = values.get(key, cap)
+            if value is None or value == "auto" or (isinstance(value, int) and value > cap):
                 changed[key], values[key] = values[key], cap
         for key, length in SMOKE_LIST_LENGTHS.items():
             if isinstance(values.get(key), (list, tuple)) and len(values[key]) > length:

@@ -1,0 +1,159 @@
+"""Several trials at once on this machine (``RunOptions.workers``): a pool of spawned worker processes, each
+training one trial at a time on the same device, with the cache images in shared memory.
+
+Why: on a GPU a small trial is bound by Python's per-step dispatch (about 6 ms a step on the H100) and the
+GPU waits between its kernels; several processes, each dispatching its own trial, fill those gaps (Ray's
+fractional GPUs do the same on a cluster: ``ray_backend``). On a 2-core CPU it gains little: the trainings
+already use both cores well (benchmarks/README.md, "Trials at once"), so "auto" keeps one trial at a time
+there.
+
+Threads: the workers share the parent's torch threads equally, and a worker takes more at its next epoch
+once fewer trials are left than workers, so the last trial of a batch gets every thread back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+
+from muffin_lib.errors import MuffinError
+
+MAX_AUTO_WORKERS = 4
+# Peak memory of one worker training at the deployed 128 px (measured: 1.3-1.7 GB RSS for the three models
+# at batch 64 on one thread, plus the fold's copy of its images): "auto" starts no more workers than fit.
+WORKER_RAM_BYTES = int(2.5 * 2**30)
+WORKER_GPU_BYTES = 3 * 2**30
+
+# The worker process's state, set once by _start_worker.
+_WORKER: dict = {}
+
+
+def _available_ram_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _free_gpu_bytes(device: torch.device) -> int | None:
+    try:
+        return torch.cuda.mem_get_info(device)[0]
+    except Exception:  # no CUDA, or a driver that cannot say
+        return None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_workers(requested: int | str, device: str | torch.device, pending: int) -> int:
+    """How many trials to train at once: ``requested`` (a number, or "auto") for ``pending`` trials on
+    ``device``; 1 means one after another in this process.
+
+    "auto": on a CUDA GPU up to :data:`MAX_AUTO_WORKERS`, one per CPU core (each dispatches its own trial),
+    per :data:`WORKER_GPU_BYTES` of free GPU memory and per :data:`WORKER_RAM_BYTES` of free RAM; on the
+    CPU and Apple MPS 1 (on a 2-core CPU two workers trained CV folds 1.0-1.1x faster for twice the memory:
+    benchmarks/README.md, "Trials at once"). Never more than ``pending``.
+    """
+    from muffin_lib.training import runtime
+
+    if requested == "auto":
+        resolved = runtime.resolve_device(device)
+        workers = 1
+        if resolved.type == "cuda":
+            workers = min(MAX_AUTO_WORKERS, _cores())
+            for free, each in ((_free_gpu_bytes(resolved), WORKER_GPU_BYTES), (_available_ram_bytes(), WORKER_RAM_BYTES)):
+                if free is not None:
+                    workers = min(workers, free // each)
+    elif isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1:
+        workers = requested
+    else:
+        raise MuffinError(f"workers must be a number >= 1 or 'auto', got {requested!r}")
+    return max(1, min(int(workers), int(pending)))
+
+
+def _start_worker(arrays: dict, device: str, threads: int, workers: int, unfinished) -> None:
+    _WORKER.update(arrays=arrays, device=device, threads=threads, workers=workers, unfinished=unfinished)
+    torch.set_num_threads(max(1, threads // workers))
+
+
+def _rebalance(_record: dict | None = None) -> None:
+    """Take this worker's share of the threads (an ``on_epoch`` of ``fit``): an equal share among the workers
+    while at least as many trials are unfinished, more once fewer are left. The count only falls, so a share
+    only grows after other trials have ended: the workers never ask for more threads than there are cores
+    (OpenMP slows several-fold when they do)."""
+    busy = max(1, min(_WORKER["workers"], _WORKER["unfinished"].value))
+    share = max(1, _WORKER["threads"] // busy)
+    if torch.get_num_threads() != share:
+        torch.set_num_threads(share)
+
+
+def _train(task) -> dict:
+    from muffin_lib.selection.trial import run_task
+
+    try:
+        _rebalance()
+        images, labels = _WORKER["arrays"][task.setting]
+        return run_task(task, images, labels, device=_WORKER["device"], progress=False, on_epoch=_rebalance)
+    finally:
+        unfinished = _WORKER["unfinished"]
+        with unfinished.get_lock():
+            unfinished.value -= 1
+
+
+def run_tasks(tasks: Sequence, caches: dict, *, device: str, workers: int,
+              on_record: Callable[[dict], None], say: Callable[[str], None] | None = None) -> None:
+    """Train ``tasks`` in ``workers`` spawned processes; ``on_record(record)`` is called here, in this process,
+    as each trial ends (so each is stored at once). ``caches`` maps each task's ``setting`` to its ImageCache.
+
+    The images are moved into shared memory once (``share_memory_``: the workers read them without a copy).
+    A failing trial stops the others and its error is raised here; the trials finished before it stay
+    reported. Interrupting (Ctrl-C, a notebook's stop button) ends the workers too.
+    """
+    threads = torch.get_num_threads()
+    arrays = {}
+    for setting, cache in caches.items():
+        images, labels = torch.as_tensor(cache.images), torch.as_tensor(cache.labels)
+        arrays[setting] = (images.share_memory_(), labels.share_memory_())
+    if say is not None:
+        say(f"training {len(tasks)} trials, {workers} at once (worker processes sharing {threads} CPU "
+            f"thread(s), device {device})")
+    import torch.multiprocessing as torch_mp  # registers the reducers that pass shared tensors to workers
+
+    context = torch_mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    unfinished = context.Value("i", len(tasks))
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                                   initargs=(arrays, str(device), threads, workers, unfinished))
+    try:
+        futures = {executor.submit(_train, task) for task in tasks}
+        while futures:
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    record = future.result()  # a trial's error is raised here
+                except BrokenProcessPool as error:
+                    raise MuffinError(
+                        f"a worker process training trials ({workers} at once) died, most likely out of memory; "
+                        "the trials finished before it are stored: run again with fewer workers (workers=1 "
+                        "trains one trial at a time in this process)"
+                    ) from error
+                on_record(record)
+    except BaseException:
+        # The running trials would otherwise train on to their end; the pool has no public way to stop them.
+        workers_alive = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in workers_alive:
+            process.terminate()
+        raise
+    executor.shutdown(wait=True)
