@@ -7,8 +7,8 @@ Each round cross-validates each model on the study's twin-grouped folds (07's, f
 deployed image size, first with ``workers=1`` (one trial after another in this process, on all its torch
 threads), then with ``--workers`` worker processes sharing those threads, alternating so that load
 drifts hit both. Nothing is stored (no trial store), so every round trains every fold. It prints each
-round's seconds and the median ratio per model; the two runs' fold losses are printed too (same seeds; they
-differ only where thread counts change the arithmetic).
+round's seconds, fold losses (same seeds; they differ only where thread counts change the arithmetic) and
+median seconds per epoch of a trial, and the median ratio per model.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def main() -> None:
                 started = time.perf_counter()
                 result = cross_validate(config, cache, plan.folds, groups=plan.groups, options=options)
                 seconds[label] = time.perf_counter() - started
-                losses[label] = " ".join(f"{t['zero_one_loss']:.3f}" for t in result.trials)
+                epoch_seconds = statistics.median(h["seconds"] for t in result.trials for h in t["metrics"]["history"])
+                losses[label] = (" ".join(f"{t['zero_one_loss']:.3f}" for t in result.trials)
+                                 + f"; median epoch {epoch_seconds:.1f} s")
             serial, parallel = seconds.values()
             ratios.append(serial / parallel)
             print(f"{name} round {number + 1}: " + ", ".join(f"{k} {v:.0f} s ({losses[k]})" for k, v in seconds.items())

@@ -69,6 +69,11 @@ def test_parameters_mock_and_colab_cells(path: Path):
     assert re.search(r'^data_dir = "\.\./data/muffin-vs-chihuahua"', cell.source, re.M)
     assert re.search(r'^work_dir = "\.\./work"', cell.source, re.M)
 
+    # Every parameter but profile reaches notebook.start, so params.<name> has it (and the profile applies).
+    start = next(c.source for c in nb.cells if c.cell_type == "code" and "notebook.start(" in c.source)
+    passed = set(re.findall(r"\b(\w+)=\1\b", start))
+    assert names - {"profile"} <= passed, f"parameters not passed to notebook.start: {names - {'profile'} - passed}"
+
     mock = cell.metadata["nbmake"]["mock"]
     assert mock["profile"] == "smoke"
     assert mock["data_dir"] == "../work/nbmake/data" and mock["work_dir"] == "../work/nbmake/work"
