@@ -115,3 +115,24 @@ def test_each_trial_is_reported_when_it_ends_not_when_the_batch_does(cache_and_f
 def test_a_bad_workers_value_is_a_clear_error(workers):
     with pytest.raises(MuffinError, match="workers must be a number >= 1 or 'auto'"):
         RunOptions(workers=workers)
+
+
+def test_interrupting_ends_the_workers_and_keeps_what_finished(cache_and_folds, tmp_path, one_thread):
+    """A notebook's stop button (KeyboardInterrupt) while trials train: no worker trains on in the background."""
+    import multiprocessing
+
+    cache, folds = cache_and_folds
+    store = TrialStore(tmp_path / "t.sqlite")
+
+    def stop_after_the_first(record):
+        if record["status"] == "trained":
+            raise KeyboardInterrupt
+
+    options = RunOptions(store=store, device="cpu", progress=False, workers=2, on_trial=stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        grid_search(TINY, {"epochs": [1, 4000]}, cache, folds[:1], options=options)
+    deadline = time.monotonic() + 10  # the 4,000-epoch trial would train on for minutes
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+    assert [record["config"]["epochs"] for record in store.records()] == [1]

@@ -23,8 +23,9 @@ import torch
 from muffin_lib.errors import MuffinError
 
 MAX_AUTO_WORKERS = 4
-# Peak memory of one worker training at the deployed 128 px (measured: 1.3-1.7 GB RSS for the three models
-# at batch 64 on one thread, plus the fold's copy of its images): "auto" starts no more workers than fit.
+# Memory of one worker at the deployed 128 px (seen on the 2-core Xeon: 2.3-2.5 GB RSS per worker in a CV of
+# simple_cnn, shared images included; 1.3-1.7 GB for a bare training step of each model): "auto" starts no
+# more workers than fit.
 WORKER_RAM_BYTES = int(2.5 * 2**30)
 WORKER_GPU_BYTES = 3 * 2**30
 
