@@ -136,3 +136,24 @@ def test_interrupting_ends_the_workers_and_keeps_what_finished(cache_and_folds, 
         time.sleep(0.1)
     assert not multiprocessing.active_children()
     assert [record["config"]["epochs"] for record in store.records()] == [1]
+
+
+def test_cross_validate_each_queues_every_fold_of_every_configuration_at_once(cache_and_folds, monkeypatch):
+    from muffin_lib.selection import cross_validate, cross_validate_each
+    from muffin_lib.selection import cv as cv_module
+
+    cache, folds = cache_and_folds
+    batches = []
+    real_run_tasks = cv_module.run_tasks
+
+    def counting(tasks, caches, options):
+        batches.append(len(tasks))
+        return real_run_tasks(tasks, caches, options)
+
+    monkeypatch.setattr(cv_module, "run_tasks", counting)
+    configs = {"fast": TINY, "slow": TINY.replace(lr=1e-3)}
+    each = cross_validate_each(configs, cache, folds, options=RunOptions(device="cpu", progress=False))
+    assert batches == [2 * len(folds)]  # one batch: the workers are never idle between configurations
+    for name, config in configs.items():
+        alone = cross_validate(config, cache, folds, options=RunOptions(device="cpu", progress=False))
+        assert each[name].config_key == alone.config_key and each[name].losses == alone.losses

@@ -17,7 +17,14 @@ trials run (store, device, backend, progress, ...) is one :class:`RunOptions`, p
 :func:`cross_validate`, :func:`grid_search` and :func:`nested_cv`.
 """
 
-from muffin_lib.selection.cv import CVResult, compare_all, compare_configs, cross_validate, cv_tasks
+from muffin_lib.selection.cv import (
+    CVResult,
+    compare_all,
+    compare_configs,
+    cross_validate,
+    cross_validate_each,
+    cv_tasks,
+)
 from muffin_lib.selection.options import BACKENDS, RunOptions
 from muffin_lib.selection.refit import refit_and_test
 from muffin_lib.selection.search import (
@@ -53,6 +60,7 @@ __all__ = [
     "compare_all",
     "compare_configs",
     "cross_validate",
+    "cross_validate_each",
     "cv_tasks",
     "describe_trial",
     "expand_grid",

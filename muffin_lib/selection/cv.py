@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,12 +126,26 @@ def cross_validate(config, cache, folds: Folds, *, groups=None, scope: str = "cv
     per cached image) keeps twins on one side of an early-stopping split. ``options`` (:class:`RunOptions`)
     say where trials are stored and how they run; trials already in its store are not re-run.
     """
-    options = (options or RunOptions()).reporting()
+    return cross_validate_each({"config": config}, cache, folds, groups=groups, scope=scope, options=options)["config"]
+
+
+def cross_validate_each(configs: Mapping[str, object], cache, folds: Folds, *, groups=None, scope: str = "cv",
+                        options: RunOptions | None = None) -> dict[str, CVResult]:
+    """:func:`cross_validate` of each configuration of ``configs`` (name -> config), on the same folds, with
+    every fold of every configuration queued at once: with ``options.workers`` (or Ray) the trials of
+    different configurations train side by side, so the workers are not left idle at the end of each one's
+    K folds. Returns the CVResult of each name."""
+    fields = [config.to_dict() for config in configs.values()]
+    varied = [name for name in fields[0] if len({repr(f[name]) for f in fields}) > 1] if fields else []
+    options = (options or RunOptions()).reporting(varied)  # each trial's line names what tells them apart
     caches = TrialCaches(cache, options)
-    caches.check(config)
+    for config in configs.values():
+        caches.check(config)
     checked = check_folds(folds, len(cache.labels))
-    tasks = cv_tasks(config, cache, checked, scope=scope, device=options.device, groups=groups)
-    return cv_result(config, tasks, run_tasks(tasks, caches, options))
+    tasks = {name: cv_tasks(config, cache, checked, scope=scope, device=options.device, groups=groups)
+             for name, config in configs.items()}
+    records = run_tasks([task for each in tasks.values() for task in each], caches, options)
+    return {name: cv_result(config, tasks[name], records) for name, config in configs.items()}
 
 
 # --------------------------------------------------------------------------------------------------

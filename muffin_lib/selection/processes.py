@@ -64,8 +64,8 @@ def resolve_workers(requested: int | str, device: str | torch.device, pending: i
 
     "auto": on a CUDA GPU up to :data:`MAX_AUTO_WORKERS`, one per CPU core (each dispatches its own trial),
     per :data:`WORKER_GPU_BYTES` of free GPU memory and per :data:`WORKER_RAM_BYTES` of free RAM; on the
-    CPU and Apple MPS 1 (on a 2-core CPU two workers trained CV folds 1.0-1.1x faster for twice the memory:
-    benchmarks/README.md, "Trials at once"). Never more than ``pending``.
+    CPU and Apple MPS 1 (on a 2-core CPU two workers cross-validated at the deployed recipe only 1.09x faster,
+    for twice the memory: benchmarks/README.md, "Trials at once"). Never more than ``pending``.
     """
     from muffin_lib.training import runtime
 
