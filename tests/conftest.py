@@ -35,6 +35,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def tiny_cv_data(synthetic_data_dir, tmp_path_factory):
+    """(cache, folds): the synthetic training split cached at 32 px greyscale and its 2-fold twin-grouped plan,
+    for the tests of how trials run (serial, worker processes, Ray)."""
+    from muffin_lib.data.cache import load_images
+    from muffin_lib.data.splits import plan_for_cache
+
+    work_dir = tmp_path_factory.mktemp("tiny-cv-work")
+    cache = load_images(synthetic_data_dir, work_dir, "train", 32, "grayscale", progress=False)
+    return cache, plan_for_cache(cache, work_dir, n_splits=2, seed=0).folds
+
+
 @pytest.fixture
 def cv_result():
     """Builds a CVResult of ``config`` with these per-fold losses (400 training / 100 held-out images per fold),

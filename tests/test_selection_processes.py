@@ -8,22 +8,12 @@ import time
 import pytest
 import torch
 
-from muffin_lib.data.cache import load_images
-from muffin_lib.data.splits import plan_for_cache
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import RunOptions, grid_search, processes
 from muffin_lib.selection.trial_store import TrialStore
 from muffin_lib.training import engine
 
 TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, batch_size=16, lr=3e-3)
-
-
-@pytest.fixture(scope="module")
-def cache_and_folds(synthetic_data_dir, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("processes-work")
-    cache = load_images(synthetic_data_dir, work_dir, "train", 32, "grayscale", progress=False)
-    plan = plan_for_cache(cache, work_dir, n_splits=2, seed=0)
-    return cache, plan.folds
 
 
 @pytest.fixture
@@ -36,8 +26,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_two_workers_train_the_same_trials_as_one_after_another(cache_and_folds, tmp_path, one_thread):
-    cache, folds = cache_and_folds
+def test_two_workers_train_the_same_trials_as_one_after_another(tiny_cv_data, tmp_path, one_thread):
+    cache, folds = tiny_cv_data
     grid = {"lr": [3e-3, 1e-3]}
     serial_store, parallel_store = TrialStore(tmp_path / "serial.sqlite"), TrialStore(tmp_path / "parallel.sqlite")
     serial = grid_search(TINY, grid, cache, folds, options=RunOptions(store=serial_store, device="cpu", progress=False))
@@ -56,8 +46,8 @@ def test_two_workers_train_the_same_trials_as_one_after_another(cache_and_folds,
     assert parallel.best == serial.best
 
 
-def test_a_failing_trial_is_raised_and_the_finished_ones_stay_stored(cache_and_folds, tmp_path, one_thread):
-    cache, folds = cache_and_folds
+def test_a_failing_trial_is_raised_and_the_finished_ones_stay_stored(tiny_cv_data, tmp_path, one_thread):
+    cache, folds = tiny_cv_data
     # lr 1e6 diverges: fit raises its "training diverged" MuffinError inside a worker.
     grid = {"lr": [3e-3, 1e6]}
     store = TrialStore(tmp_path / "t.sqlite")
@@ -96,9 +86,9 @@ def test_auto_workers_on_a_gpu_follow_cores_gpu_memory_and_ram(monkeypatch):
     assert processes.resolve_workers("auto", "mps", pending=10) == 1
 
 
-def test_each_trial_is_reported_when_it_ends_not_when_the_batch_does(cache_and_folds, tmp_path, one_thread):
+def test_each_trial_is_reported_when_it_ends_not_when_the_batch_does(tiny_cv_data, tmp_path, one_thread):
     """A short and a long trial on two workers: the short one is stored while the long one still trains."""
-    cache, folds = cache_and_folds
+    cache, folds = tiny_cv_data
     arrivals = {}
 
     def on_trial(record):
@@ -117,11 +107,11 @@ def test_a_bad_workers_value_is_a_clear_error(workers):
         RunOptions(workers=workers)
 
 
-def test_interrupting_ends_the_workers_and_keeps_what_finished(cache_and_folds, tmp_path, one_thread):
+def test_interrupting_ends_the_workers_and_keeps_what_finished(tiny_cv_data, tmp_path, one_thread):
     """A notebook's stop button (KeyboardInterrupt) while trials train: no worker trains on in the background."""
     import multiprocessing
 
-    cache, folds = cache_and_folds
+    cache, folds = tiny_cv_data
     store = TrialStore(tmp_path / "t.sqlite")
 
     def stop_after_the_first(record):
@@ -138,11 +128,11 @@ def test_interrupting_ends_the_workers_and_keeps_what_finished(cache_and_folds, 
     assert [record["config"]["epochs"] for record in store.records()] == [1]
 
 
-def test_cross_validate_each_queues_every_fold_of_every_configuration_at_once(cache_and_folds, monkeypatch):
+def test_cross_validate_each_queues_every_fold_of_every_configuration_at_once(tiny_cv_data, monkeypatch):
     from muffin_lib.selection import cross_validate, cross_validate_each
     from muffin_lib.selection import cv as cv_module
 
-    cache, folds = cache_and_folds
+    cache, folds = tiny_cv_data
     batches = []
     real_run_tasks = cv_module.run_tasks
 

@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-from muffin_lib.data.cache import load_images
-from muffin_lib.data.splits import plan_for_cache
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import RunOptions, cross_validate, grid_search
 from muffin_lib.selection.trial_store import TrialStore
@@ -16,16 +14,8 @@ from muffin_lib.training import engine
 TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3)
 
 
-@pytest.fixture(scope="module")
-def cache_and_folds(synthetic_data_dir, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("ray-work")
-    cache = load_images(synthetic_data_dir, work_dir, "train", 32, "grayscale", progress=False)
-    plan = plan_for_cache(cache, work_dir, n_splits=2, seed=0)
-    return cache, plan.folds
-
-
-def test_missing_ray_is_a_clear_error(cache_and_folds, tmp_path, monkeypatch):
-    cache, folds = cache_and_folds
+def test_missing_ray_is_a_clear_error(tiny_cv_data, tmp_path, monkeypatch):
+    cache, folds = tiny_cv_data
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     monkeypatch.setitem(sys.modules, "ray.tune", None)
     with pytest.raises(MuffinError, match=r"pip install 'muffin-lab\[ray\]'"):
@@ -35,12 +25,12 @@ def test_missing_ray_is_a_clear_error(cache_and_folds, tmp_path, monkeypatch):
         RunOptions(backend="dask")
 
 
-def test_the_ray_backend_gets_the_pending_trials_and_the_ray_options(cache_and_folds, tmp_path, monkeypatch):
+def test_the_ray_backend_gets_the_pending_trials_and_the_ray_options(tiny_cv_data, tmp_path, monkeypatch):
     """RunOptions(backend="ray") hands ray_backend.run_tasks the trials not yet stored, their caches, the device
     and ray_options; each record it reports is committed and passed to on_trial. (Ray itself: the slow test.)"""
     from muffin_lib.selection import ray_backend, run_task
 
-    cache, folds = cache_and_folds
+    cache, folds = tiny_cv_data
     calls = []
 
     def fake_ray(tasks, caches, *, on_record, device, **ray_options):
@@ -62,9 +52,9 @@ def test_the_ray_backend_gets_the_pending_trials_and_the_ray_options(cache_and_f
 
 
 @pytest.mark.slow  # starts a local Ray instance: minutes
-def test_ray_runs_the_same_trials_as_serial(cache_and_folds, tmp_path):
+def test_ray_runs_the_same_trials_as_serial(tiny_cv_data, tmp_path):
     pytest.importorskip("ray.tune")
-    cache, folds = cache_and_folds
+    cache, folds = tiny_cv_data
     grid = {"lr": [3e-3, 1e-3]}
     serial_store = TrialStore(tmp_path / "serial.sqlite")
     ray_store = TrialStore(tmp_path / "ray.sqlite")
