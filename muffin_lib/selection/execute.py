@@ -1,6 +1,6 @@
 """Run a batch of trials on this machine (one after another, or several at once in worker processes) or on
-Ray Tune, skipping those the trial store already holds and
-committing each as it finishes; the caches a batch reads. The one place that chooses a backend (so
+Ray Tune, skipping those the trial store already holds and committing each as it finishes; the caches a
+batch reads. The one place that chooses a backend (so
 ``ray_backend`` and the trial code never import each other)."""
 
 from __future__ import annotations
@@ -92,18 +92,18 @@ def run_tasks(
 
     if not pending:
         return records
-    if options.backend == "ray":
-        from muffin_lib.selection import ray_backend  # imports trial only: no cycle
+    on_ray = options.backend == "ray"
+    workers = 1 if on_ray else processes.resolve_workers(options.workers, options.device, len(pending))
+    if on_ray or workers > 1:
+        needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
+        if on_ray:
+            from muffin_lib.selection import ray_backend  # imports trial only: no cycle
 
-        needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
-        ray_backend.run_tasks(list(pending.values()), needed, on_record=finish, device=options.device,
-                              **(options.ray_options or {}))
-        return records
-    workers = processes.resolve_workers(options.workers, options.device, len(pending))
-    if workers > 1:
-        needed = {setting: caches.get(setting) for setting in {t.setting for t in pending.values()}}
-        processes.run_tasks(list(pending.values()), needed, device=options.device, workers=workers,
-                            on_record=finish, say=print if options.progress else None)
+            ray_backend.run_tasks(list(pending.values()), needed, on_record=finish, device=options.device,
+                                  **(options.ray_options or {}))
+        else:
+            processes.run_tasks(list(pending.values()), needed, device=options.device, workers=workers,
+                                on_record=finish, say=print if options.progress else None)
         return records
     for task in pending.values():
         cache = caches.get(task.setting)

@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 BACKENDS = ("serial", "ray")
 
 
+def check_workers(workers) -> int | str:
+    """``workers`` itself when it is a number >= 1 or "auto" (``RunOptions.workers``), else a clear error."""
+    if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
+        raise MuffinError(f"workers must be a number >= 1 or 'auto', got {workers!r}")
+    return workers
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Run settings shared by cross_validate, grid_search and nested_cv (none of them changes a trial key
@@ -58,10 +65,7 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise MuffinError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.workers != "auto" and not (
-            isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 1
-        ):
-            raise MuffinError(f"workers must be a number >= 1 or 'auto', got {self.workers!r}")
+        check_workers(self.workers)
 
     def replace(self, **changes) -> RunOptions:
         """A copy with ``changes`` (the options are frozen)."""

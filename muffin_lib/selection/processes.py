@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.selection.options import check_workers
 
 MAX_AUTO_WORKERS = 4
 # Memory of one worker at the deployed 128 px (seen on the 2-core Xeon: 2.3-2.5 GB RSS per worker in a CV of
@@ -69,7 +70,8 @@ def resolve_workers(requested: int | str, device: str | torch.device, pending: i
     """
     from muffin_lib.training import runtime
 
-    if requested == "auto":
+    workers = check_workers(requested)
+    if workers == "auto":
         resolved = runtime.resolve_device(device)
         workers = 1
         if resolved.type == "cuda":
@@ -77,10 +79,6 @@ def resolve_workers(requested: int | str, device: str | torch.device, pending: i
             for free, each in ((_free_gpu_bytes(resolved), WORKER_GPU_BYTES), (_available_ram_bytes(), WORKER_RAM_BYTES)):
                 if free is not None:
                     workers = min(workers, free // each)
-    elif isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1:
-        workers = requested
-    else:
-        raise MuffinError(f"workers must be a number >= 1 or 'auto', got {requested!r}")
     return max(1, min(int(workers), int(pending)))
 
 
