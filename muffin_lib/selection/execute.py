@@ -1,7 +1,7 @@
 """Run a batch of trials on this machine (one after another, or several at once in worker processes) or on
 Ray Tune, skipping those the trial store already holds and committing each as it finishes; the caches a
-batch reads. The one place that chooses a backend (so
-``ray_backend`` and the trial code never import each other)."""
+batch reads. The one place that chooses a backend (so ``ray_backend`` and the trial code never import each
+other)."""
 
 from __future__ import annotations
 
