@@ -11,12 +11,16 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 
-def default_workers() -> int:
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    return max(1, min(available_cores(), 8))
 
 
 @contextlib.contextmanager

@@ -59,7 +59,7 @@ def test_a_failing_trial_is_raised_and_the_finished_ones_stay_stored(tiny_cv_dat
 
 
 def test_auto_keeps_one_trial_at_a_time_on_the_cpu_and_a_number_is_taken_as_given(monkeypatch):
-    monkeypatch.setattr(processes, "_cores", lambda: 16)
+    monkeypatch.setattr(processes, "available_cores", lambda: 16)
     assert processes.resolve_workers("auto", "cpu", pending=10) == 1  # measured: no gain on 2 cores
     assert processes.resolve_workers(3, "cpu", pending=10) == 3
     assert processes.resolve_workers(3, "cpu", pending=2) == 2  # never more workers than trials
@@ -72,9 +72,9 @@ def test_auto_workers_on_a_gpu_follow_cores_gpu_memory_and_ram(monkeypatch):
     monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cuda", 0))
     monkeypatch.setattr(processes, "_available_ram_bytes", lambda: 12 * 2**30)
     monkeypatch.setattr(processes, "_free_gpu_bytes", lambda device: 14 * 2**30)
-    monkeypatch.setattr(processes, "_cores", lambda: 2)  # a Colab host: a worker per core
+    monkeypatch.setattr(processes, "available_cores", lambda: 2)  # a Colab host: a worker per core
     assert processes.resolve_workers("auto", "cuda", pending=10) == 2
-    monkeypatch.setattr(processes, "_cores", lambda: 16)
+    monkeypatch.setattr(processes, "available_cores", lambda: 16)
     assert processes.resolve_workers("auto", "cuda", pending=10) == processes.MAX_AUTO_WORKERS
     assert processes.resolve_workers("auto", "cuda", pending=3) == 3
     monkeypatch.setattr(processes, "_free_gpu_bytes", lambda device: 5 * 2**30)  # room for one

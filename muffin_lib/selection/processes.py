@@ -13,7 +13,6 @@ once fewer trials are left than workers, so the last trial of a batch gets every
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.pool import available_cores
 from muffin_lib.selection.options import check_workers
 
 MAX_AUTO_WORKERS = 4
@@ -52,13 +52,6 @@ def _free_gpu_bytes(device: torch.device) -> int | None:
         return None
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def resolve_workers(requested: int | str, device: str | torch.device, pending: int) -> int:
     """How many trials to train at once: ``requested`` (a number, or "auto") for ``pending`` trials on
     ``device``; 1 means one after another in this process.
@@ -75,7 +68,7 @@ def resolve_workers(requested: int | str, device: str | torch.device, pending: i
         resolved = runtime.resolve_device(device)
         workers = 1
         if resolved.type == "cuda":
-            workers = min(MAX_AUTO_WORKERS, _cores())
+            workers = min(MAX_AUTO_WORKERS, available_cores())
             for free, each in ((_free_gpu_bytes(resolved), WORKER_GPU_BYTES), (_available_ram_bytes(), WORKER_RAM_BYTES)):
                 if free is not None:
                     workers = min(workers, free // each)
