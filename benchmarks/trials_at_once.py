@@ -45,7 +45,7 @@ def main() -> None:
     plan = plan_for_cache(cache, args.work_dir)
     device = runtime.resolve_device(args.device)
     print(f"{runtime.cpu_model()}; {torch.get_num_threads()} torch threads; device {device}, "
-          f"amp {engine.execution_key(base.amp, device)}; {len(plan.folds)} folds of {len(cache)} images at "
+          f"amp {engine.execution_key(base.amp, device, base)}; {len(plan.folds)} folds of {len(cache)} images at "
           f"{base.image_size} px, {args.epochs} epochs per trial; workers {workers}", flush=True)
     for name in args.models.split(","):
         config = base.replace(model=name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 # with AMX and in fp32 elsewhere. Pin fp32 here (notebook kernels inherit it); the rule itself is tested
 # with patched CPU flags (test_training_engine.py), and bf16 training by explicit amp="bf16" tests.
 os.environ.setdefault("MUFFIN_CPU_BF16", "0")
+# The user-level cache (the bf16 probe's verdicts) goes to a throwaway folder, never the user's own.
+os.environ.setdefault("MUFFIN_CACHE_DIR", tempfile.mkdtemp(prefix="muffin-test-cache-"))
 
 from muffin_lib.data.synthetic import make_synthetic_dataset
 

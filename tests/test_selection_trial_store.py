@@ -111,7 +111,7 @@ def test_execution_key_names_device_type_and_precision(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # a Zen 3: no bf16 hardware
     assert engine.execution_key("auto", "cpu") == "cpu/fp32"
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
-    assert engine.execution_key("auto", "cpu") == "cpu/bf16"
+    assert engine.execution_key("auto", "cpu") == "cpu/bf16"  # no workload: the instructions decide
     assert engine.execution_key("bf16", "cpu") == "cpu/bf16"
     assert engine.execution_key("off", torch.device("cpu")) == "cpu/fp32"
     with pytest.raises(MuffinError, match="fp16"):

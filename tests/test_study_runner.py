@@ -210,3 +210,17 @@ def test_summary_table_puts_the_twin_free_test_error_first():
     text = format_summary(summary)
     assert "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] |" in text
     assert "| deeper_cnn | 0.050 [0.040, 0.070] | 0.045 [0.033, 0.060] | 0.080 [0.060, 0.100] | 0.090 [0.070, 0.110] |" in text
+
+
+def test_summary_says_which_precision_trained_each_model_and_why():
+    from muffin_lib.study.runner import format_summary
+
+    reason = "bf16: probe 1.73x bf16 vs fp32, parity ok; avx512_bf16"
+    summary = {
+        "synthetic": False, "data_dir": "d", "profile": "quick", "work_dir": "w", "environment": {},
+        "notebooks": {}, "findings": [],
+        "models": {"deeper_cnn": {"val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11], "precision": reason},
+                   "simple_cnn": {"val_zero_one_loss": 0.12, "val_ci": [0.1, 0.14], "precision": "fp32: amp off"}},
+    }
+    text = format_summary(summary)
+    assert f"deeper_cnn {reason}; simple_cnn fp32: amp off." in text

@@ -35,11 +35,13 @@ def test_flop_count_of_simple_cnn():
 
 
 def test_bench_amp_auto_times_bf16_against_fp32_in_the_same_rounds(capsys, monkeypatch):
-    # A CPU with AMX (patched flags): auto picks bf16 and every round also times fp32.
-    from muffin_lib.training import runtime
+    # A CPU with AMX whose probe finds bf16 faster (patched): auto picks bf16 and every round also times fp32.
+    from muffin_lib.training import bf16_probe, runtime
 
     monkeypatch.delenv("MUFFIN_CPU_BF16", raising=False)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    verdict = bf16_probe.Bf16Verdict(True, "bf16: probe 1.90x bf16 vs fp32, parity ok", 1.9, 0.0, 0.05)
+    monkeypatch.setattr(bf16_probe, "measure", lambda *args: verdict)
     argv = ["bench", "--model", "simple_cnn", "--image-size", "32", "--n-images", "12", "--batch-size", "8",
             "--device", "cpu", "--seconds", "0.2", "--rounds", "3", "--amp", "auto"]
     assert cli.main(argv) == 0
@@ -50,6 +52,7 @@ def test_bench_amp_auto_times_bf16_against_fp32_in_the_same_rounds(capsys, monke
     assert result["amp_speedup"] == ratios[1] and result["amp_speedup_min"] == ratios[0]
     assert all(r["amp_speedup"] == r["muffin_img_per_s"] / r["fp32_img_per_s"] for r in result["rounds"])
     assert "bf16 over fp32 (ours, same rounds)" in out
+    assert result["precision_reason"] == "bf16: probe 1.90x bf16 vs fp32, parity ok; amx_bf16, avx512_bf16"
 
 
 def test_bench_amp_off_times_fp32_only(capsys, monkeypatch):

@@ -312,32 +312,6 @@ def test_auto_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch, capability, e
             runtime.resolve_amp("bf16", torch.device("cuda", 0))
 
 
-@pytest.mark.parametrize(
-    ("flags", "forced", "expected"),
-    [
-        ({"avx2", "fma"}, None, None),  # Zen 3: bf16 measured 14x slower, fp32 stays
-        ({"avx512f", "avx512_bf16"}, None, None),  # Zen 4: AVX-512-BF16 without AMX, unmeasured: fp32
-        ({"avx512_bf16", "amx_bf16", "amx_tile"}, None, torch.bfloat16),  # Xeon with AMX: about 2x faster
-        ({"avx512_bf16", "amx_bf16", "amx_tile"}, "0", None),  # the override wins both ways
-        ({"avx2"}, "1", torch.bfloat16),
-        (set(), None, None),  # no /proc/cpuinfo (macOS, Windows)
-    ],
-)
-def test_auto_amp_on_the_cpu_follows_the_hardware(monkeypatch, flags, forced, expected):
-    from muffin_lib.training import runtime
-
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
-    if forced is None:
-        monkeypatch.delenv("MUFFIN_CPU_BF16", raising=False)
-    else:
-        monkeypatch.setenv("MUFFIN_CPU_BF16", forced)
-    assert runtime.resolve_amp("auto", torch.device("cpu")) == expected
-    # Explicit requests are obeyed whatever the hardware.
-    assert runtime.resolve_amp("off", torch.device("cpu")) is None
-    assert runtime.resolve_amp("bf16", torch.device("cpu")) == torch.bfloat16
-    assert runtime.describe_environment("cpu")["cpu_bf16_autocast"] == (expected is not None)
-
-
 def test_amp_is_not_part_of_the_config_key_the_execution_key_carries_the_precision():
     base = engine.TrainConfig()
     assert base.key() == base.replace(amp="bf16").key() == base.replace(amp="off").key()

@@ -102,7 +102,7 @@ def test_fit_under_the_mps_rules_trains_contiguous_in_fp32_and_says_why(mps_rule
     assert all(s["contiguous"] and not s["channels_last"] for s in seen)
     assert all(s["dtype"] == torch.float32 and not s["autocast"] for s in seen)
     log = caplog.text
-    assert "amp off, contiguous memory format" in log
+    assert "precision fp32: Apple MPS trains in fp32 under amp auto, contiguous memory format" in log
     assert "on cpu: memory format contiguous (NCHW) on Apple MPS" in log and "pytorch/pytorch#193349" in log
     assert "amp 'auto' trains in fp32 on Apple MPS" in log
 

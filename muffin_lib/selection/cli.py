@@ -66,8 +66,8 @@ def add_cv_arguments(parser) -> None:
         help="successive halving: every configuration first at these epochs, the best third goes on")
     add("--backend", choices=BACKENDS, default="serial", help="run trials on this machine, or in parallel on Ray Tune")
     add("--workers", type=_workers, default="auto",
-        help="serial backend: trials trained at once in worker processes; auto (default): up to 4 on a CUDA GPU "
-        "(by cores and free memory), 1 on a CPU; 1: one after another, with progress bars")
+        help="serial backend: trials trained at once in worker processes; auto (default) and 1: one after "
+        "another, with progress bars (more is unmeasured on a GPU and 1.09x on a 2-core CPU)")
     add("--ray-address", default=None, help="Ray: an existing cluster (default: a local instance)")
     add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
     add("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions share a GPU)")

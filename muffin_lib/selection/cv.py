@@ -73,7 +73,7 @@ def cv_tasks(config, cache, folds, *, scope: str, device: str, groups=None) -> l
 
     fingerprint = getattr(cache, "fingerprint", None)
     plan = fold_plan_key(folds)
-    execution = engine.execution_key(config.amp, device)
+    execution = engine.execution_key(config.amp, device, config)
     key = trial_key(config.key(), fingerprint, plan, execution=execution)
     return [
         TrialTask(

@@ -3,9 +3,9 @@ training one trial at a time on the same device, with the cache images in shared
 
 Why: on a GPU a small trial is bound by Python's per-step dispatch (about 6 ms a step on the H100) and the
 GPU waits between its kernels; several processes, each dispatching its own trial, fill those gaps (Ray's
-fractional GPUs do the same on a cluster: ``ray_backend``). On a 2-core CPU it gains little: the trainings
-already use both cores well (benchmarks/README.md, "Trials at once"), so "auto" keeps one trial at a time
-there.
+fractional GPUs do the same on a cluster: ``ray_backend``); that is unmeasured, so it is asked for with a
+number. On a 2-core CPU it gains little: the trainings already use both cores well (benchmarks/README.md,
+"Trials at once"). "auto" keeps one trial at a time.
 
 Threads: the workers share the parent's torch threads equally, and a worker takes more at its next epoch
 once fewer trials are left than workers, so the last trial of a batch gets every thread back.
@@ -20,58 +20,24 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.pool import available_cores
 from muffin_lib.selection.options import check_workers
-
-MAX_AUTO_WORKERS = 4
-# Memory of one worker at the deployed 128 px (seen on the 2-core Xeon: 2.3-2.5 GB RSS per worker in a CV of
-# simple_cnn, shared images included; 1.3-1.7 GB for a bare training step of each model): "auto" starts no
-# more workers than fit.
-WORKER_RAM_BYTES = int(2.5 * 2**30)
-WORKER_GPU_BYTES = 3 * 2**30
 
 # The worker process's state, set once by _start_worker.
 _WORKER: dict = {}
-
-
-def _available_ram_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _free_gpu_bytes(device: torch.device) -> int | None:
-    try:
-        return torch.cuda.mem_get_info(device)[0]
-    except Exception:  # no CUDA, or a driver that cannot say
-        return None
 
 
 def resolve_workers(requested: int | str, device: str | torch.device, pending: int) -> int:
     """How many trials to train at once: ``requested`` (a number, or "auto") for ``pending`` trials on
     ``device``; 1 means one after another in this process.
 
-    "auto": on a CUDA GPU up to :data:`MAX_AUTO_WORKERS`, one per CPU core (each dispatches its own trial),
-    per :data:`WORKER_GPU_BYTES` of free GPU memory and per :data:`WORKER_RAM_BYTES` of free RAM; on the
-    CPU and Apple MPS 1 (on a 2-core CPU two workers cross-validated at the deployed recipe only 1.09x faster,
-    for twice the memory: benchmarks/README.md, "Trials at once"). Never more than ``pending``.
+    "auto" is 1 on every device until a measurement shows more is faster: on a 2-core CPU two workers
+    cross-validated at the deployed recipe only 1.09x faster, for twice the memory (benchmarks/README.md,
+    "Trials at once"), and no GPU has measured it (processes on one GPU without NVIDIA's MPS take turns).
+    Never more than ``pending``.
     """
-    from muffin_lib.training import runtime
-
     workers = check_workers(requested)
     if workers == "auto":
-        resolved = runtime.resolve_device(device)
         workers = 1
-        if resolved.type == "cuda":
-            workers = min(MAX_AUTO_WORKERS, available_cores())
-            for free, each in ((_free_gpu_bytes(resolved), WORKER_GPU_BYTES), (_available_ram_bytes(), WORKER_RAM_BYTES)):
-                if free is not None:
-                    workers = min(workers, free // each)
     return max(1, min(int(workers), int(pending)))
 
 

@@ -49,7 +49,7 @@ def refit_and_test(
     test_fp = getattr(test_cache, "fingerprint", None)
     fingerprint = f"{getattr(train_cache, 'fingerprint', None)}|{test_fp}"
     plan = fold_plan_key([(train_idx, np.arange(len(test_cache.labels)))])
-    execution = engine.execution_key(config.amp, device)
+    execution = engine.execution_key(config.amp, device, config)
     task = TrialTask(
         config=config,
         setting=config_setting(config),

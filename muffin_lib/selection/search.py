@@ -256,7 +256,7 @@ def nested_cv(
         searched = grid_search(base_config, grid, cache, inner, groups=groups, rung_epochs=rung_epochs, keep=keep,
                                scope="nested-inner", options=inner_options)
         winner = searched.best
-        execution = engine.execution_key(winner.amp, options.device)
+        execution = engine.execution_key(winner.amp, options.device, winner)
         task = TrialTask(
             config=winner,
             setting=config_setting(winner),

@@ -179,7 +179,7 @@ def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float
         "n_test": n_test,
         "seconds": float(seconds),
         "device": str(fitted.device),
-        "execution": engine.execution_key(fitted.config.amp, fitted.device),
+        "execution": engine.execution_key(fitted.config.amp, fitted.device, fitted.config),
     }
 
 

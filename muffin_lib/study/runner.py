@@ -353,6 +353,9 @@ def format_summary(summary: dict) -> str:
             ]
             named = f"{model} at {numbers['off_recipe']}" if numbers.get("off_recipe") else model
             lines.append(f"| {named} | " + " | ".join(cells) + " |")
+        trained_in = [f"{model} {n['precision']}" for model, n in summary["models"].items() if n.get("precision")]
+        if trained_in:
+            lines += ["", "Precision (which one trained each model, and why): " + "; ".join(trained_in) + "."]
     if summary["findings"]:
         lines += ["", "## Findings (computed by the notebooks)", ""]
         lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]

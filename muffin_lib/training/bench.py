@@ -209,11 +209,10 @@ def run_benchmark(
         config = engine.TrainConfig(
             model=model, image_size=image_size, color_mode=color_mode, batch_size=batch_size, seed=seed, amp=amp
         )
-        precision = runtime.execution_key(amp, resolved).split("/")[1]
+        precision = runtime.execution_key(amp, resolved, config).split("/")[1]
+        why = runtime.precision_reason(amp, resolved, config)
         compare_fp32 = precision != "fp32"
-        say(f"ours trains in {precision} (amp={amp!r}"
-            + (f"; {'CPU with AMX-BF16' if resolved.type == 'cpu' else 'GPU'}), and in fp32 in every round too for the "
-               "precision speed-up)" if compare_fp32 else ")"))
+        say(f"ours trains in {why}" + ("; every round also times fp32 for the precision speed-up" if compare_fp32 else ""))
         per_round = []
         for number in range(1, max(1, rounds) + 1):
             allocator = runtime.allocator_state()
@@ -267,6 +266,7 @@ def run_benchmark(
         "amp": ours["amp"],
         "amp_requested": amp,
         "precision": precision,
+        "precision_reason": why,
         "memory_format": ours["memory_format"],
         "cpu": runtime.cpu_model(),
         "allocator_during_baseline": allocator_before,
@@ -300,8 +300,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both pipelines (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     parser.add_argument("--amp", choices=engine.AMP_MODES, default="auto",
-                        help="ours' precision: auto (bf16 on CPUs with AMX and Ampere+ GPUs, fp16 on older GPUs, else "
-                        "fp32), bf16, fp16 or off; with anything but fp32 each round also times fp32")
+                        help="ours' precision: auto (bf16 on Ampere+ GPUs and on CPUs with bf16 instructions where a probe "
+                        "finds it faster, fp16 on older GPUs, else fp32), bf16, fp16 or off; with anything but fp32 "
+                        "each round also times fp32 (default: auto)")
 
 
 def bench_command(args: argparse.Namespace) -> int:

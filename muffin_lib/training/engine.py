@@ -258,7 +258,7 @@ def fit(
         runtime.tune_cpu_allocator()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    amp_dtype = resolve_amp(config.amp, device)
+    amp_dtype = resolve_amp(config.amp, device, config)
     amp_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     normalization = imagenet_normalization(channels) if config.pretrained else compute_normalization(train_images)
 
@@ -282,7 +282,8 @@ def fit(
 
     say(
         f"training {config.model} on {n_train} images ({channels}x{size}x{size}), "
-        f"{val_images.shape[0] if has_val else 0} validation; device {device}, amp {amp_name}, "
+        f"{val_images.shape[0] if has_val else 0} validation; device {device}, "
+        f"precision {runtime.precision_reason(config.amp, device, config)}, "
         f"{'channels-last' if memory_format == torch.channels_last else 'contiguous'} memory format, "
         f"batch {config.batch_size}, {config.epochs} epochs x {steps} steps, "
         f"{config.optimizer} lr {config.lr:g} ({config.schedule}), augment {config.augment}"

@@ -153,7 +153,7 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
     elif resolved.type == "mps":
         info["gpu_name"] = "Apple MPS"
     else:
-        info["cpu_bf16_autocast"] = cpu_bf16_pays()  # what amp="auto" trains in here (resolve_amp)
+        info["cpu_bf16_autocast"] = cpu_bf16_choice()[1]  # amp="auto" here, before a model's probe
     return info
 
 
@@ -168,13 +168,9 @@ def native_bf16(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-# CPU features that make bf16 autocast pay. Measured (../shared/tools/bf16_probe.py, benchmarks/README.md):
-# on a 2-core Xeon with AMX-BF16 a training step of deeper_cnn / resnet_like at 128 px ran 1.95-2.06x
-# faster under bf16 autocast; on a Zen 3 (AVX2 only) bf16 was 14x slower. AVX-512-BF16 without AMX (Zen 4)
-# is unmeasured, so "auto" keeps fp32 there (amp="bf16" asks for it).
-CPU_BF16_FEATURE = "amx_bf16"
-
-
+# CPU bf16 autocast pays only with native bf16 instructions (bf16_probe.BF16_FLAGS), and then not always:
+# benchmarks/README.md has 1.9-2.0x on an AMX Xeon, 1.6-1.9x on a Zen 4 (AVX-512-BF16) and 14x slower on a
+# Zen 3 (AVX2 only). So "auto" probes the model about to train on such a CPU (bf16_probe) and never elsewhere.
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
     try:
@@ -199,13 +195,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_bf16_pays() -> bool:
-    """Whether CPU bf16 autocast is the faster precision here: the CPU has AMX-BF16 tiles, and torch was built
-    with oneDNN (which runs bf16 convolutions on them). ``MUFFIN_CPU_BF16=0``/``1`` overrides the rule."""
+def cpu_bf16_choice(workload=None) -> tuple[bool, str]:
+    """Whether ``amp="auto"`` trains ``workload`` in bf16 on this CPU, and why in one line (for the logs,
+    ``bench`` and the run summary), e.g. ``(True, "bf16: probe 1.90x bf16 vs fp32, parity ok; avx512_bf16")``.
+
+    ``workload``: what is about to train, anything with ``model``, ``in_channels``, ``image_size`` and
+    ``channels_last`` (a ``TrainConfig``); the probe (``bf16_probe``) times and checks it once per machine.
+    Without one, the instructions alone decide. ``MUFFIN_CPU_BF16=0``/``1`` overrides everything."""
     forced = os.environ.get("MUFFIN_CPU_BF16")
     if forced in ("0", "1"):
-        return forced == "1"
-    return CPU_BF16_FEATURE in cpu_flags() and torch.backends.mkldnn.is_available()
+        return forced == "1", f"{'bf16' if forced == '1' else 'fp32'}: MUFFIN_CPU_BF16={forced}"
+    from muffin_lib.training import bf16_probe
+
+    flags = cpu_flags()
+    present = [flag for flag in bf16_probe.BF16_FLAGS if flag in flags]
+    if not present:
+        return False, "fp32: this CPU has no native bf16 instructions (avx512_bf16 or amx_bf16)"
+    if not torch.backends.mkldnn.is_available():
+        return False, "fp32: this torch build has no oneDNN, which runs bf16 convolutions on the CPU"
+    if workload is None:
+        return True, f"bf16: {', '.join(present)} (no model given to probe)"
+    verdict = bf16_probe.cpu_bf16_verdict(
+        workload.model, workload.in_channels, workload.image_size,
+        channels_last_for("cpu", workload.channels_last), cpu_model(), flags,
+    )
+    return verdict.use, verdict.reason
+
+
+def cpu_bf16_pays(workload=None) -> bool:
+    """Whether CPU bf16 autocast is the faster precision here for ``workload`` (``cpu_bf16_choice``)."""
+    return cpu_bf16_choice(workload)[0]
 
 
 def policy_device_type(device: str | torch.device) -> str:
@@ -232,8 +251,9 @@ MPS_AUTO_AMP_REASON = (
 )
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = full float32)."""
+def resolve_amp(amp: str, device: torch.device, workload=None) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None = full float32); on a CPU, "auto" depends on the
+    ``workload`` about to train (``cpu_bf16_choice``)."""
     if amp not in AMP_MODES:
         raise MuffinError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "off":
@@ -247,11 +267,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --amp fp16")
         return torch.bfloat16 if amp == "bf16" else torch.float16
     if kind == "cpu":
-        # "auto": bf16 only where the hardware makes it pay (cpu_bf16_pays); elsewhere it is far slower.
         if amp == "fp16":
             raise MuffinError("amp='fp16' needs a CUDA GPU; on the CPU use amp='bf16' or 'off'")
         if amp == "auto":
-            return torch.bfloat16 if cpu_bf16_pays() else None
+            return torch.bfloat16 if cpu_bf16_pays(workload) else None
         return torch.bfloat16 if amp == "bf16" else None
     # MPS: fp32 for "auto" (MPS_AUTO_AMP_REASON); explicit choices where torch has autocast for MPS.
     if amp == "auto":
@@ -314,10 +333,26 @@ def device_notes(device: str | torch.device, amp: str, channels_last: bool) -> l
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def execution_key(amp: str, device: str | torch.device = "auto") -> str:
+def precision_reason(amp: str, device: str | torch.device = "auto", workload=None) -> str:
+    """The precision ``amp`` trains ``workload`` in on ``device``, and why, in one line for logs and summaries:
+    e.g. "bf16: probe 1.90x bf16 vs fp32, parity ok; avx512_bf16" or "fp32: amp off"."""
+    device = resolve_device(device)
+    name = _PRECISION_NAMES[resolve_amp(amp, device, workload)]
+    if amp != "auto":
+        return f"{name}: amp {amp}"
+    kind = policy_device_type(device)
+    if kind == "cpu":
+        return cpu_bf16_choice(workload)[1]
+    if kind == "cuda":
+        why = "bf16 tensor cores" if name == "bf16" else "no native bf16 (before Ampere)"
+        return f"{name}: {torch.cuda.get_device_name(device)}, {why}"
+    return f"{name}: Apple MPS trains in fp32 under amp auto"
+
+
+def execution_key(amp: str, device: str | torch.device = "auto", workload=None) -> str:
     """``"<device type>/<precision>"`` a run with ``amp`` on ``device`` trains in, e.g. ``cpu/fp32``,
     ``cuda/bf16``, ``cuda/fp16``: the resolved device (``auto`` -> what this machine has) and autocast
     dtype (``resolve_amp``; none = fp32). Part of trial keys and checkpoint reuse, so results of another
     device type or precision are never taken for this one."""
     device = resolve_device(device)
-    return f"{device.type}/{_PRECISION_NAMES[resolve_amp(amp, device)]}"
+    return f"{device.type}/{_PRECISION_NAMES[resolve_amp(amp, device, workload)]}"

@@ -88,7 +88,7 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, config, device: torch.device, normalization: dict,
                  total_steps: int, num_classes: int | None = None):
-        self.amp_dtype = resolve_amp(config.amp, device)
+        self.amp_dtype = resolve_amp(config.amp, device, config)
         self.device = device
         self._trained = model  # the module itself, not a compiled wrapper: the average reads its weights
         self.model = torch.compile(model) if config.compile else model

@@ -57,6 +57,7 @@ class TrainRun:
     val_predictions: dict = field(default_factory=dict)
     temperature: float = 1.0  # fitted on the validation predictions (calibration.fit_temperature)
     class_names: tuple[str, ...] = CLASSES  # label i = class_names[i]: the data's class folders
+    precision: str = ""  # which precision trained it and why, e.g. "bf16: probe 1.73x bf16 vs fp32, parity ok"
 
 
 def _predictions(model, images, labels, relpaths, normalization, device, class_names=CLASSES) -> tuple[dict, dict, np.ndarray]:
@@ -123,7 +124,8 @@ def _checkpoint_extra(cache, plan, config: engine.TrainConfig, device: str) -> d
         "n_val": len(plan.val_idx),
         "code_version": engine.CODE_VERSION,
         "preprocess_version": imageio.PREPROCESS_VERSION,
-        "execution": engine.execution_key(config.amp, device),
+        "execution": engine.execution_key(config.amp, device, config),
+        "precision": runtime.precision_reason(config.amp, device, config),  # why: for logs and the summary
     }
 
 
@@ -201,6 +203,7 @@ def train_model(
         val_predictions=predictions,
         temperature=temperature,
         class_names=tuple(class_names),
+        precision=(checkpoint or {"extra": extra}).get("extra", {}).get("precision", ""),
     )
 
 

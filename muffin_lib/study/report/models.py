@@ -106,6 +106,7 @@ def model_results(run, summary: dict, findings: list[str], synthetic: bool, name
                 "epochs": len(run.history),
                 "off_recipe": off_recipe(run.config),  # e.g. `-p epochs 5` or the smoke profile; None at the recipe
                 "train_seconds": seconds,
+                "precision": run.precision,
                 "checkpoint": str(run.checkpoint_path),
             }
         },

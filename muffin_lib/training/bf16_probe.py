@@ -1,0 +1,146 @@
+"""Whether CPU bf16 autocast is faster, and right, for one model here: a short measured probe, cached.
+
+``amp="auto"`` on a CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``) asks this module.
+The probe trains a few steps of the model about to train in fp32 and under bf16 autocast, alternating, and
+checks that one bf16 step's loss and gradients agree with fp32's. Its verdict is cached per machine, torch
+version, model and input size in the user's cache directory, so every process (worker processes too) reads
+the same answer and the precision in a result's key is the precision it trained in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from muffin_lib.files import write_text_atomic
+from muffin_lib.training.models import build_model
+
+log = logging.getLogger(__name__)
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 instructions; without them bf16 is emulated and slow
+MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this much: below it the gain is within timing noise
+# One bf16 step against fp32 from the same weights, batch and dropout: loss within 2 % and the whole
+# gradient within 25 % (relative L2, a cosine above about 0.97). On a Zen 4 the study's models agree to
+# 0.05 % and 5-14 %; a wrong bf16 kernel (pytorch/pytorch#163347, #169688) is off by about 100 %.
+LOSS_TOLERANCE = 0.02
+GRAD_TOLERANCE = 0.25
+PROBE_BATCH = 32
+PROBE_STEPS = 3
+PROBE_ROUNDS = 2
+PROBE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Bf16Verdict:
+    """The probe's result for one model and input size: ``use`` bf16 or not, and why in one line."""
+
+    use: bool
+    reason: str
+    speedup: float | None = None
+    loss_error: float | None = None
+    grad_error: float | None = None
+
+
+def cache_dir() -> Path:
+    """The user's cache directory for muffin-lab (``MUFFIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/muffin-lab``)."""
+    if os.environ.get("MUFFIN_CACHE_DIR"):
+        return Path(os.environ["MUFFIN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "muffin-lab"
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "bf16_probe.json"
+
+
+def _machine_key(cpu_model: str, flags: frozenset[str]) -> str:
+    present = ",".join(f for f in BF16_FLAGS if f in flags)
+    return f"{cpu_model} [{present}] torch {torch.__version__} v{PROBE_VERSION}"
+
+
+def _inputs(model_name: str, in_channels: int, image_size: int, channels_last: bool):
+    torch.manual_seed(0)
+    model = build_model(model_name, in_channels=in_channels, image_size=image_size)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout).train()
+    x = torch.randn(PROBE_BATCH, in_channels, image_size, image_size).contiguous(memory_format=layout)
+    y = torch.randint(0, 2, (PROBE_BATCH,))
+    return model, x, y
+
+
+def _loss_and_grad(model, x, y, bf16: bool) -> tuple[float, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the same dropout masks in both precisions
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+    return loss.item(), torch.cat(grads).float()
+
+
+def _steps_per_second(model, x, y, bf16: bool) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    _loss_and_grad(model, x, y, bf16)  # warm-up: oneDNN builds its kernels on the first call
+    optimizer.step()
+    started = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        _loss_and_grad(model, x, y, bf16)
+        optimizer.step()
+    return PROBE_STEPS / (time.perf_counter() - started)
+
+
+def measure(model_name: str, in_channels: int, image_size: int, channels_last: bool = True) -> Bf16Verdict:
+    """Run the probe (no cache): agreement of one step, then fp32 vs bf16 speed in alternating rounds."""
+    model, x, y = _inputs(model_name, in_channels, image_size, channels_last)
+    loss32, grad32 = _loss_and_grad(model, x, y, bf16=False)
+    loss16, grad16 = _loss_and_grad(model, x, y, bf16=True)
+    loss_error = abs(loss16 - loss32) / max(abs(loss32), 1e-6)
+    grad_error = float((grad16 - grad32).norm() / grad32.norm().clamp_min(1e-12))
+    agree = loss_error <= LOSS_TOLERANCE and grad_error <= GRAD_TOLERANCE and torch.isfinite(grad16).all()
+    if not agree:
+        return Bf16Verdict(False, f"fp32: bf16 disagrees with fp32 (loss {loss_error:.1%}, gradients "
+                           f"{grad_error:.1%}; tolerance {LOSS_TOLERANCE:.0%} / {GRAD_TOLERANCE:.0%})",
+                           loss_error=loss_error, grad_error=grad_error)
+    rates = {False: [], True: []}
+    for _ in range(PROBE_ROUNDS):
+        for bf16 in (False, True):
+            rates[bf16].append(_steps_per_second(model, x, y, bf16))
+    speedup = max(rates[True]) / max(rates[False])
+    use = speedup >= MIN_SPEEDUP
+    verdict = "bf16" if use else "fp32"
+    reason = f"{verdict}: probe {speedup:.2f}x bf16 vs fp32" + (", parity ok" if use else
+                                                              f" (needs {MIN_SPEEDUP:g}x)")
+    return Bf16Verdict(use, reason, speedup=speedup, loss_error=loss_error, grad_error=grad_error)
+
+
+def cpu_bf16_verdict(model_name: str, in_channels: int, image_size: int, channels_last: bool,
+                     cpu_model: str, flags: frozenset[str]) -> Bf16Verdict:
+    """The cached verdict for this machine and workload, probing (and logging the figures) the first time."""
+    present = [f for f in BF16_FLAGS if f in flags]
+    machine = _machine_key(cpu_model, flags)
+    workload = f"{model_name} {in_channels}x{image_size}x{image_size} " + ("nhwc" if channels_last else "nchw")
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    entry = cached.get(machine, {}).get(workload)
+    if entry is not None:
+        return Bf16Verdict(**entry)
+    log.info("probing bf16 vs fp32 for %s on %s (a few training steps, once per machine)", workload, cpu_model)
+    verdict = measure(model_name, in_channels, image_size, channels_last)
+    verdict = Bf16Verdict(**{**asdict(verdict), "reason": f"{verdict.reason}; {', '.join(present)}"})
+    log.info("bf16 probe for %s: %s", workload, verdict.reason)
+    cached.setdefault(machine, {})[workload] = asdict(verdict)
+    try:
+        write_text_atomic(path, json.dumps(cached, indent=1, sort_keys=True))
+    except OSError as error:  # a read-only home: the verdict still holds for this process
+        log.warning("could not cache the bf16 probe in %s (%s)", path, error)
+    return verdict
