@@ -60,9 +60,20 @@ def _cache_file() -> Path:
     return cache_dir() / "bf16_probe.json"
 
 
+def _cpu_generation() -> str:
+    """ "family F model M" from /proc/cpuinfo: tells a Zen 4 from a Zen 5 that share a model name."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            fields = dict(line.split(":", 1) for line in handle.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return ""
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+
+
 def _machine_key(cpu_model: str, flags: frozenset[str]) -> str:
     present = ",".join(f for f in BF16_FLAGS if f in flags)
-    return f"{cpu_model} [{present}] torch {torch.__version__} v{PROBE_VERSION}"
+    return f"{cpu_model} {_cpu_generation()} [{present}] torch {torch.__version__} v{PROBE_VERSION}"
 
 
 def _inputs(model_name: str, in_channels: int, image_size: int, channels_last: bool):
