@@ -7,13 +7,9 @@ Prints one JSON line per variant (the table "Longer schedules and flip test-time
 benchmarks/README.md came from this on an H100). On a 2-core CPU one deeper_cnn training of 45 epochs
 takes about half an hour: pass --variants to run a few.
 
-The recipe candidates of issue 16 (the comparison that decides is paired twin-grouped CV, recipe_cv.py):
-an exponential moving average of the weights (`-ema<decay>`, TrainConfig.ema_decay: what is scored and
-returned is the average) and MixUp / CutMix (`-mixup`, `-cutmix`, `-mixup_cutmix`: TrainConfig.mix, alpha
-1.0). The fit part is 3,028 dev images, 48 steps an epoch at batch 64: a decay of 0.99 averages over about
-100 steps (2 epochs), 0.995 over about 200 (4 epochs), 0.998 over about 500 (10 epochs). torch's EMA
-starts from the first step's weights without a warm-up, so a decay whose time constant is a large part of
-the run (0.999 over 15 epochs = 720 steps) still carries much of the early, untrained weights.
+The comparison that decides a recipe is paired twin-grouped CV (recipe_cv.py). The moving average of the
+weights and MixUp / CutMix variants ran with commit eb66f8b, which had them; they were removed with the
+training step's support for them (benchmarks/README.md, "Recipe candidates by CV").
 """
 
 from __future__ import annotations
@@ -39,17 +35,6 @@ VARIANTS = {
     "simple-15": ("simple_cnn", 15, (0, 1), {}),
     "simple-30": ("simple_cnn", 30, (0, 1), {}),
     "deeper-30-wd0.1": ("deeper_cnn", 30, (0, 1, 2), {"weight_decay": 0.1}),
-    # issue 16's candidates: a moving average of the weights, MixUp / CutMix, and both
-    "deeper-15-ema0.99": ("deeper_cnn", 15, (0, 1, 2), {"ema_decay": 0.99}),
-    "deeper-15-ema0.995": ("deeper_cnn", 15, (0, 1, 2), {"ema_decay": 0.995}),
-    "deeper-30-ema0.995": ("deeper_cnn", 30, (0, 1, 2), {"ema_decay": 0.995}),
-    "deeper-30-ema0.998": ("deeper_cnn", 30, (0, 1, 2), {"ema_decay": 0.998}),
-    "deeper-15-mixup": ("deeper_cnn", 15, (0, 1, 2), {"mix": "mixup"}),
-    "deeper-15-cutmix": ("deeper_cnn", 15, (0, 1, 2), {"mix": "cutmix"}),
-    "deeper-15-mixup_cutmix": ("deeper_cnn", 15, (0, 1, 2), {"mix": "mixup_cutmix"}),
-    "deeper-30-mixup_cutmix": ("deeper_cnn", 30, (0, 1, 2), {"mix": "mixup_cutmix"}),
-    "deeper-45-mixup_cutmix": ("deeper_cnn", 45, (0, 1, 2), {"mix": "mixup_cutmix"}),
-    "deeper-30-ema0.995-mixup_cutmix": ("deeper_cnn", 30, (0, 1, 2), {"ema_decay": 0.995, "mix": "mixup_cutmix"}),
 }
 
 

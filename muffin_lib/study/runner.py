@@ -138,6 +138,19 @@ def _failure_message(name: str, error: BaseException, executed: Path) -> str:
     )
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse an explicit --data-dir that is not a folder: notebook 00 would make the synthetic set in a typo."""
+    if data_dir.is_dir():
+        return
+    what = "is not a folder" if data_dir.exists() else "does not exist"
+    raise MuffinError(
+        f"data folder {data_dir} {what}. Fix the path given to --data-dir (or get the data there first: "
+        f"`python -m muffin_lib fetch --data-dir {data_dir}`), or leave --data-dir out to use the default "
+        f"location, {Path(DEFAULT_DATA_DIR).expanduser().resolve()}, where 00_setup downloads the Kaggle data "
+        "or makes a synthetic set."
+    )
+
+
 def run_series(
     *,
     profile: str = "auto",
@@ -157,7 +170,10 @@ def run_series(
 
     if profile not in RUNNER_PROFILES:
         raise MuffinError(f"--profile must be one of {RUNNER_PROFILES}, got {profile!r}")
-    data_dir = Path(data_dir or DEFAULT_DATA_DIR).expanduser().resolve()
+    explicit_data_dir = data_dir is not None
+    data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().resolve()
+    if explicit_data_dir:
+        check_data_dir(data_dir)
     workdir = WorkDir(work_dir or DEFAULT_WORK_DIR)
     notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
     notebooks = find_notebooks(notebooks_dir, only)

@@ -40,7 +40,6 @@ from muffin_lib.training.step import (  # noqa: F401  (engine.* for callers: fit
     TrainStep,
     batch_starts,
     epoch_batches,
-    make_mix,
     make_optimizer,
     make_schedule,
     steps_per_epoch,
@@ -62,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
-MIX_MODES = ("none", "mixup", "cutmix", "mixup_cutmix")  # TrainConfig.mix: step.make_mix says what each is
 # Part of every trial key and checkpoint-reuse check (with imageio.PREPROCESS_VERSION and execution_key):
 # bump when an architecture in models.py or the training step changes results.
 CODE_VERSION = 2
@@ -70,11 +68,6 @@ CODE_VERSION = 2
 # request ("auto" or explicit) whose outcome, the precision really used, is in every key already through
 # execution_key, so "auto" and "bf16" runs that both train in bf16 share their results.
 _PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile", "amp")
-# Fields added after results were stored (issue 16: ema_decay, mix, mix_alpha) are left out of key() while
-# they hold their default, which trains exactly as before they existed: every earlier key, and with it the
-# trial stores and checkpoints on disk, stays valid; a non-default value enters the key. A result-relevant
-# field added later goes here too, with a default that reproduces the earlier training.
-_OMITTED_FROM_KEY_AT_DEFAULT = ("ema_decay", "mix", "mix_alpha")
 
 
 @dataclass(frozen=True)
@@ -102,13 +95,6 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     pretrained: bool = False
-    # Recipe candidates (issue 16), off by default. ema_decay: validate and return an exponential moving
-    # average of the weights and BatchNorm statistics, updated after every step (0.99: a time constant of
-    # about 100 steps, two epochs of the dev data at batch 64). mix: MixUp, CutMix or a random choice of the
-    # two per batch (torchvision's), with a Beta(mix_alpha, mix_alpha) mixing share.
-    ema_decay: float | None = None
-    mix: str = "none"
-    mix_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         choices = {
@@ -118,7 +104,6 @@ class TrainConfig:
             "schedule": SCHEDULES,
             "augment": tuple(augment.AUGMENT_PRESETS),
             "amp": AMP_MODES,
-            "mix": MIX_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -136,20 +121,6 @@ class TrainConfig:
             raise MuffinError(f"early_stopping_patience must be None or >= 1, got {self.early_stopping_patience}")
         if self.pretrained and self.model != "transfer":
             raise MuffinError(f"pretrained=True needs model='transfer', got model={self.model!r}")
-        if self.ema_decay is not None and not (
-            isinstance(self.ema_decay, (int, float)) and not isinstance(self.ema_decay, bool) and 0 < self.ema_decay < 1
-        ):
-            raise MuffinError(
-                f"TrainConfig.ema_decay must be None (no moving average) or a number between 0 and 1, exclusive, "
-                f"such as 0.99; got {self.ema_decay!r}"
-            )
-        if not (isinstance(self.mix_alpha, (int, float)) and not isinstance(self.mix_alpha, bool)
-                and 0 < self.mix_alpha < math.inf):
-            raise MuffinError(
-                f"TrainConfig.mix_alpha (the Beta(alpha, alpha) of MixUp/CutMix) must be a number > 0, such as "
-                f"1.0; got {self.mix_alpha!r}"
-            )
-
     @property
     def in_channels(self) -> int:
         return channels_for(self.color_mode)
@@ -172,13 +143,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def key(self) -> str:
-        """Stable 12-hex-digit hash of the fields that affect results (not channels_last/compile/amp; not the
-        fields of ``_OMITTED_FROM_KEY_AT_DEFAULT`` while at their default)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        relevant = {
-            k: v for k, v in self.to_dict().items()
-            if k not in _PERFORMANCE_ONLY_FIELDS and not (k in _OMITTED_FROM_KEY_AT_DEFAULT and v == defaults[k])
-        }
+        """Stable 12-hex-digit hash of the fields that affect results (not channels_last/compile/amp)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in _PERFORMANCE_ONLY_FIELDS}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -190,7 +156,7 @@ TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e
 
 @dataclass
 class FitResult:
-    model: nn.Module  # in eval mode, on ``device``; with ``config.ema_decay``, the moving average of the weights
+    model: nn.Module  # in eval mode, on ``device``
     history: list[dict]
     normalization: dict  # {"mean": [...], "std": [...]} per channel, for inputs scaled to [0, 1]
     device: str
@@ -231,10 +197,7 @@ def fit(
     (muffin vs chihuahua).
 
     With validation images, each epoch is also scored on them (never augmented) and early stopping
-    (``config.early_stopping_patience``) may stop training and restore the best weights. With
-    ``config.ema_decay`` the moving average of the weights (``TrainStep.ema``) is what is validated, kept by
-    early stopping and returned. With ``config.mix`` the history's ``train_accuracy`` counts a mixed image
-    as right when the model's top class is the one covering its larger share (``TrainStep.target_labels``).
+    (``config.early_stopping_patience``) may stop training and restore the best weights.
     ``on_epoch(record)`` is called with each history record; returning True stops training.
     ``log`` is ``print``, a logger or None (this module's logger).
     """
@@ -275,9 +238,7 @@ def fit(
     if has_val:
         val_images = place_images(val_images, device)
     steps = steps_per_epoch(n_train, config.batch_size)
-    train_step = TrainStep(model, config, device, normalization, config.epochs * steps, num_classes=num_classes)
-    # What is validated, kept by early stopping and returned: the trained network, or its moving average.
-    scored = model if train_step.ema is None else train_step.ema.module
+    train_step = TrainStep(model, config, device, normalization, config.epochs * steps)
     order_generator = torch.Generator().manual_seed(config.seed)
 
     say(
@@ -287,8 +248,6 @@ def fit(
         f"{'channels-last' if memory_format == torch.channels_last else 'contiguous'} memory format, "
         f"batch {config.batch_size}, {config.epochs} epochs x {steps} steps, "
         f"{config.optimizer} lr {config.lr:g} ({config.schedule}), augment {config.augment}"
-        + (f", {config.mix} (alpha {config.mix_alpha:g})" if config.mix != "none" else "")
-        + (f", EMA of the weights (decay {config.ema_decay:g})" if config.ema_decay is not None else "")
     )
     for note in runtime.device_notes(device, config.amp, config.channels_last):
         say(f"on {device}: {note}")
@@ -307,7 +266,7 @@ def fit(
             y = labels[idx.to(labels.device)]
             loss, logits = train_step(take_batch(images, idx, device), y)
             loss_sum += loss * len(idx)
-            correct += (logits.argmax(dim=1) == train_step.target_labels).sum()
+            correct += (logits.argmax(dim=1) == y).sum()
             seen += len(idx)
         train_loss, train_accuracy = loss_sum.item() / seen, correct.item() / seen
         if not math.isfinite(train_loss):
@@ -329,7 +288,7 @@ def fit(
         }
         if has_val:
             scores = evaluate(
-                scored, val_images, val_labels, normalization, device=device, batch_size=2 * config.batch_size
+                model, val_images, val_labels, normalization, device=device, batch_size=2 * config.batch_size
             )
             record.update(
                 val_loss=scores["loss"], val_accuracy=scores["accuracy"], val_zero_one_loss=scores["zero_one_loss"]
@@ -343,7 +302,7 @@ def fit(
 
         if config.early_stopping_patience is not None:
             if record["val_loss"] < best["loss"]:
-                best = {"loss": record["val_loss"], "epoch": epoch, "state": copy.deepcopy(scored.state_dict())}
+                best = {"loss": record["val_loss"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             elif epoch - (best["epoch"] or 0) >= config.early_stopping_patience:
                 stopped_early = True
         if on_epoch is not None and on_epoch(dict(record)):
@@ -355,9 +314,9 @@ def fit(
 
     best_epoch = None
     if best["state"] is not None:
-        scored.load_state_dict(best["state"])
+        model.load_state_dict(best["state"])
         best_epoch = best["epoch"]
-    scored.eval()
+    model.eval()
     last = history[-1]
     say(
         f"done: {len(history)} epochs, {sum(h['seconds'] for h in history):.0f} s, "
@@ -366,7 +325,7 @@ def fit(
         + (f"; restored the weights of epoch {best_epoch}" if best_epoch is not None else "")
     )
     return FitResult(
-        model=scored,
+        model=model,
         history=history,
         normalization=normalization,
         device=str(device),

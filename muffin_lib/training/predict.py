@@ -5,7 +5,9 @@ read is reported on its own line and skipped. The checkpoint names its classes (
 folders it was trained on; older checkpoints: muffin and chihuahua). Files that sit in a folder named after
 one of them (any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is reported. Predicting a dataset's ``test/`` folder (or a class folder in it) is a look at its test split:
 recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``) when a work_dir is given, else one line
-on stderr says it was not.
+on stderr says it was not. Reasons to doubt the answers are returned as ``warnings`` (a checkpoint trained on
+synthetic data or off its recipe) and per file ``warning`` (an image smaller than the model's input, so
+upscaled); the CLI prints them on stderr and exits 1 when it classified no file.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from muffin_lib import test_looks
-from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS
-from muffin_lib.data.imageio import preprocess_image
+from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS, channels_for
+from muffin_lib.data.imageio import load_image, preprocess_image
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import progress_bar
 from muffin_lib.training import calibration, engine, metrics
@@ -53,13 +56,66 @@ def label_from_path(path: Path, class_names=CLASSES) -> int | None:
     return names.index(folder) if folder in names else None
 
 
+def recipe_shortfall(stored: dict) -> str | None:
+    """How a checkpoint's config falls short of its recipe (``engine.TrainConfig``, or ``TRANSFER_RECIPE`` for
+    the transfer model) in image size or epochs, e.g. "32 px, 1 epoch(s) where its recipe has 128 px, 15"; None
+    when it does not."""
+    config = stored.get("config", {})
+    recipe = engine.TRANSFER_RECIPE if stored["model_name"] == engine.TRANSFER_RECIPE.model else engine.TrainConfig()
+    size, epochs = config.get("image_size", stored["image_size"]), config.get("epochs", recipe.epochs)
+    if size >= recipe.image_size and epochs >= recipe.epochs:
+        return None
+    return f"{size} px, {epochs} epoch(s) where its recipe has {recipe.image_size} px, {recipe.epochs} epochs"
+
+
+def checkpoint_warnings(stored: dict) -> list[str]:
+    """One line per reason the checkpoint's answers on real photos deserve little trust (none for the recipe's)."""
+    found = []
+    if stored.get("extra", {}).get("synthetic"):
+        found.append("this checkpoint was trained on SYNTHETIC data: its predictions on real photos mean nothing")
+    shortfall = recipe_shortfall(stored)
+    if shortfall is not None:
+        found.append(f"this checkpoint was trained off its recipe ({shortfall}): expect more errors than its recipe's")
+    return found
+
+
+def _read_image(path: Path, image_size: int, color_mode: str):
+    """(model input, warning or None): decoded once, its size is checked before it is squared to ``image_size``."""
+    draft_mode = "L" if channels_for(color_mode) == 1 else "RGB"  # as preprocess_image drafts a path
+    image = load_image(path, draft_mode=draft_mode, draft_size=image_size)
+    width, height = image.size  # a JPEG draft never goes below image_size, so a small image keeps its size
+    warning = None
+    if min(width, height) < image_size:
+        warning = f"{path} is {width}x{height} px: upscaled to {image_size} px, so its prediction means little"
+    return preprocess_image(image, image_size, color_mode), warning
+
+
+def _read_chunk(chunk, stored: dict, class_names: list[str]) -> tuple[list[dict], list[torch.Tensor]]:
+    """One entry per file of ``chunk`` (error set when unreadable) and the model inputs of the readable ones."""
+    entries, tensors = [], []
+    for path, problem in chunk:
+        true = label_from_path(path, class_names)
+        entry = {"path": str(path), "label": None, "probability": None, "probabilities": None,
+                 "true_label": class_names[true] if true is not None else None, "correct": None, "error": problem,
+                 "warning": None}
+        if problem is None:
+            try:
+                tensor, entry["warning"] = _read_image(path, stored["image_size"], stored["color_mode"])
+                tensors.append(tensor)
+            except MuffinError as error:
+                entry["error"] = getattr(error, "reason", None) or str(error)
+        entries.append(entry)
+    return entries, tensors
+
+
 def predict_paths(
     checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False, work_dir=None,
     explain_dir=None,
 ) -> dict:
     """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
     path, label, probability, probabilities (class name -> probability, for every class of the checkpoint),
-    true_label, correct, error), ``class_names``, ``n``, ``n_failed``,
+    true_label, correct, error, warning (set when the image is smaller than the model's input)), ``warnings``
+    (``checkpoint_warnings``), ``class_names``, ``n``, ``n_failed``,
     ``n_labelled`` and, when some files are labelled by their folder, ``zero_one_loss`` with a 95 %
     Wilson interval (``ci_low``, ``ci_high``). When they are the test images of a dataset
     (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
@@ -71,7 +127,6 @@ def predict_paths(
         paths = [paths]
     model, stored = engine.load_checkpoint(checkpoint, device=device)
     device = next(model.parameters()).device
-    image_size, color_mode = stored["image_size"], stored["color_mode"]
     class_names = list(stored.get("class_names", CLASSES))
     # Calibrated probabilities: the temperature fitted on the validation split (1.0 for older checkpoints).
     temperature = float(stored.get("extra", {}).get("temperature", 1.0))
@@ -81,19 +136,8 @@ def predict_paths(
 
     predictions: list[dict] = []
     for start in progress_bar(range(0, len(files), batch_size), enabled=progress, desc="predict", unit="batch"):
-        chunk = files[start : start + batch_size]
-        entries, tensors = [], []
-        for path, problem in chunk:
-            true = label_from_path(path, class_names)
-            entry = {"path": str(path), "label": None, "probability": None, "probabilities": None,
-                     "true_label": class_names[true] if true is not None else None, "correct": None, "error": problem}
-            if problem is None:
-                try:
-                    tensors.append(preprocess_image(path, image_size, color_mode))
-                except MuffinError as error:
-                    entry["error"] = getattr(error, "reason", None) or str(error)
-            entries.append(entry)
-            predictions.append(entry)
+        entries, tensors = _read_chunk(files[start : start + batch_size], stored, class_names)
+        predictions += entries
         if not tensors:
             continue
         proba = engine.predict_proba(model, torch.stack(tensors), stored["normalization"], device=device,
@@ -115,6 +159,7 @@ def predict_paths(
         "model": stored["model_name"],
         "temperature": temperature,
         "class_names": class_names,
+        "warnings": checkpoint_warnings(stored),
         "predictions": predictions,
         "n": len(predictions),
         "n_failed": sum(e["error"] is not None for e in predictions),
@@ -144,8 +189,6 @@ def _test_folder_dataset(paths, class_names=CLASSES) -> Path | None:
 
 def _record_test_look(checkpoint, stored: dict, paths, work_dir, class_names=CLASSES) -> dict | None:
     """Record predicting a dataset's test folder as a look at its test split (never refused); None otherwise."""
-    import sys
-
     from muffin_lib.data.scan import scan_dataset
 
     root = _test_folder_dataset(paths, class_names)
@@ -213,6 +256,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain", type=Path, default=None, metavar="OUT_DIR",
                         help="also write each image beside its Grad-CAM overlay (what the model looked at) as PNG here")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
+    parser.epilog = ("Warnings (synthetic or off-recipe checkpoint, images smaller than the model's input) go to "
+                     "stderr. Exit status: 0 when at least one file was classified, 1 when none was.")
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -220,11 +265,20 @@ def predict_command(args: argparse.Namespace) -> int:
         args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size, work_dir=args.work_dir,
         explain_dir=args.explain,
     )
+    for warning in [*result["warnings"], *(e["warning"] for e in result["predictions"] if e["warning"])]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         keep = ("predictions", "class_names", "zero_one_loss", "errors", "ci_low", "ci_high", "twin_free", "n", "n_failed",
-                "n_labelled", "model", "temperature", "test_look")
+                "n_labelled", "model", "temperature", "test_look", "warnings")
         print(json.dumps({k: result[k] for k in keep if k in result}))
-        return 0
+    else:
+        _print_report(result, args.explain)
+    # A run that classified nothing failed, even though each file's problem was reported on its own line.
+    return 0 if result["n"] > result["n_failed"] else 1
+
+
+def _print_report(result: dict, explain_dir) -> None:
+    """The human-readable output: one line per file, the count, the zero-one loss and the test split look."""
     names = result["class_names"]
     width = max(10, *(len(name) for name in names))
     if len(names) > 2:  # two classes: the other one's probability is 1 minus the shown one
@@ -244,8 +298,8 @@ def predict_command(args: argparse.Namespace) -> int:
     if result["n_failed"]:
         summary += f", {result['n_failed']} unreadable"
     print(summary)
-    if args.explain is not None:
-        print(f"Grad-CAM overlays (input | what the model looked at for its answer): {args.explain}")
+    if explain_dir is not None:
+        print(f"Grad-CAM overlays (input | what the model looked at for its answer): {explain_dir}")
     if "zero_one_loss" in result:
         print(
             f"zero-one loss {result['zero_one_loss']:.4f} ({result['errors']}/{result['n_labelled']} labelled "
@@ -264,4 +318,3 @@ def predict_command(args: argparse.Namespace) -> int:
     if look:
         print(f"test split look {'recorded' if look['new'] else 'already recorded'} in {look['record']} "
               f"({look['n_looks']} look(s) at this test split so far)")
-    return 0

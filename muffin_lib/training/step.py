@@ -1,7 +1,6 @@
 """The parts of ``engine.fit``'s training loop: the optimizer and learning-rate schedule of a config, the
-seeded batch order of an epoch, the MixUp / CutMix of a config (``make_mix``), and ``TrainStep`` (one
-optimisation step, its inputs normalised by ``tensors.Normalizer``, with the weights' moving average of
-``config.ema_decay``).
+seeded batch order of an epoch, and ``TrainStep`` (one optimisation step, its inputs normalised by
+``tensors.Normalizer``).
 
 They are public so that notebook 03 can write fit's loop out with them in plain sight;
 ``tests/test_training_loop.py`` checks that its loop gives fit's history. ``engine`` re-exports them.
@@ -12,12 +11,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from muffin_lib.config import CLASSES
 from muffin_lib.training import augment
 from muffin_lib.training.runtime import channels_last_for, resolve_amp
-from muffin_lib.training.tensors import Normalizer, model_spec
+from muffin_lib.training.tensors import Normalizer
 
 
 def make_optimizer(model: nn.Module, config, device: torch.device) -> torch.optim.Optimizer:
@@ -51,21 +48,6 @@ def make_schedule(optimizer, config, total_steps: int):
     return None
 
 
-def make_mix(config, num_classes: int):
-    """torchvision's batch transform for ``config.mix``: ``MixUp``, ``CutMix`` or, for "mixup_cutmix", a
-    ``RandomChoice`` of the two per batch (each with a Beta(``config.mix_alpha``, ``config.mix_alpha``) mixing
-    share); None for "none". Called as ``mix(images, labels)`` on a float batch and its integer labels, it
-    returns the mixed batch and soft targets (N x ``num_classes`` probabilities). Its random numbers come from
-    torch's global CPU generator: ``TrainStep`` gives it a seeded stream of its own."""
-    if config.mix == "none":
-        return None
-    from torchvision.transforms import v2  # the transforms package is only needed when mixing
-
-    mixup = v2.MixUp(alpha=config.mix_alpha, num_classes=num_classes)
-    cutmix = v2.CutMix(alpha=config.mix_alpha, num_classes=num_classes)
-    return {"mixup": mixup, "cutmix": cutmix, "mixup_cutmix": v2.RandomChoice([mixup, cutmix])}[config.mix]
-
-
 def _grad_scaler(device: torch.device, enabled: bool):
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler(device.type, enabled=enabled)
@@ -73,24 +55,12 @@ def _grad_scaler(device: torch.device, enabled: bool):
 
 
 class TrainStep:
-    """One optimisation step of ``fit`` on a uint8 batch already on the device: normalise, augment, mix
-    (``config.mix``), forward and backward under autocast, optimizer and schedule step, moving average of
-    the weights (``config.ema_decay``). ``bench`` times this same object.
+    """One optimisation step of ``fit`` on a uint8 batch already on the device: normalise, augment, forward
+    and backward under autocast, optimizer and schedule step. ``bench`` times this same object."""
 
-    ``ema``: with ``config.ema_decay``, torch's ``AveragedModel`` holding an exponential moving average of
-    the parameters and buffers (BatchNorm statistics) of ``model``, updated after every optimizer step;
-    ``ema.module`` is the averaged network ``fit`` validates and returns. None without.
-    ``target_labels``: the integer labels the last batch was trained towards, for the training accuracy:
-    the labels themselves, or with mixing the argmax of the soft targets (the image covering the larger
-    share of each mixed one).
-    ``num_classes``: the model's outputs (the soft targets' width); None reads the model's ``muffin_spec``.
-    """
-
-    def __init__(self, model: nn.Module, config, device: torch.device, normalization: dict,
-                 total_steps: int, num_classes: int | None = None):
+    def __init__(self, model: nn.Module, config, device: torch.device, normalization: dict, total_steps: int):
         self.amp_dtype = resolve_amp(config.amp, device, config)
         self.device = device
-        self._trained = model  # the module itself, not a compiled wrapper: the average reads its weights
         self.model = torch.compile(model) if config.compile else model
         self.normalize = Normalizer(normalization, device, channels_last_for(device, config.channels_last))
         self.augment_kwargs = augment.AUGMENT_PRESETS[config.augment]
@@ -98,47 +68,20 @@ class TrainStep:
         self.optimizer = make_optimizer(model, config, device)
         self.scheduler = make_schedule(self.optimizer, config, total_steps)
         self.scaler = _grad_scaler(device, enabled=self.amp_dtype == torch.float16)
-        # CrossEntropyLoss takes the soft targets of mixing as they are (label smoothing applies to them too).
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.ema = None
-        if config.ema_decay is not None:
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-        if num_classes is None:
-            num_classes = model_spec(model).get("num_classes", len(CLASSES))
-        self.mix = make_mix(config, num_classes)
-        # torchvision's MixUp/CutMix draw from torch's global CPU generator; they get a seeded stream of their
-        # own (swapped in around each call), so their draws depend on config.seed only and leave the global
-        # generator (initial weights, dropout on the CPU) as it was.
-        self._mix_rng_state = torch.Generator().manual_seed(config.seed + 2).get_state()
-        self.target_labels: torch.Tensor | None = None
-
-    def _mixed(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._mix_rng_state)
-            x, targets = self.mix(x, labels)
-            self._mix_rng_state = torch.get_rng_state()
-        return x.contiguous(memory_format=self.normalize.memory_format), targets
 
     def __call__(self, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on uint8 ``batch`` (N x C x H x W) and integer ``labels``; returns the (detached) loss and logits."""
         x = augment.augment_batch(self.normalize(batch), generator=self.generator, **self.augment_kwargs)
-        targets = labels
-        if self.mix is not None:
-            x, targets = self._mixed(x, labels)
-            self.target_labels = targets.argmax(dim=1)
-        else:
-            self.target_labels = labels
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(x)
-            loss = self.criterion(logits.float(), targets)
+            loss = self.criterion(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self._trained)
         return loss.detach(), logits.detach()
 
 

@@ -301,12 +301,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--pretrained", type=parse_bool, default=False, metavar="true|false")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, metavar="DECAY",
-                        help="validate and keep a moving average of the weights (e.g. 0.99); default: none")
-    parser.add_argument("--mix", choices=engine.MIX_MODES, default=defaults.mix,
-                        help="MixUp, CutMix or a random choice of the two per batch")
-    parser.add_argument("--mix-alpha", type=float, default=defaults.mix_alpha, metavar="ALPHA",
-                        help="the Beta(alpha, alpha) of the mixing share")
     parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--out", type=Path, default=None, metavar="CKPT",
@@ -348,9 +342,6 @@ def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
         compile=args.compile,
         seed=args.seed,
         pretrained=args.pretrained,
-        ema_decay=args.ema_decay,
-        mix=args.mix,
-        mix_alpha=args.mix_alpha,
     )
 
 
