@@ -237,3 +237,71 @@ def test_short_real_training_beats_chance(shared_data):
     scores = engine.evaluate(result.model, test_images, test_labels, result.normalization, device="cpu")
     majority = max(test_labels.float().mean().item(), 1 - test_labels.float().mean().item())
     assert scores["zero_one_loss"] < (1 - majority) - 0.1, scores
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning: ")]
+
+
+def test_predict_cli_exits_1_when_it_classified_nothing(trained, tmp_path, capsys):
+    data_dir, _, run = trained
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("this is not a jpeg")
+    assert cli.main(["predict", str(run.checkpoint_path), str(broken), "--device", "cpu"]) == 1
+    assert "0 of 1 files classified, 1 unreadable" in capsys.readouterr().out.splitlines()
+    assert cli.main(["predict", str(run.checkpoint_path), str(broken), str(tmp_path / "missing.png"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_failed"] == 2
+    good = data_dir / "test" / "muffin" / "synthetic_00001.jpg"
+    assert cli.main(["predict", str(run.checkpoint_path), str(good), str(broken), "--device", "cpu"]) == 0
+    assert "1 of 2 files classified, 1 unreadable" in capsys.readouterr().out.splitlines()
+
+
+def test_predict_cli_warns_about_images_smaller_than_the_model_input(trained, tmp_path, capsys):
+    from PIL import Image
+
+    data_dir, _, run = trained
+    Image.new("RGB", (1, 1), (200, 150, 90)).save(tmp_path / "photo.png")
+    Image.new("L", (60, 20)).save(tmp_path / "strip.png")  # only its shorter side counts
+    shutil.copy(data_dir / "test" / "muffin" / "synthetic_00001.jpg", tmp_path / "big.jpg")  # 48 px > 32 px
+    assert cli.main(["predict", str(run.checkpoint_path), str(tmp_path), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    small = [w for w in _warnings(err) if "upscaled" in w]
+    assert small == [
+        f"warning: {tmp_path / 'photo.png'} is 1x1 px: upscaled to 32 px, so its prediction means little",
+        f"warning: {tmp_path / 'strip.png'} is 60x20 px: upscaled to 32 px, so its prediction means little",
+    ]
+    assert "3 of 3 files classified" in out.splitlines()
+    result = predict.predict_paths(run.checkpoint_path, tmp_path / "big.jpg", device="cpu")
+    assert result["predictions"][0]["warning"] is None
+
+
+def test_predict_cli_warns_once_about_a_synthetic_off_recipe_checkpoint(trained, tmp_path, capsys):
+    data_dir, _, run = trained
+    assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--device", "cpu"]) == 0
+    assert _warnings(capsys.readouterr().err) == [  # 24 files, each warning once
+        "warning: this checkpoint was trained on SYNTHETIC data: its predictions on real photos mean nothing",
+        "warning: this checkpoint was trained off its recipe (32 px, 1 epoch(s) where its recipe has 128 px, "
+        "15 epochs): expect more errors than its recipe's",
+    ]
+    checkpoint = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint["extra"]["synthetic"] = False  # as if trained on real photos
+    real = tmp_path / "real.pt"
+    torch.save(checkpoint, real)
+    assert cli.main(["predict", str(real), str(data_dir / "test" / "muffin"), "--device", "cpu", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [w for w in _warnings(err) if "SYNTHETIC" in w] == [] and len(_warnings(err)) == 1
+    assert json.loads(out.strip().splitlines()[-1])["warnings"] == [w.removeprefix("warning: ") for w in _warnings(err)]
+
+
+def test_recipe_shortfall():
+    def stored(model, size, epochs):
+        return {"model_name": model, "image_size": size, "config": {"image_size": size, "epochs": epochs}}
+
+    assert predict.recipe_shortfall(stored("simple_cnn", 128, 15)) is None
+    assert predict.recipe_shortfall(stored("deeper_cnn", 160, 20)) is None  # beyond the recipe is no warning
+    assert predict.recipe_shortfall(stored("simple_cnn", 96, 15)).startswith("96 px, 15 epoch(s)")
+    assert predict.recipe_shortfall(stored("transfer", 128, 6)) is None  # its own recipe: 6 epochs
+    assert predict.recipe_shortfall(stored("transfer", 128, 3)) == (
+        "128 px, 3 epoch(s) where its recipe has 128 px, 6 epochs"
+    )
+    assert predict.checkpoint_warnings({**stored("simple_cnn", 128, 15), "extra": {"synthetic": False}}) == []

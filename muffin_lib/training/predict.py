@@ -60,9 +60,8 @@ def recipe_shortfall(stored: dict) -> str | None:
     """How a checkpoint's config falls short of its recipe (``engine.TrainConfig``, or ``TRANSFER_RECIPE`` for
     the transfer model) in image size or epochs, e.g. "32 px, 1 epoch(s) where its recipe has 128 px, 15"; None
     when it does not."""
-    config = stored.get("config", {})
     recipe = engine.TRANSFER_RECIPE if stored["model_name"] == engine.TRANSFER_RECIPE.model else engine.TrainConfig()
-    size, epochs = config.get("image_size", stored["image_size"]), config.get("epochs", recipe.epochs)
+    size, epochs = stored["image_size"], stored.get("config", {}).get("epochs", recipe.epochs)
     if size >= recipe.image_size and epochs >= recipe.epochs:
         return None
     return f"{size} px, {epochs} epoch(s) where its recipe has {recipe.image_size} px, {recipe.epochs} epochs"
