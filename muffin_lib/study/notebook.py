@@ -8,6 +8,7 @@ runner's summary reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -172,6 +173,35 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
     return Settings(name, profile, values, changed)
 
 
+# List parameters whose items are training settings (engine.check_setting checks each item).
+_LIST_SETTINGS = {"learning_rates": "lr", "batch_sizes": "batch_size", "models": "model", "rung_epochs": "epochs",
+                  "compare_with": "model"}
+_KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text"), (list, "a list"))
+
+
+def check_parameter(name: str, value: Any, default: Any) -> None:
+    """A notebook parameter ``name`` set to ``value``: a training setting goes through the recipe's own check
+    (``engine.check_setting``), anything else must be of its default's kind. A MuffinError names it as the
+    user wrote it, e.g. "epochs: expected a whole number >= 1, got 'abc'"."""
+    from muffin_lib.training.engine import TrainConfig, check_setting
+
+    if name in {f.name for f in dataclasses.fields(TrainConfig)}:
+        check_setting(name, value)
+    elif name in _LIST_SETTINGS and isinstance(value, (list, tuple)):
+        for item in value:
+            try:
+                check_setting(_LIST_SETTINGS[name], item)
+            except MuffinError as error:
+                raise MuffinError(f"{name}: each item {str(error).split(': ', 1)[1]}") from None
+    elif default not in (None, "auto") and value is not None:  # "auto" parameters also take numbers
+        kind, text = next(((k, t) for k, t in _KINDS if isinstance(default, k)), (None, None))
+        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float:
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is not None and not fits:
+            raise MuffinError(f"{name}: expected {text} (the default is {default!r}), got {value!r}")
+
+
 def _same(value: Any, default: Any) -> bool:
     if isinstance(default, tuple):
         return isinstance(value, (list, tuple)) and list(value) == list(default)
@@ -215,6 +245,11 @@ def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
     text progress bars under papermill."""
     show_errors_briefly()
     _text_progress_under_papermill()
+    from muffin_lib.training.engine import TrainConfig, check_setting
+
+    for item in dataclasses.fields(TrainConfig):  # a bad value stops here, in the first cell, by its name
+        if item.name in params:
+            check_setting(item.name, params[item.name])
     return apply_profile(profile, name, params)
 
 

@@ -70,6 +70,69 @@ CODE_VERSION = 2
 _PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile", "amp")
 
 
+def _whole(low: int) -> tuple[str, Callable]:
+    return f"a whole number >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(test: Callable, text: str) -> tuple[str, Callable]:
+    return text, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v)
+
+
+def _one_of(choices) -> tuple[str, Callable]:
+    return "one of " + ", ".join(map(str, choices)), lambda v: v in choices
+
+
+_FLAG = ("true or false", lambda v: isinstance(v, bool))
+
+
+def setting_choices() -> dict[str, tuple[str, ...]]:
+    """The TrainConfig fields that take one of a few names, and those names (the CLI's ``choices``)."""
+    return {"model": MODEL_NAMES, "color_mode": COLOR_MODES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+            "augment": tuple(augment.AUGMENT_PRESETS), "amp": AMP_MODES}
+
+
+def _setting_rules() -> dict[str, tuple[str, Callable]]:
+    """What each TrainConfig field accepts: (a phrase for the error, the test); a field without a rule here
+    must be of its default's type."""
+    patience = _whole(1)
+    return {
+        **{name: _one_of(choices) for name, choices in setting_choices().items()},
+        "image_size": _whole(MIN_IMAGE_SIZE), "epochs": _whole(1), "batch_size": _whole(2), "seed": _whole(0),
+        "lr": _number(lambda v: v > 0, "a number > 0"), "weight_decay": _number(lambda v: v >= 0, "a number >= 0"),
+        "label_smoothing": _number(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
+        "early_stopping_patience": (f"none or {patience[0]}", lambda v: v is None or patience[1](v)),
+        "channels_last": _FLAG, "compile": _FLAG, "pretrained": _FLAG,
+    }
+
+
+def check_setting(name: str, value) -> None:
+    """The one check of a training setting, whoever sets it (TrainConfig, ``-p`` of ``run``, ``train``'s
+    flags): a MuffinError that names the setting as the user types it, e.g. "epochs: expected a whole number
+    >= 1, got 'abc'"; callers prefix it with the flag (``-p`` or ``--``)."""
+    rules = _setting_rules()
+    if name in rules:
+        text, test = rules[name]
+    else:
+        default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+        text, test = f"a {type(default).__name__}", lambda v: isinstance(v, type(default))
+    if not test(value):
+        raise MuffinError(f"{name}: expected {text}, got {value!r}")
+
+
+# What each setting does, for the ``train`` flags' help (every TrainConfig field is a flag).
+SETTING_HELP = {
+    "model": "architecture", "image_size": "input size in px (shorter side resized, centre crop)",
+    "color_mode": "colour or greyscale input", "epochs": "training epochs",
+    "lr": "peak learning rate of the schedule", "batch_size": "images per step", "optimizer": "optimizer",
+    "weight_decay": "weight decay (not on biases and BatchNorm)", "schedule": "learning-rate schedule",
+    "augment": "augmentation preset", "label_smoothing": "label smoothing of the cross-entropy",
+    "early_stopping_patience": "stop after this many epochs without a better validation loss (default: off)",
+    "amp": "precision: auto picks bf16/fp16 where it is faster (see README)", "channels_last":
+    "channels-last memory format where it is fast", "compile": "torch.compile the model",
+    "seed": "seed of weights, batch order and augmentation", "pretrained": "ImageNet weights (model transfer)",
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines one training run. ``lr`` is the peak learning rate of the schedule."""
@@ -97,30 +160,11 @@ class TrainConfig:
     pretrained: bool = False
 
     def __post_init__(self) -> None:
-        choices = {
-            "model": MODEL_NAMES,
-            "color_mode": COLOR_MODES,
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "augment": tuple(augment.AUGMENT_PRESETS),
-            "amp": AMP_MODES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise MuffinError(f"TrainConfig.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise MuffinError(f"TrainConfig.image_size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise MuffinError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise MuffinError(
-                f"need lr > 0, weight_decay >= 0 and 0 <= label_smoothing < 1; got lr={self.lr}, "
-                f"weight_decay={self.weight_decay}, label_smoothing={self.label_smoothing}"
-            )
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise MuffinError(f"early_stopping_patience must be None or >= 1, got {self.early_stopping_patience}")
+        for item in dataclasses.fields(self):
+            check_setting(item.name, getattr(self, item.name))
         if self.pretrained and self.model != "transfer":
-            raise MuffinError(f"pretrained=True needs model='transfer', got model={self.model!r}")
+            raise MuffinError(f"pretrained: true needs model 'transfer', got model {self.model!r}")
+
     @property
     def in_channels(self) -> int:
         return channels_for(self.color_mode)

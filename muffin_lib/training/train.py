@@ -11,8 +11,11 @@ notebook costs seconds; any difference in these (kept in the checkpoint's ``extr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from muffin_lib.config import CLASSES, COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
+from muffin_lib.config import CLASSES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkDir
 from muffin_lib.data import imageio
 from muffin_lib.data.splits import VAL_FRACTION
 from muffin_lib.errors import MuffinError
-from muffin_lib.training import augment, calibration, engine, metrics, runtime
-from muffin_lib.training.models import MODEL_NAMES
+from muffin_lib.training import calibration, engine, metrics, runtime
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,27 @@ def trained_checkpoint(data_dir, work_dir, config: engine.TrainConfig, paths, *,
     return next((Path(path) for path in paths if _reusable(Path(path), config, extra) is not None), None)
 
 
+def check_writable(path: Path) -> None:
+    """Refuse a checkpoint path that cannot be written before any training starts (a directory, a read-only
+    folder), naming it and what to do."""
+    if path.is_dir():
+        raise MuffinError(f"--out {path} is a directory; give a file path such as {path / 'model.pt'}")
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise MuffinError(f"--out {path}: cannot write in {folder or path.parent}; choose a writable place")
+
+
+def _save_or_rescue(path: Path, workdir: WorkDir, result, class_names, extra: dict) -> None:
+    """Save the checkpoint; if that fails after training, save it in work_dir instead and say where."""
+    try:
+        engine.save_checkpoint(path, result, class_names=class_names, extra=extra)
+    except OSError as error:
+        rescued = workdir.checkpoints_dir / f"{path.stem}-rescued-{int(time.time())}.pt"
+        engine.save_checkpoint(rescued, result, class_names=class_names, extra=extra)
+        raise MuffinError(f"could not write the checkpoint {path} ({error}); the trained model is saved "
+                          f"as {rescued}") from None
+
+
 def train_model(
     data_dir,
     work_dir,
@@ -156,8 +179,9 @@ def train_model(
     for the same config key, data fingerprint, split, code and preprocessing version and execution
     (device type and precision) is loaded instead of training again (see the module docstring).
     """
-    cache, plan = _fit_split(data_dir, work_dir, config, val_fraction, progress)
     path = Path(checkpoint_path) if checkpoint_path else WorkDir(work_dir).checkpoints_dir / f"{config.model}.pt"
+    check_writable(path)
+    cache, plan = _fit_split(data_dir, work_dir, config, val_fraction, progress)
     extra = _checkpoint_extra(cache, plan, config, device)
     train_idx = torch.as_tensor(plan.train_idx, dtype=torch.int64)
     val_idx = torch.as_tensor(plan.val_idx, dtype=torch.int64)
@@ -189,7 +213,7 @@ def train_model(
     if checkpoint is None:
         # Calibrated on the validation predictions only; the temperature never changes a predicted class.
         extra["temperature"] = calibration.fit_temperature(proba, val_labels.numpy())
-        engine.save_checkpoint(path, result, class_names=cache.class_names, extra=extra)
+        _save_or_rescue(path, WorkDir(work_dir), result, cache.class_names, extra)
     temperature = float((checkpoint or {"extra": extra}).get("extra", {}).get("temperature", 1.0))
     return TrainRun(
         model=model,
@@ -281,28 +305,32 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) -> None:
+    """One ``--flag`` for a TrainConfig field: its type, choices and default read off the field itself."""
+    flags = ["--" + item.name.replace("_", "-")] + (["--early-stopping"] if item.name == "early_stopping_patience" else [])
+    default, choices = item.default, engine.setting_choices().get(item.name)
+    help_text = f"{engine.SETTING_HELP.get(item.name, item.name)} (default: {default})"
+    if isinstance(default, bool):  # --compile alone means true, as before; --compile false too
+        parser.add_argument(*flags, dest=item.name, type=parse_bool, nargs="?", const=True, default=default,
+                            metavar="true|false", help=help_text)
+    elif choices:
+        parser.add_argument(*flags, dest=item.name, choices=choices, default=default, help=help_text)
+    else:
+        kind = int if default is None else type(default)
+        parser.add_argument(*flags, dest=item.name, type=kind, default=default, metavar="N" if kind is int else "X",
+                            help=help_text.replace(" (default: off) (default: None)", " (default: off)"))
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = engine.TrainConfig()
-    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--color-mode", choices=COLOR_MODES, default=defaults.color_mode)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--optimizer", choices=engine.OPTIMIZERS, default=defaults.optimizer)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--schedule", choices=engine.SCHEDULES, default=defaults.schedule)
-    parser.add_argument("--augment", choices=tuple(augment.AUGMENT_PRESETS), default=defaults.augment)
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
-    parser.add_argument("--amp", choices=engine.AMP_MODES, default=defaults.amp)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--pretrained", type=parse_bool, default=False, metavar="true|false")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    """Every TrainConfig field as a flag (the recipe's defaults shown), then where data and results go."""
+    for item in dataclasses.fields(engine.TrainConfig):
+        _add_setting_flag(parser, item)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (default: %(default)s)")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help="split, cache and checkpoints (default: %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                        help="share of the training split held out for validation (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     parser.add_argument("--out", type=Path, default=None, metavar="CKPT",
                         help="checkpoint path (default: WORK_DIR/checkpoints/MODEL.pt)")
     parser.add_argument("--no-resume", action="store_true", help="train even if a matching checkpoint exists")
@@ -324,25 +352,13 @@ def format_history(history: list[dict]) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
-    """The ``TrainConfig`` of parsed ``train`` arguments."""
-    return engine.TrainConfig(
-        model=args.model,
-        image_size=args.image_size,
-        color_mode=args.color_mode,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        augment=args.augment,
-        label_smoothing=args.label_smoothing,
-        early_stopping_patience=args.early_stopping,
-        amp=args.amp,
-        compile=args.compile,
-        seed=args.seed,
-        pretrained=args.pretrained,
-    )
+    """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag."""
+    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(engine.TrainConfig)}
+    try:
+        return engine.TrainConfig(**values)
+    except MuffinError as error:
+        name, _, rest = str(error).partition(": ")
+        raise MuffinError(f"--{name.replace('_', '-')}: {rest}" if name in values else str(error)) from None
 
 
 def train_command(args: argparse.Namespace) -> int:
