@@ -11,6 +11,7 @@ import pytest
 from muffin_lib.selection.budget import FULL, QUICK, SELECTION, budget_for, settings_label
 from muffin_lib.study import notebook, runner
 from muffin_lib.study.report import selection as report_selection
+from muffin_lib.study.summary import format_summary
 from muffin_lib.training.engine import TrainConfig
 
 
@@ -117,7 +118,7 @@ def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_
                                   "val_zero_one_loss": 0.07, "off_recipe": short},
                    "transfer": {"val_zero_one_loss": 0.1, "off_recipe": None}},
     }
-    text = runner.format_summary(summary)
+    text = format_summary(summary)
     assert "0.100 [0.080, 0.120] at 64 px, 8 epochs (profile quick: cheaper than the deployed" in text
     assert "| deeper_cnn at 128 px, 5 epochs (not the deployed 128 px / 15 epochs) |" in text
     assert "| transfer |" in text

@@ -65,9 +65,10 @@ def order(work_dir: Path) -> list[str]:
 
 def test_runs_in_order_injects_parameters_and_writes_summary(series: Path, tmp_path: Path):
     work_dir = tmp_path / "work"
+    (tmp_path / "data").mkdir()
     summary = run_series(
         profile="smoke",
-        data_dir=tmp_path / "no-data",
+        data_dir=tmp_path / "data",
         work_dir=work_dir,
         parameters={"epochs": 5},
         notebooks_dir=series,
@@ -76,7 +77,7 @@ def test_runs_in_order_injects_parameters_and_writes_summary(series: Path, tmp_p
     assert order(work_dir) == ["00_first", "01_second", "02_third"]
     seen = {name: json.loads((work_dir / "results" / f"{name}.json").read_text()) for name in order(work_dir)}
     for result in seen.values():
-        assert result["seen"]["data_dir"] == str((tmp_path / "no-data").resolve())
+        assert result["seen"]["data_dir"] == str((tmp_path / "data").resolve())
         assert result["seen"]["work_dir"] == str(work_dir.resolve())
         assert result["seen"]["profile"] == "smoke"
         assert result["progress_env"] == "text"
@@ -102,8 +103,9 @@ def test_runs_in_order_injects_parameters_and_writes_summary(series: Path, tmp_p
 def test_failure_names_notebook_and_cell_and_stops(series: Path, tmp_path: Path):
     write_notebook(series, "01_second", fail=True)
     work_dir = tmp_path / "work"
+    (tmp_path / "data").mkdir()
     with pytest.raises(MuffinError) as raised:
-        run_series(data_dir=tmp_path / "no-data", work_dir=work_dir, notebooks_dir=series, progress=False)
+        run_series(data_dir=tmp_path / "data", work_dir=work_dir, notebooks_dir=series, progress=False)
     message = str(raised.value)
     assert "01_second failed" in message
     # In [4]: the parameters cell, the injected parameters, the body, then the failing cell
@@ -120,6 +122,7 @@ def test_failure_names_notebook_and_cell_and_stops(series: Path, tmp_path: Path)
 
 def test_only_reruns_some_and_keeps_the_rest_of_the_summary(series: Path, tmp_path: Path):
     work_dir = tmp_path / "work"
+    (tmp_path / "d").mkdir()
     run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only="00,02", progress=False)
     assert order(work_dir) == ["00_first", "02_third"]
     summary = run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only=["1"], progress=False)
@@ -145,10 +148,12 @@ def test_bad_requests_fail_before_running_anything(series: Path, tmp_path: Path)
 def test_cli_runs_and_reports_failures(series: Path, tmp_path: Path, capsys):
     for path in series.glob("0[12]_*.ipynb"):
         path.unlink()
+    (tmp_path / "d").mkdir()
     args = ["run", "--notebooks-dir", str(series), "--work-dir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "d")]
     assert cli.main([*args, "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
-    assert "[1/1] 00_first.ipynb" in out and "| 00_first | ok |" in out
+    assert "[1/1] 00_first.ipynb" in out and "  00_first  ok " in out
+    assert "  00_first_model  " in out and str((tmp_path / "w").resolve() / "summary.md") in out
 
     write_notebook(series, "00_first", fail=True)
     assert cli.main(args) == 2
@@ -198,7 +203,7 @@ def test_auto_profile_is_chosen_by_hardware_on_real_data_and_smoke_on_the_synthe
 
 
 def test_summary_table_puts_the_twin_free_test_error_first():
-    from muffin_lib.study.runner import format_summary
+    from muffin_lib.study.summary import format_summary
 
     summary = {
         "synthetic": False, "data_dir": "d", "profile": "full", "work_dir": "w", "environment": {},
@@ -213,7 +218,7 @@ def test_summary_table_puts_the_twin_free_test_error_first():
 
 
 def test_summary_says_which_precision_trained_each_model_and_why():
-    from muffin_lib.study.runner import format_summary
+    from muffin_lib.study.summary import format_summary
 
     reason = "bf16: probe 1.73x bf16 vs fp32, parity ok; avx512_bf16"
     summary = {
@@ -224,3 +229,147 @@ def test_summary_says_which_precision_trained_each_model_and_why():
     }
     text = format_summary(summary)
     assert f"deeper_cnn {reason}; simple_cnn fp32: amp off." in text
+
+
+def test_a_mistyped_data_dir_stops_before_any_notebook_and_says_what_train_says(series: Path, tmp_path: Path, capsys):
+    from muffin_lib.data.scan import scan_dataset
+
+    work_dir, typo = tmp_path / "work", tmp_path / "muffn-data"
+    with pytest.raises(MuffinError) as raised:
+        run_series(data_dir=typo, work_dir=work_dir, notebooks_dir=series, progress=False)
+    message = str(raised.value)
+    assert message.startswith(f"data folder {typo.resolve()} does not exist. Fix the path given to --data-dir")
+    assert "leave --data-dir out to use the default location" in message
+    assert "00_setup downloads the Kaggle data or makes a synthetic set" in message
+    with pytest.raises(MuffinError) as from_train:  # what `train` and the other data commands say
+        scan_dataset(typo, work_dir)
+    assert str(from_train.value).startswith(f"data folder {typo.resolve()} does not exist.")
+
+    args = ["run", "--notebooks-dir", str(series), "--work-dir", str(work_dir), "--data-dir", str(typo)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data folder") and len(err.strip().splitlines()) == 1
+    assert not typo.exists() and not (work_dir / "order.log").exists() and not (work_dir / "executed").exists()
+
+
+def test_the_default_data_dir_may_be_missing(series: Path, tmp_path: Path, monkeypatch):
+    from muffin_lib.study import runner
+
+    monkeypatch.setattr(runner, "DEFAULT_DATA_DIR", tmp_path / "default-data")  # 00_setup fills it
+    summary = run_series(work_dir=tmp_path / "work", notebooks_dir=series, only="00", progress=False)
+    assert summary["notebooks"]["00_first"]["status"] == "ok"
+    assert summary["data_dir"] == str((tmp_path / "default-data").resolve())
+
+
+def test_run_ends_with_a_short_summary_that_names_summary_md(tmp_path: Path, monkeypatch, capsys):
+    from muffin_lib.study import runner
+    from muffin_lib.study import summary as summary_module
+
+    numbers = {"test_twin_free": 0.05, "test_twin_free_ci": [0.04, 0.07], "test_zero_one_loss": 0.045,
+               "test_ci": [0.033, 0.06], "cv_risk": 0.08, "cv_ci": [0.06, 0.1], "cv_kind": "nested",
+               "cv_settings": "64 px, 8 epochs (profile quick: cheaper than the deployed 128 px / 15 epochs)",
+               "val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11], "precision": "bf16: probe 1.73x bf16 vs fp32"}
+    work_dir = tmp_path / "work"
+    summary = {
+        "synthetic": True, "data_dir": str(tmp_path / "data"), "profile": "auto (quick)", "work_dir": str(work_dir),
+        "environment": {"summary": "Python 3.12, torch 2.5, 2 CPU cores"}, "results": {},
+        "notebooks": {f"{i:02d}_notebook": {"status": "ok", "seconds": 10.0 * i} for i in range(10)},
+        "models": {name: dict(numbers) for name in ("simple_cnn", "deeper_cnn", "resnet_like", "transfer", "tuned")},
+        "findings": [{"notebook": "07_cv_risk", "text": "a finding of some length " * 10} for _ in range(30)],
+    }
+    assert len(summary_module.format_summary(summary).splitlines()) > 50  # summary.md keeps everything
+    monkeypatch.setattr(runner, "run_series", lambda **kwargs: summary)
+    assert cli.main(["run", "--work-dir", str(work_dir), "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip("\n").splitlines()
+    assert len(lines) <= 25 and max(len(line) for line in lines if str(tmp_path) not in line) <= 110
+    assert lines[-1].endswith(str(work_dir / "summary.md")) and "30 finding(s)" in lines[-1]
+    assert "  09_notebook  ok      90.0 s" in lines and any("SYNTHETIC" in line for line in lines)
+    assert "  tuned                 0.050 [0.040, 0.070] 0.045 [0.033, 0.060] 0.080 [0.060, 0.100] 0.090" in "\n".join(lines)
+
+
+def test_only_after_a_failure_leaves_no_stale_not_run_entries(series: Path, tmp_path: Path):
+    import re
+
+    write_notebook(series, "02_third", fail=True)
+    write_notebook(series, "03_fourth")
+    write_notebook(series, "04_fifth")
+    write_notebook(series, "05_sixth")  # after the --only range: its stale entry is what the issue saw
+    work_dir, data_dir = tmp_path / "work", tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(MuffinError, match="02_third failed"):
+        run_series(data_dir=data_dir, work_dir=work_dir, notebooks_dir=series, progress=False)
+    notebooks = json.loads((work_dir / "summary.json").read_text())["notebooks"]
+    assert {notebooks[name]["status"] for name in ("03_fourth", "04_fifth", "05_sixth")} == {
+        "not run (an earlier notebook failed)"}
+
+    run_series(data_dir=data_dir, work_dir=work_dir, notebooks_dir=series, only="3,4", progress=False)
+    markdown = (work_dir / "summary.md").read_text()
+    assert "an earlier notebook failed" not in markdown
+    assert "| 03_fourth | ok |" in markdown and "| 04_fifth | ok |" in markdown
+    for name in ("00_first", "01_second"):
+        assert re.search(rf"\| {name} \| ok \(earlier run, \d{{4}}-\d\d-\d\d \d\d:\d\d UTC\) \|", markdown), name
+    assert "| 02_third | failed (earlier run) |" in markdown and "## 02_third failed (earlier run)" in markdown
+    assert "| 05_sixth | not run yet |" in markdown
+
+
+def test_records_from_earlier_runs_are_marked_once(tmp_path: Path):
+    from muffin_lib.study.summary import write_summary
+
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    write_summary(work_dir, tmp_path / "data", "smoke", {
+        "00_a": {"status": "ok", "seconds": 1.0, "finished_at": "2026-12-04T18:44:53+00:00"},
+        "01_b": {"status": "failed", "seconds": 2.0, "error": "01_b failed in cell In [4]"},
+        "02_c": {"status": "not run (an earlier notebook failed)"},
+    })
+    for _ in range(2):  # a second --only run must not mark them again
+        summary = write_summary(work_dir, tmp_path / "data", "smoke", {"03_d": {"status": "ok", "seconds": 1.0}})
+    statuses = {name: record["status"] for name, record in summary["notebooks"].items()}
+    assert statuses == {"00_a": "ok (earlier run, 2026-12-04 18:44 UTC)", "01_b": "failed (earlier run)",
+                        "02_c": "not run yet", "03_d": "ok"}
+
+
+@pytest.mark.parametrize(("parameter", "value", "message"), [
+    ("epochs", "abc", "-p epochs: expected a whole number >= 1, got 'abc'"),
+    ("image_size", 16, "-p image_size: expected a whole number >= 32, got 16"),
+    ("n_splits", "x", "-p n_splits: expected a whole number (the default is 5), got 'x'"),
+    ("learning_rates", [1e-3, -1], "-p learning_rates: each item expected a number > 0, got -1"),
+])
+def test_a_bad_parameter_stops_the_run_before_any_notebook_starts(tmp_path, synthetic_data_dir, parameter, value,
+                                                                  message):
+    from muffin_lib.study.runner import run_series
+
+    with pytest.raises(MuffinError) as caught:
+        run_series(profile="smoke", data_dir=synthetic_data_dir, work_dir=tmp_path / "work",
+                   parameters={parameter: value}, progress=False)
+    assert str(caught.value) == message
+    assert not (tmp_path / "work" / "executed").exists() or not any((tmp_path / "work" / "executed").iterdir())
+
+
+def test_run_cli_names_the_parameter_as_typed(capsys, tmp_path, synthetic_data_dir):
+    from muffin_lib import cli
+
+    code = cli.main(["run", "--profile", "smoke", "--data-dir", str(synthetic_data_dir),
+                     "--work-dir", str(tmp_path), "-p", "epochs", "abc"])
+    assert code == 2 and "-p epochs: expected a whole number >= 1, got 'abc'" in capsys.readouterr().err
+
+
+def test_a_long_notebook_shows_its_progress_in_the_terminal_log(tmp_path, capsys, monkeypatch):
+    from muffin_lib.study import runner
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell('data_dir = "../data"\nwork_dir = "../work"\nprofile = "full"')
+    parameters.metadata["tags"] = ["parameters"]
+    loop = ("import time\nfrom muffin_lib.progress import progress_bar\n"
+            "for _ in progress_bar(range(8), desc='deeper_cnn', unit='epoch'):\n    time.sleep(0.5)")
+    nb.cells = [parameters, nbformat.v4.new_code_cell(loop)]
+    nbformat.write(nb, folder / "00_long.ipynb")
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(runner._Log, "LOG_EVERY", 0.0)  # a plain line at every change (a log file, not a tty)
+    run_series(data_dir=tmp_path / "data", work_dir=tmp_path / "work", notebooks_dir=folder)
+    out = capsys.readouterr().out
+    steps = [line.strip() for line in out.splitlines() if line.strip().startswith("deeper_cnn ")]
+    assert len(steps) >= 2 and any("/8 epoch [" in step for step in steps), out

@@ -14,7 +14,7 @@ from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import evaluation
 from muffin_lib.study import report
-from muffin_lib.study.runner import format_summary
+from muffin_lib.study.summary import format_summary
 from muffin_lib.training import predict, train
 from muffin_lib.training.engine import TrainConfig
 

@@ -11,20 +11,23 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import json
 import logging
+import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, PACKAGE_PARENT, WorkDir
 from muffin_lib.errors import MuffinError
-from muffin_lib.results import load_all_results
-from muffin_lib.study.notebook import PROFILES, synthetic_banner
-from muffin_lib.study.report import format_ci
+from muffin_lib.progress import watch_progress
+from muffin_lib.study.notebook import PROFILES
+from muffin_lib.study.summary import format_ending, synthetic_run, write_summary
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
@@ -40,7 +43,7 @@ def auto_profile(data_dir: Path) -> tuple[str, str]:
     CPU or Apple GPU (the full study's selection takes hours on 2 cores; quick fits about an hour)."""
     import torch
 
-    if _is_synthetic(data_dir, {}):
+    if synthetic_run(data_dir, {}):
         return "smoke", "the data are the synthetic fallback"
     if torch.cuda.is_available():
         return "full", f"a CUDA GPU is available ({torch.cuda.get_device_name(0)})"
@@ -96,6 +99,19 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def check_parameters(extras: dict[str, Any], plans: list) -> None:
+    """Every ``-p`` value checked before any notebook starts (``notebook.check_parameter``), named as typed."""
+    from muffin_lib.study.notebook import check_parameter
+
+    for name, value in extras.items():
+        for _, _, known in plans:
+            if name in known:
+                try:
+                    check_parameter(name, value, parse_value(known[name]))
+                except MuffinError as error:
+                    raise MuffinError(f"-p {error}") from None
+
+
 def notebook_parameters(path: Path) -> dict[str, Any]:
     """Name -> default of the ``parameters`` cell of ``path`` (papermill's own reading of it)."""
     import papermill
@@ -138,17 +154,21 @@ def _failure_message(name: str, error: BaseException, executed: Path) -> str:
     )
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """Refuse an explicit --data-dir that is not a folder: notebook 00 would make the synthetic set in a typo."""
-    if data_dir.is_dir():
-        return
-    what = "is not a folder" if data_dir.exists() else "does not exist"
-    raise MuffinError(
-        f"data folder {data_dir} {what}. Fix the path given to --data-dir (or get the data there first: "
-        f"`python -m muffin_lib fetch --data-dir {data_dir}`), or leave --data-dir out to use the default "
-        f"location, {Path(DEFAULT_DATA_DIR).expanduser().resolve()}, where 00_setup downloads the Kaggle data "
-        "or makes a synthetic set."
-    )
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """The data folder: the default as it is (00_setup fetches the data or makes a synthetic set there), or
+    an explicit one that must exist, since 00_setup would quietly fill a mistyped one with synthetic data."""
+    default = Path(DEFAULT_DATA_DIR).expanduser().resolve()
+    if data_dir is None:
+        return default
+    path = Path(data_dir).expanduser().resolve()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise MuffinError(
+            f"data folder {path} {what}. Fix the path given to --data-dir (or get the data there first: "
+            f"`python -m muffin_lib fetch --data-dir {path}`), or leave --data-dir out to use the default "
+            f"location, {default}, where 00_setup downloads the Kaggle data or makes a synthetic set."
+        )
+    return path
 
 
 def run_series(
@@ -170,10 +190,7 @@ def run_series(
 
     if profile not in RUNNER_PROFILES:
         raise MuffinError(f"--profile must be one of {RUNNER_PROFILES}, got {profile!r}")
-    explicit_data_dir = data_dir is not None
-    data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().resolve()
-    if explicit_data_dir:
-        check_data_dir(data_dir)
+    data_dir = resolve_data_dir(data_dir)
     workdir = WorkDir(work_dir or DEFAULT_WORK_DIR)
     notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
     notebooks = find_notebooks(notebooks_dir, only)
@@ -192,6 +209,7 @@ def run_series(
             f"-p {', '.join(unused)}: no notebook run here has such a parameter; see the parameters "
             "tables in notebooks/README.md"
         )
+    check_parameters(extras, plans)
 
     records: dict[str, dict] = {}
     started = time.perf_counter()
@@ -211,17 +229,19 @@ def run_series(
             t0 = time.perf_counter()
             record = {"status": "running", "executed": str(executed), "parameters": injected}
             records[path.stem] = record
+            watching = watch_progress(workdir.root / "progress.txt", log.progress) if progress else nullcontext()
             try:
-                papermill.execute_notebook(
-                    str(path),
-                    str(executed),
-                    parameters=injected,
-                    kernel_name=KERNEL_NAME,
-                    cwd=str(notebooks_dir),
-                    progress_bar=progress,
-                    # ipykernel's start-up warning about unencrypted local TCP is noise on this terminal
-                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                )
+                with watching:  # the kernel's bars (trial i of N, epoch e of E, ETA) shown on this terminal
+                    papermill.execute_notebook(
+                        str(path),
+                        str(executed),
+                        parameters=injected,
+                        kernel_name=KERNEL_NAME,
+                        cwd=str(notebooks_dir),
+                        progress_bar=False,
+                        # ipykernel's start-up warning about unencrypted local TCP is noise on this terminal
+                        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                    )
             except KeyboardInterrupt:
                 record.update(status="interrupted", seconds=round(time.perf_counter() - t0, 1))
                 write_summary(workdir.root, data_dir, profile, records)
@@ -234,7 +254,7 @@ def run_series(
             record.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
             record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log(f"    ok in {record['seconds']:.1f} s (total {time.perf_counter() - started:.0f} s)")
-            if not warned_synthetic and _is_synthetic(data_dir, {}):
+            if not warned_synthetic and synthetic_run(data_dir, {}):
                 warned_synthetic = True
                 advice = {
                     "auto": "; so the rest runs in the smoke profile (--profile full or quick forces a study)",
@@ -252,133 +272,34 @@ def run_series(
 
 
 class _Log:
+    """The runner's lines; ``progress`` shows a notebook's current step in place on a terminal, and as a
+    plain line every ``LOG_EVERY`` seconds in a log file."""
+
+    LOG_EVERY = 30.0
+
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self._inline = False
+        self._logged_at = -math.inf
 
     def __call__(self, message: str) -> None:
         if self.enabled:
+            if self._inline:
+                sys.stdout.write("\r\033[K")
+                self._inline = False
             print(message, flush=True)
 
-
-def _is_synthetic(data_dir: Path, results: dict[str, dict]) -> bool | None:
-    """Whether the data are the synthetic set: the data folder's marker, else what 00_setup recorded."""
-    if data_dir.is_dir():
-        from muffin_lib.data.synthetic import is_synthetic
-
-        return bool(is_synthetic(data_dir))
-    setup = results.get("00_setup", {})
-    return setup.get("synthetic")
-
-
-def write_summary(work_dir: str | Path, data_dir: Path, profile: str, records: dict[str, dict]) -> dict:
-    """summary.json and summary.md from this run's notebook records plus every results/*.json.
-
-    Records of notebooks not run this time (``--only``) are kept from the previous summary.
-    """
-    workdir = WorkDir(work_dir)
-    if profile == "auto":  # say which profile(s) it chose
-        used = sorted({r.get("parameters", {}).get("profile") for r in records.values()} - {None})
-        profile = f"auto ({', '.join(used)})" if used else profile
-    summary_json = workdir.root / "summary.json"
-    previous = {}
-    if summary_json.is_file():
-        with contextlib.suppress(json.JSONDecodeError):
-            previous = json.loads(summary_json.read_text()).get("notebooks", {})
-    notebooks = {**previous, **records}
-    notebooks = dict(sorted(notebooks.items()))
-    results = load_all_results(workdir.root)
-    models: dict[str, dict] = {}
-    findings: list[dict] = []
-    for name, result in results.items():
-        for model, numbers in (result.get("models") or {}).items():
-            models.setdefault(model, {}).update(numbers)
-        findings.extend({"notebook": name, "text": text} for text in result.get("findings") or [])
-    summary = {
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "profile": profile,
-        "data_dir": str(data_dir),
-        "work_dir": str(workdir.root),
-        "synthetic": _is_synthetic(data_dir, results),
-        "environment": results.get("00_setup", {}).get("environment"),
-        "notebooks": notebooks,
-        "models": models,
-        "findings": findings,
-        "results": results,
-    }
-    summary_json.write_text(json.dumps(summary, indent=2))
-    (workdir.root / "summary.md").write_text(format_summary(summary))
-    return summary
-
-
-def _ci_cell(numbers: dict, value_key: str, ci_key: str) -> str:
-    value = numbers.get(value_key)
-    if value is None:
-        return ""
-    low, high = numbers.get(ci_key) or (None, None)
-    return format_ci(value, low, high)
-
-
-def format_summary(summary: dict) -> str:
-    """The Markdown summary: a loud synthetic-data warning, the notebook table, models, findings."""
-    lines = ["# muffin-lab: summary of the notebook series", ""]
-    if summary["synthetic"]:
-        lines += [synthetic_banner(summary["data_dir"]), ""]
-    elif summary["synthetic"] is None:
-        lines += ["> Data folder not found: no notebook has fetched the data yet.", ""]
-    lines += [
-        f"- profile: **{summary['profile']}**",
-        f"- data: `{summary['data_dir']}`" + (" (**SYNTHETIC**)" if summary["synthetic"] else ""),
-        f"- work_dir: `{summary['work_dir']}`",
-    ]
-    environment = summary.get("environment") or {}
-    if environment.get("summary"):
-        lines.append(f"- environment: {environment['summary']}")
-    n_looks = ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
-    if n_looks is not None:  # recorded in work_dir/test_looks.json; more than 1 means the test split was re-used
-        lines.append(f"- test split looks: {n_looks}")
-    lines += ["", "## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
-    for name, record in summary["notebooks"].items():
-        seconds = record.get("seconds")
-        lines.append(f"| {name} | {record['status']} | {'' if seconds is None else f'{seconds:.1f}'} |")
-    total = sum(record.get("seconds") or 0 for record in summary["notebooks"].values())
-    lines.append(f"| **total** | | {total:.1f} |")
-    if summary["models"]:
-        lines += [
-            "",
-            "## Zero-one loss per model",
-            "",
-            "Test: scored once (notebook 09) with 95% Wilson intervals, on the **twin-free** part of the test split "
-            "(test images with no near-duplicate in train: the headline) and on the whole split. CV: twin-grouped "
-            "K-fold cross-validation risk on the training split with the corrected (Nadeau-Bengio) 95% t interval; "
-            "nested CV for the tuned procedure. Validation: the shared twin-grouped hold-out, 95% Wilson interval.",
-            "",
-            "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] | validation [95% CI] |",
-            "|---|---|---|---|---|",
-        ]
-        for model, numbers in summary["models"].items():
-            cv = _ci_cell(numbers, "cv_risk", "cv_ci")
-            if cv and numbers.get("cv_kind") == "nested":
-                cv += " (nested CV)"
-            if cv and numbers.get("cv_settings"):
-                cv += f" at {numbers['cv_settings']}"  # which budget produced it (selection.budget)
-            cells = [
-                _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
-                _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
-                cv,
-                _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
-            ]
-            named = f"{model} at {numbers['off_recipe']}" if numbers.get("off_recipe") else model
-            lines.append(f"| {named} | " + " | ".join(cells) + " |")
-        trained_in = [f"{model} {n['precision']}" for model, n in summary["models"].items() if n.get("precision")]
-        if trained_in:
-            lines += ["", "Precision (which one trained each model, and why): " + "; ".join(trained_in) + "."]
-    if summary["findings"]:
-        lines += ["", "## Findings (computed by the notebooks)", ""]
-        lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]
-    failed = [(name, r) for name, r in summary["notebooks"].items() if r["status"] == "failed"]
-    for name, record in failed:
-        lines += ["", f"## {name} failed", "", "```", record.get("error", ""), "```"]
-    return "\n".join(lines) + "\n"
+    def progress(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if sys.stdout.isatty():
+            width = shutil.get_terminal_size().columns - 5
+            sys.stdout.write("\r\033[K    " + line[:width])
+            sys.stdout.flush()
+            self._inline = True
+        elif time.monotonic() - self._logged_at >= self.LOG_EVERY:
+            self._logged_at = time.monotonic()
+            print(f"    {line}", flush=True)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -420,5 +341,5 @@ def run_command(args: argparse.Namespace) -> int:
         notebooks_dir=args.notebooks_dir,
     )
     print()
-    print(format_summary(summary))
+    print(format_ending(summary), end="")
     return 0
