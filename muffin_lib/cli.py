@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import re
 import sys
 
 from muffin_lib.errors import MuffinError
@@ -26,12 +28,52 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DISTRIBUTION = "muffin-lab"  # the name pip knows, and the installed script's
+
+
+def version() -> str:
+    """The installed distribution's version; in a checkout that pip has not installed, pyproject.toml's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        from muffin_lib.config import PACKAGE_PARENT
+
+        try:
+            text = (PACKAGE_PARENT / "pyproject.toml").read_text()
+        except OSError:
+            return "unknown"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return found.group(1) if found else "unknown"
+
+
+def prog_name() -> str:
+    """What usage lines call the program: the installed script by its name, else ``python -m muffin_lib``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return DISTRIBUTION if os.path.splitext(name)[0] == DISTRIBUTION else "python -m muffin_lib"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{DISTRIBUTION} {version()}")
+        parser.exit()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported (all of them when it is None, e.g. for --help)."""
+    """The parser; only ``command``'s module is imported (all of them when it is None, e.g. for --help;
+    none when it is "", e.g. for --version)."""
     parser = argparse.ArgumentParser(
-        prog="python -m muffin_lib",
+        prog=prog_name(),
         description="muffin-lab: one sub-command per step of the study; COMMAND --help for its options.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -46,6 +88,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((arg for arg in argv if arg in COMMANDS), None)
+    if command is None and "--version" in argv:
+        command = ""  # nothing to import: --version prints and exits before a command is needed
     parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -22,6 +22,15 @@ DEFAULT_DATA_DIR = Path(os.environ.get("MUFFIN_DATA_DIR", "data/muffin-vs-chihua
 DEFAULT_WORK_DIR = Path(os.environ.get("MUFFIN_WORK_DIR", "work"))
 
 
+def user_cache_dir() -> Path:
+    """The user's own muffin-lab folder, beside every work_dir (``MUFFIN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/muffin-lab`` or ``~/.cache/muffin-lab``): the bf16 probe's verdicts, the test-look record."""
+    if os.environ.get("MUFFIN_CACHE_DIR"):
+        return Path(os.environ["MUFFIN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "muffin-lab"
+
+
 def channels_for(color_mode: str) -> int:
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode must be one of {COLOR_MODES}, got {color_mode!r}")

@@ -1,13 +1,14 @@
-"""The record of every look at a dataset's test split: ``work_dir/test_looks.json`` (``WorkDir.test_looks_file``).
+"""The record of every look at a dataset's test split, and the gate every test score passes first.
 
 The test split is scored once, after every choice (notebook 09, ``selection.evaluation.evaluate_candidates``).
-Every evaluation of it is recorded here: when (UTC), who looked (``09_final_test``, ``evaluate_on_split``,
-``predict``), the candidate set (name -> checkpoint path, sha256 of the file, config key; an ensemble: its
-members' identities and one sha256 over them, so it is the same candidate exactly when its members are), the test split
-(content fingerprint and data_dir) and the code version (``git rev-parse --short HEAD``, else the package
-version). Scoring the same candidate set again (an interrupted notebook 09 re-run) is not a new look: the
-look's ``repeats`` grows instead. ``check_candidates`` refuses a look with another candidate set on a split
-already scored, unless it is forced. Shared top level: imports no layer; callers pass the fingerprint.
+Whatever scores a test split (09, ``evaluate_on_split``, ``predict`` on its files or folders) first calls
+:func:`gate`, which records the look *before* any prediction, in the user's cache directory keyed by the
+split's content fingerprint (``config.user_cache_dir()/test_looks/``), so a new ``work_dir`` does not start
+a clean slate. A look records when (UTC), who, the candidates (name -> checkpoint, sha256 of the file,
+config key; an ensemble: its members' identities), the split and the code version. Scoring checkpoints that
+were all scored on this split before is not a new look (its ``repeats`` grow); a checkpoint never scored on
+it is refused once the split has a look, unless forced, and a forced look counts in every test number shown
+("look N of this test split"). Shared top level: imports no layer; callers pass the fingerprint.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from muffin_lib.config import PACKAGE_PARENT, WorkDir
+from muffin_lib.config import PACKAGE_PARENT, user_cache_dir
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import jsonable, write_text_atomic
+from muffin_lib.text import plural
 
 WHO = ("09_final_test", "evaluate_on_split", "predict")
-FORCE = ("set the notebook 09 parameter allow_new_test_look = True (runner: python -m muffin_lib run "
-         "-p allow_new_test_look True), or pass allow_new_look=True to evaluate_candidates")
-RECORD_VERSION = 1
+FORCE = {
+    "09_final_test": "set the notebook 09 parameter allow_new_test_look = True (runner: -p allow_new_test_look True)",
+    "predict": "pass --allow-new-test-look to predict",
+    "evaluate_on_split": "pass allow_new_look=True to evaluate_on_split",
+}
+RECORD_VERSION = 2
 
 
 def code_version() -> str:
@@ -77,12 +82,14 @@ def _signature(identities: dict[str, dict]) -> list[list]:
     return sorted([name, ident.get("sha256")] for name, ident in identities.items())
 
 
-def _split_key(data_fingerprint, data_dir) -> str:
-    return data_fingerprint or f"dir:{Path(data_dir).expanduser().resolve()}"
+def record_file(data_fingerprint: str) -> Path:
+    """Where the looks at the test split with this content fingerprint are kept."""
+    return user_cache_dir() / "test_looks" / f"{data_fingerprint[:32]}.json"
 
 
-def _read(work_dir) -> list[dict]:
-    path = WorkDir(work_dir).test_looks_file
+def looks(data_fingerprint: str) -> list[dict]:
+    """Every recorded look at the test split with this fingerprint, oldest first."""
+    path = record_file(data_fingerprint)
     if not path.is_file():
         return []
     try:
@@ -92,59 +99,53 @@ def _read(work_dir) -> list[dict]:
                           "knowing that the looks it recorded are forgotten") from error
 
 
-def looks(work_dir, data_fingerprint: str | None = None, data_dir=None) -> list[dict]:
-    """Every recorded look, oldest first; only those of one test split when its fingerprint (or data_dir) is given."""
-    everything = _read(work_dir)
-    if data_fingerprint is None and data_dir is None:
-        return everything
-    key = _split_key(data_fingerprint, data_dir)
-    return [look for look in everything if look.get("split_key") == key]
+def _checkpoints(identities: dict[str, dict]) -> set:
+    """The sha256 of every checkpoint in a candidate set, ensembles' members included."""
+    found = set()
+    for ident in identities.values():
+        found |= _checkpoints(ident["members"]) if "members" in ident else {ident.get("sha256")}
+    return found
 
 
 def _names(look: dict) -> str:
     return ", ".join(look["candidates"]) or "no candidate"
 
 
-def check_candidates(work_dir, candidates: dict[str, object], allow_new_look: bool, *, data_fingerprint=None,
-                     data_dir=None, config_keys=None) -> None:
-    """Raise MuffinError (one line) when the test split was already scored with another candidate set and this set
-    never was, unless ``allow_new_look``. The same set again (a re-run) is always allowed."""
-    earlier = looks(work_dir, data_fingerprint, data_dir)
-    if allow_new_look or not earlier:
-        return
-    signature = _signature(identify(candidates, config_keys))
-    if any(_signature(look["candidates"]) == signature for look in earlier):
-        return
-    last = earlier[-1]
-    raise MuffinError(
-        f"the test split was already scored ({len(earlier)} look(s) in {WorkDir(work_dir).test_looks_file}; the last "
-        f"on {last['at']} by {last['who']} with {_names(last)}); scoring it again with another candidate set "
-        f"({', '.join(sorted(candidates))}) would be a new look chosen after seeing test numbers: to do it anyway, "
-        f"{FORCE}"
-    )
-
-
-def record_look(work_dir, who: str, candidates: dict[str, object], data_dir, *, data_fingerprint: str | None = None,
-                config_keys: dict[str, str] | None = None) -> dict:
-    """Record that ``who`` scored ``candidates`` (name -> checkpoint) on the test split of ``data_dir``; returns the
-    look with ``n_looks`` (looks of this split so far) and ``new`` (False when this set had been scored before)."""
+def gate(who: str, candidates: dict[str, object], data_dir, *, data_fingerprint: str,
+         config_keys: dict[str, str] | None = None, allow_new_look: bool = False) -> dict:
+    """Call before scoring ``candidates`` (name -> checkpoint) on the test split of ``data_dir``: refuse (one
+    MuffinError line) a set with a checkpoint never scored on this split once it has a look, unless
+    ``allow_new_look``; record the look; return it with ``n_looks`` (this split's looks, this one included),
+    ``new``, ``forced`` and ``record`` (the file)."""
     if who not in WHO:
         raise ValueError(f"who must be one of {WHO}, got {who!r}")
-    everything = _read(work_dir)
+    earlier = looks(data_fingerprint)
     identities = identify(candidates, config_keys)
-    key = _split_key(data_fingerprint, data_dir)
+    seen = set().union(*(_checkpoints(look["candidates"]) for look in earlier)) if earlier else set()
+    new = not _checkpoints(identities) <= seen or None in _checkpoints(identities)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    same = [look for look in everything
-            if look.get("split_key") == key and _signature(look["candidates"]) == _signature(identities)]
-    if same:
-        look, new = same[0], False
-        look.setdefault("repeats", []).append({"at": now, "who": who})
+    if new and earlier and not allow_new_look:
+        last = earlier[-1]
+        raise MuffinError(
+            f"this test split was already scored ({plural(len(earlier), 'look')}, the last on {last['at']} by "
+            f"{last['who']} "
+            f"with {_names(last)}; record {record_file(data_fingerprint)}): scoring {', '.join(sorted(candidates))} "
+            f"would be a new look chosen after seeing test numbers; to do it anyway, {FORCE[who]}"
+        )
+    if new:
+        look = {"at": now, "who": who, "candidates": identities, "data_fingerprint": data_fingerprint,
+                "data_dir": str(Path(data_dir).expanduser().resolve()), "code_version": code_version(),
+                "forced": bool(earlier), "repeats": []}
+        earlier.append(look)
     else:
-        look, new = {"at": now, "who": who, "candidates": identities, "split_key": key,
-                     "data_fingerprint": data_fingerprint, "data_dir": str(Path(data_dir).expanduser().resolve()),
-                     "code_version": code_version(), "repeats": []}, True
-        everything.append(look)
-    path = WorkDir(work_dir).test_looks_file
-    write_text_atomic(path, json.dumps(jsonable({"version": RECORD_VERSION, "looks": everything}), indent=2) + "\n")
-    n_looks = sum(1 for other in everything if other.get("split_key") == key)
-    return {**look, "n_looks": n_looks, "new": new, "record": os.fspath(path)}
+        look = earlier[-1]
+        look.setdefault("repeats", []).append({"at": now, "who": who, "candidates": sorted(candidates)})
+    path = record_file(data_fingerprint)
+    write_text_atomic(path, json.dumps(jsonable({"version": RECORD_VERSION, "looks": earlier}), indent=2) + "\n")
+    return {**look, "n_looks": len(earlier), "new": new, "record": os.fspath(path)}
+
+
+def look_label(look: dict | None) -> str:
+    """What every test number carries: "" for the first and only look, else "look N of this test split"."""
+    n = (look or {}).get("n_looks") or 1
+    return "" if n == 1 else f"look {n} of this test split"

@@ -22,6 +22,13 @@ DEV_DATA = SHARED_DATA / "muffin-chihuahua-dev"
 ORIGINALS = SHARED_DATA / "originals-sample"
 
 
+@pytest.fixture(autouse=True)
+def own_user_cache(tmp_path_factory, monkeypatch):
+    """Each test its own user cache dir: the test-look record there is keyed by a split's content, and every
+    test scores the same synthetic split."""
+    monkeypatch.setenv("MUFFIN_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset in the Kaggle layout (train 64 = 32 + 32, test 24, 48 px JPEGs). Read-only

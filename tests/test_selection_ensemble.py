@@ -103,7 +103,7 @@ def test_look_record_identifies_the_ensemble_by_its_members(members, tmp_path):
     data_dir, work_dir, paths, other = _work(members, tmp_path)
     name = evaluation.ENSEMBLE
     first = _evaluate(data_dir, work_dir, paths)
-    [look] = test_looks.looks(work_dir)
+    [look] = first.looks
     assert first.n_looks == 1 and sorted(look["candidates"]) == sorted([*paths, name])
     recorded = look["candidates"][name]
     assert recorded["checkpoint"] is None and recorded["sha256"]
@@ -113,20 +113,18 @@ def test_look_record_identifies_the_ensemble_by_its_members(members, tmp_path):
     # the same three members again, even as copies elsewhere: the same candidate set, no refusal, no new look
     moved = {m: shutil.copy(p, tmp_path / f"copy-{m}.pt") for m, p in paths.items()}
     again = _evaluate(data_dir, work_dir, moved)
-    assert again.n_looks == 1 and len(test_looks.looks(work_dir)) == 1
+    assert again.n_looks == 1 and len(again.looks) == 1
 
-    # without the ensemble: another candidate set
-    with pytest.raises(MuffinError, match="allow_new_test_look"):
-        _evaluate(data_dir, work_dir, paths, ensemble=False)
+    # without the ensemble: the same checkpoints, no new look
+    assert _evaluate(data_dir, work_dir, paths, ensemble=False).n_looks == 1
 
     # a changed member (deeper_cnn retrained with another seed, same name and path): a new set, refused unless forced
     shutil.copy(other, paths["deeper_cnn"])
     with pytest.raises(MuffinError, match="already scored"):
         _evaluate(data_dir, work_dir, paths)
-    assert len(test_looks.looks(work_dir)) == 1
     forced = _evaluate(data_dir, work_dir, paths, allow_new_look=True)
     assert forced.n_looks == 2
-    old, new = (x["candidates"][name] for x in test_looks.looks(work_dir))
+    old, new = (x["candidates"][name] for x in forced.looks)
     assert old["sha256"] != new["sha256"]
     assert new["members"]["deeper_cnn"]["sha256"] == test_looks.file_sha256(other)
 

@@ -23,7 +23,7 @@ def test_the_full_budget_is_the_recipe_notebooks_03_05_train():
     assert not QUICK.deployed and (QUICK.image_size, QUICK.epochs) == (64, 8)
     assert "deployed recipe" in FULL.label and "cheaper than the deployed 128 px / 15 epochs" in QUICK.label
     assert budget_for(64, 8) is QUICK and budget_for(96, 8) is None
-    assert settings_label(32, 1) == "32 px, 1 epochs (not the deployed 128 px / 15 epochs)"
+    assert settings_label(32, 1) == "32 px, 1 epoch (not the deployed 128 px / 15 epochs)"
 
 
 def _selection_defaults(name: str) -> dict:
@@ -109,7 +109,7 @@ def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_
     from muffin_lib.training.engine import TRANSFER_RECIPE
 
     assert off_recipe(TrainConfig(model="deeper_cnn")) is None and off_recipe(TRANSFER_RECIPE) is None
-    assert off_recipe(TRANSFER_RECIPE.replace(epochs=1)) == "128 px, 1 epochs (not its recipe's 128 px / 6)"
+    assert off_recipe(TRANSFER_RECIPE.replace(epochs=1)) == "128 px, 1 epoch (not its recipe's 128 px / 6)"
     short = off_recipe(TrainConfig(model="deeper_cnn", epochs=5))  # e.g. `run -p epochs 5`
     assert short == "128 px, 5 epochs (not the deployed 128 px / 15 epochs)"
     summary = {

@@ -21,7 +21,7 @@ def test_twins_finding_states_the_counts():
             "conflicting_labels": [["train/muffin/a.jpg", "test/chihuahua/b.jpg"]]}
     text = report.twins_finding(near, n_train=100, n_test=40)
     assert "3 groups" in text and "7 images" in text and "2 of the 40 test images (5.0%)" in text
-    assert "1 group(s) carry conflicting labels" in text
+    assert "1 group carries conflicting labels" in text and "1 group lies inside the training split" in text
 
 
 def test_twin_pairs_to_show_prefers_train_test_pairs():

@@ -282,7 +282,7 @@ def test_run_ends_with_a_short_summary_that_names_summary_md(tmp_path: Path, mon
     assert cli.main(["run", "--work-dir", str(work_dir), "--quiet"]) == 0
     lines = capsys.readouterr().out.strip("\n").splitlines()
     assert len(lines) <= 25 and max(len(line) for line in lines if str(tmp_path) not in line) <= 110
-    assert lines[-1].endswith(str(work_dir / "summary.md")) and "30 finding(s)" in lines[-1]
+    assert lines[-1].endswith(str(work_dir / "summary.md")) and "30 findings" in lines[-1]
     assert "  09_notebook  ok      90.0 s" in lines and any("SYNTHETIC" in line for line in lines)
     assert "  tuned                 0.050 [0.040, 0.070] 0.045 [0.033, 0.060] 0.080 [0.060, 0.100] 0.090" in "\n".join(lines)
 

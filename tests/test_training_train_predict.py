@@ -155,9 +155,11 @@ def test_predict_cli_json(trained, capsys):
     data_dir, _, run = trained
     assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    # 24 files, the count, the zero-one loss, and the twin-free part (the synthetic test split has twins in train)
-    assert len(lines) == 24 + 3 and lines[-2].startswith("zero-one loss ")
-    assert lines[-1].startswith("twin-free part (21 test images with no near-duplicate in train; 3 left out)")
+    # 24 files, the count, the zero-one loss, the twin-free part (the synthetic test split has twins in train) and
+    # the look at the test split, recorded though no --work-dir was given
+    assert len(lines) == 24 + 4 and lines[-3].startswith("zero-one loss ")
+    assert lines[-2].startswith("twin-free part (21 test images with no near-duplicate in train; 3 left out)")
+    assert lines[-1].startswith("test split look recorded in ")
     assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(result["predictions"]) == 24 and 0 <= result["zero_one_loss"] <= 1
@@ -248,7 +250,7 @@ def test_predict_cli_exits_1_when_it_classified_nothing(trained, tmp_path, capsy
     broken = tmp_path / "broken.jpg"
     broken.write_text("this is not a jpeg")
     assert cli.main(["predict", str(run.checkpoint_path), str(broken), "--device", "cpu"]) == 1
-    assert "0 of 1 files classified, 1 unreadable" in capsys.readouterr().out.splitlines()
+    assert "0 of 1 file classified, 1 unreadable" in capsys.readouterr().out.splitlines()
     assert cli.main(["predict", str(run.checkpoint_path), str(broken), str(tmp_path / "missing.png"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_failed"] == 2
     good = data_dir / "test" / "muffin" / "synthetic_00001.jpg"
@@ -280,14 +282,15 @@ def test_predict_cli_warns_once_about_a_synthetic_off_recipe_checkpoint(trained,
     assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--device", "cpu"]) == 0
     assert _warnings(capsys.readouterr().err) == [  # 24 files, each warning once
         "warning: this checkpoint was trained on SYNTHETIC data: its predictions on real photos mean nothing",
-        "warning: this checkpoint was trained off its recipe (32 px, 1 epoch(s) where its recipe has 128 px, "
+        "warning: this checkpoint was trained off its recipe (32 px, 1 epoch where its recipe has 128 px, "
         "15 epochs): expect more errors than its recipe's",
     ]
     checkpoint = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
     checkpoint["extra"]["synthetic"] = False  # as if trained on real photos
     real = tmp_path / "real.pt"
     torch.save(checkpoint, real)
-    assert cli.main(["predict", str(real), str(data_dir / "test" / "muffin"), "--device", "cpu", "--json"]) == 0
+    assert cli.main(["predict", str(real), str(data_dir / "test" / "muffin"), "--device", "cpu", "--json",
+                     "--allow-new-test-look"]) == 0  # another checkpoint on the same test split: a forced look
     out, err = capsys.readouterr()
     assert [w for w in _warnings(err) if "SYNTHETIC" in w] == [] and len(_warnings(err)) == 1
     assert json.loads(out.strip().splitlines()[-1])["warnings"] == [w.removeprefix("warning: ") for w in _warnings(err)]
@@ -299,9 +302,9 @@ def test_recipe_shortfall():
 
     assert predict.recipe_shortfall(stored("simple_cnn", 128, 15)) is None
     assert predict.recipe_shortfall(stored("deeper_cnn", 160, 20)) is None  # beyond the recipe is no warning
-    assert predict.recipe_shortfall(stored("simple_cnn", 96, 15)).startswith("96 px, 15 epoch(s)")
+    assert predict.recipe_shortfall(stored("simple_cnn", 96, 15)).startswith("96 px, 15 epochs")
     assert predict.recipe_shortfall(stored("transfer", 128, 6)) is None  # its own recipe: 6 epochs
     assert predict.recipe_shortfall(stored("transfer", 128, 3)) == (
-        "128 px, 3 epoch(s) where its recipe has 128 px, 6 epochs"
+        "128 px, 3 epochs where its recipe has 128 px, 6 epochs"
     )
     assert predict.checkpoint_warnings({**stored("simple_cnn", 128, 15), "extra": {"synthetic": False}}) == []

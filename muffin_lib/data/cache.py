@@ -25,6 +25,7 @@ from muffin_lib.errors import MuffinError
 from muffin_lib.files import write_atomic
 from muffin_lib.pool import default_workers, process_pool
 from muffin_lib.progress import progress_bar
+from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def _decode_all(records: list[ImageRecord], image_size: int, color_mode: str, pr
     if failures:
         listed = "; ".join(f"{record.path}: {reason}" for record, reason in failures[:10])
         raise MuffinError(
-            f"{len(failures)} image(s) could not be decoded although the scan accepted them (changed since?): "
+            f"{plural(len(failures), 'image')} could not be decoded although the scan accepted them "
+            f"(changed since?): "
             f"{listed}. Run `python -m muffin_lib audit` on the data folder and fix or remove them."
         )
     return images

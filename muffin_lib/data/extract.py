@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS, SPLITS, SYNTHETIC_MARKER
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike) -
                 unsafe = _unsafe_members(archive)
                 if unsafe:
                     raise MuffinError(
-                        f"refusing to extract {zip_path}: {len(unsafe)} unsafe member(s) that would write "
+                        f"refusing to extract {zip_path}: {plural(len(unsafe), 'unsafe member')} that would write "
                         f"outside {dest_dir}: " + ", ".join(unsafe[:10]) + (" ..." if len(unsafe) > 10 else "")
                     )
                 members = [

@@ -377,7 +377,8 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: keep a complete data dir, else Kaggle, else synthetic (default: auto)",
     )
     parser.add_argument(
-        "--zip", type=Path, metavar="PATH", help=f"extract an archive you downloaded by hand from {KAGGLE_URL}"
+        "--zip", type=Path, metavar="PATH",
+        help=f"extract an archive you downloaded by hand from {KAGGLE_URL} (default: none: use --source)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
 

@@ -34,6 +34,7 @@ from muffin_lib.errors import MuffinError
 from muffin_lib.files import write_text_atomic
 from muffin_lib.pool import default_workers, process_pool
 from muffin_lib.progress import progress_bar
+from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,8 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
         lines.append("  formats       " + ", ".join(f"{k}: {v}" for k, v in report["formats"].items()))
 
     dup = report["duplicates"]
-    lines += ["", f"Exact duplicates: {dup['n_groups']} group(s), {dup['n_extra_copies']} extra copies; "
+    copies = plural(dup["n_extra_copies"], "extra copy", "extra copies")
+    lines += ["", f"Exact duplicates: {plural(dup['n_groups'], 'group')}, {copies}; "
               f"{dup['n_cross_split']} span train and test (LEAKAGE), {dup['n_conflicting_labels']} with conflicting labels"]
     for group in dup["groups"][:max_listed]:
         flags = [flag for flag, on in (("LEAKAGE", group["cross_split"]), ("LABEL CONFLICT", group["conflicting_labels"])) if on]
@@ -387,9 +389,10 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
     n_test = report["splits"]["test"]["total"]
     lines += [
         "",
-        f"Near-duplicates (twins): {near['n_groups']} group(s) holding {near['n_images_in_groups']} images; "
-        f"{near['test_with_train_twin']} of {n_test} test images have a twin in train (LEAKAGE: scored "
-        f"separately as the non-twin-free part), {len(near['conflicting_labels'])} group(s) with conflicting labels",
+        f"Near-duplicates (twins): {plural(near['n_groups'], 'group')} holding "
+        f"{plural(near['n_images_in_groups'], 'image')}; {near['test_with_train_twin']} of "
+        f"{plural(n_test, 'test image')} have a twin in train (LEAKAGE: scored separately as the non-twin-free "
+        f"part), {plural(len(near['conflicting_labels']), 'group')} with conflicting labels",
         f"  method: {near['method']}",
     ]
     crossing = [g for g in near["groups"] if len({p.split("/", 1)[0] for p in g}) > 1]
@@ -408,15 +411,32 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
 
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data_dir", nargs="?", type=Path, default=config.DEFAULT_DATA_DIR, metavar="DATA_DIR",
+    # The folder may be given as --data-dir, like every other command, or positionally (the older form).
+    parser.add_argument("data_dir_positional", nargs="?", type=Path, default=None, metavar="DATA_DIR",
+                        help=f"dataset folder, the same as --data-dir (default: {config.DEFAULT_DATA_DIR})")
+    parser.add_argument("--data-dir", type=Path, default=None, dest="data_dir",
                         help=f"dataset folder (default: {config.DEFAULT_DATA_DIR})")
     parser.add_argument("--work-dir", type=Path, default=None,
-                        help="keep a scan index here so the next audit only re-checks changed files")
+                        help="keep a scan index here so the next audit only re-checks changed files "
+                        "(default: none: re-check every file)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object (last line)")
 
 
+def _audit_data_dir(args: argparse.Namespace) -> Path:
+    """The folder to audit: ``--data-dir`` or the positional DATA_DIR (not two different ones), else the
+    default."""
+    flag, positional = getattr(args, "data_dir", None), getattr(args, "data_dir_positional", None)
+    if flag is not None and positional is not None and (
+        Path(flag).expanduser().resolve() != Path(positional).expanduser().resolve()
+    ):
+        raise MuffinError(
+            f"two dataset folders given: DATA_DIR {positional} and --data-dir {flag}; give one of them"
+        )
+    return next((d for d in (flag, positional) if d is not None), config.DEFAULT_DATA_DIR)
+
+
 def audit_command(args: argparse.Namespace) -> int:
-    report = audit_dataset(args.data_dir, args.work_dir, progress=not args.json)
+    report = audit_dataset(_audit_data_dir(args), args.work_dir, progress=not args.json)
     if args.json:
         print(json.dumps(report))
     else:

@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from muffin_lib.config import CLASSES, WorkDir
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def grouped_folds(labels, groups, n_splits: int, seed: int) -> list[tuple[np.nda
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels, groups)]
     if any(test.size == 0 or train.size == 0 for train, test in folds):
-        raise MuffinError(f"{len(np.unique(groups))} groups of images are too few for {n_splits} folds; use fewer folds")
+        n_groups = plural(len(np.unique(groups)), "group")
+        raise MuffinError(f"{n_groups} of images are too few for {n_splits} folds; use fewer folds")
     return folds
 
 def grouped_part(labels, groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -302,11 +304,14 @@ def add_split_arguments(parser) -> None:
 
     from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
 
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where splits.json is kept")
-    parser.add_argument("--folds", type=int, default=5, help="K of K-fold CV")
-    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION, help="share of train held out for validation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split plan")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="dataset folder (train/ and test/) (default: %(default)s)")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help="where splits.json is kept (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=5, help="K of K-fold CV (default: %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                        help="share of train held out for validation (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split plan (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object (last line)")
 
 def split_plan_report(plan: SplitPlan, twins, scan) -> dict:

@@ -8,8 +8,8 @@ Rules that keep the estimates honest:
 * the held-out fold is only evaluated, once, with the model after the configured number of epochs.
   No epoch is chosen on it; when ``early_stopping_patience`` is set, the early-stopping split is
   carved out of the training folds, twin-grouped when the split plan's ``groups`` are passed;
-* the test split is scored by ``evaluation.evaluate_candidates`` (notebook 09, every look recorded in
-  ``work_dir/test_looks.json``) and by :func:`refit_and_test` (library only, stored with scope ``test``).
+* the test split is scored only by ``evaluation.evaluate_candidates`` (notebook 09), past
+  ``test_looks.gate``.
 
 Every finished trial is committed to the :class:`~muffin_lib.selection.trial_store.TrialStore` at once, so an
 interrupted run resumes where it stopped; trials already stored are never trained again. Where and how
@@ -26,7 +26,6 @@ from muffin_lib.selection.cv import (
     cv_tasks,
 )
 from muffin_lib.selection.options import BACKENDS, RunOptions
-from muffin_lib.selection.refit import refit_and_test
 from muffin_lib.selection.search import (
     GridResult,
     NestedCVResult,
@@ -67,7 +66,6 @@ __all__ = [
     "fold_seed",
     "grid_search",
     "nested_cv",
-    "refit_and_test",
     "run_task",
     "run_trial",
     "store_fold",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from muffin_lib.data.splits import N_SPLITS
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 from muffin_lib.training.engine import TrainConfig
 
 _RECIPE = TrainConfig()
@@ -48,9 +49,9 @@ class SelectionBudget:
         """What every table header and summary line of this budget says, e.g. "128 px, 15 epochs (profile
         full: the deployed recipe)"."""
         what = "the deployed recipe" if self.deployed else (
-            f"cheaper than the deployed {_RECIPE.image_size} px / {_RECIPE.epochs} epochs"
+            f"cheaper than the deployed {_RECIPE.image_size} px / {plural(_RECIPE.epochs, 'epoch')}"
         )
-        return f"{self.image_size} px, {self.epochs} epochs (profile {self.profile}: {what})"
+        return f"{self.image_size} px, {plural(self.epochs, 'epoch')} (profile {self.profile}: {what})"
 
 
 FULL = SelectionBudget("full", _RECIPE.image_size, _RECIPE.epochs, rung_epochs=(3,), inner_splits=N_SPLITS)
@@ -70,8 +71,9 @@ def settings_label(image_size: int, epochs: int) -> str:
     if named is not None:
         return named.label
     if (image_size, epochs) == (_RECIPE.image_size, _RECIPE.epochs):
-        return f"{image_size} px, {epochs} epochs (the deployed recipe)"
-    return f"{image_size} px, {epochs} epochs (not the deployed {_RECIPE.image_size} px / {_RECIPE.epochs} epochs)"
+        return f"{image_size} px, {plural(epochs, 'epoch')} (the deployed recipe)"
+    return (f"{image_size} px, {plural(epochs, 'epoch')} "
+            f"(not the deployed {_RECIPE.image_size} px / {plural(_RECIPE.epochs, 'epoch')})")
 
 
 def get_budget(profile: str) -> SelectionBudget:

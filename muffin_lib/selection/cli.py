@@ -13,6 +13,7 @@ from muffin_lib.selection.options import BACKENDS, RunOptions
 from muffin_lib.selection.search import grid_search, nested_cv
 from muffin_lib.selection.trial import SUMMARY_COLUMNS, print_trial
 from muffin_lib.selection.trial_store import TrialStore
+from muffin_lib.text import plural
 
 # --------------------------------------------------------------------------------------------------
 # CLI: python -m muffin_lib cv
@@ -40,38 +41,49 @@ _workers.__name__ = "number or auto"
 
 
 def add_cv_arguments(parser) -> None:
-    from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
+    from muffin_lib.config import COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
     from muffin_lib.selection.budget import SELECTION
     from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.models import MODEL_NAMES
 
     recipe = TrainConfig()
     add = parser.add_argument
-    add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/)")
-    add("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache, splits.json and trials.sqlite")
-    add("--model", type=_split_list(str), default=["simple_cnn"], help="model name(s), comma-separated")
-    add("--lr", type=_split_list(float), default=None, help="peak learning rate(s), e.g. 1e-3,1e-4")
-    add("--batch-size", type=_split_list(int), default=None, help="batch size(s), e.g. 64,128")
+    add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (train/ and test/) (default: %(default)s)")
+    add("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+        help="cache, splits.json and trials.sqlite (default: %(default)s)")
+    add("--model", type=_split_list(str), default=["simple_cnn"],
+        help=f"one or more of {', '.join(MODEL_NAMES)}, comma-separated (default: simple_cnn)")
+    add("--lr", type=_split_list(float), default=None,
+        help=f"peak learning rate(s), e.g. 1e-3,1e-4 (default: the recipe's, {recipe.lr:g})")
+    add("--batch-size", type=_split_list(int), default=None,
+        help=f"batch size(s), e.g. 64,128 (default: the recipe's, {recipe.batch_size})")
     add("--epochs", type=_split_list(int), default=[SELECTION.epochs],
         help="epoch count(s), a grid over them without --rung-epochs; the last epoch is scored (default: the deployed "
-        "recipe's; the quick budget: 8)")
+        f"recipe's, {SELECTION.epochs}; the quick budget: 8)")
     add("--image-size", type=_split_list(int), default=[SELECTION.image_size],
-        help="image size(s) in px, e.g. 64,128 (default: the deployed recipe's; the quick budget: 64)")
-    add("--color-mode", type=_split_list(str), default=[recipe.color_mode], help="grayscale and/or rgb")
-    add("--folds", type=int, default=SELECTION.n_splits, help="K of K-fold CV (the outer folds with --nested)")
-    add("--seed", type=int, default=0, help="seed of the fold plan and of the models")
+        help=f"image size(s) in px, e.g. 64,128 (default: the deployed recipe's, {SELECTION.image_size}; "
+        "the quick budget: 64)")
+    add("--color-mode", type=_split_list(str), default=[recipe.color_mode], metavar="MODE[,MODE]",
+        help=f"one or more of {', '.join(COLOR_MODES)}, comma-separated (default: {recipe.color_mode})")
+    add("--folds", type=int, default=SELECTION.n_splits,
+        help="K of K-fold CV (the outer folds with --nested) (default: %(default)s)")
+    add("--seed", type=int, default=0, help="seed of the fold plan and of the models (default: %(default)s)")
     add("--nested", action="store_true", help="nested CV: the risk of tuning by inner CV, then refitting")
     add("--inner-folds", type=int, default=SELECTION.inner_splits,
         help="inner folds of nested CV (default: as many as the outer search uses; the quick budget: 2)")
     add("--rung-epochs", type=_split_list(int), default=[], metavar="E1[,E2]",
-        help="successive halving: every configuration first at these epochs, the best third goes on")
-    add("--backend", choices=BACKENDS, default="serial", help="run trials on this machine, or in parallel on Ray Tune")
+        help="successive halving: every configuration first at these epochs, the best third goes on "
+        "(default: none: every configuration trains --epochs)")
+    add("--backend", choices=BACKENDS, default="serial",
+        help="serial: run trials on this machine; ray: in parallel on Ray Tune (default: %(default)s)")
     add("--workers", type=_workers, default="auto",
         help="serial backend: trials trained at once in worker processes; auto (default) and 1: one after "
         "another, with progress bars (more is unmeasured on a GPU and 1.09x on a 2-core CPU)")
     add("--ray-address", default=None, help="Ray: an existing cluster (default: a local instance)")
-    add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial")
-    add("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions share a GPU)")
-    add("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs reserved per trial (default: %(default)s)")
+    add("--gpus-per-trial", type=float, default=0.0,
+        help="Ray: GPUs per trial, fractions share a GPU (default: %(default)s)")
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: %(default)s)")
     add("--quiet", action="store_true", help="no progress bars or training logs; one line per trial remains")
     add("--json", action="store_true", help="print the results as one JSON object on the last line")
 
@@ -144,12 +156,12 @@ def cv_command(args) -> int:
     )
     n_configs = math.prod(len(values) for values in grid.values())
     fixed = ", ".join(f"{name}={values[0]}" for name, values in grid.items() if name not in varied)
-    print(f"trial store: {store.path} ({len(store)} trials stored)", flush=True)
-    print(f"{cache.images.shape[0]} training images; fixed: {fixed or 'nothing'}", flush=True)
+    print(f"trial store: {store.path} ({plural(len(store), 'trial')} stored)", flush=True)
+    print(f"{plural(cache.images.shape[0], 'training image')}; fixed: {fixed or 'nothing'}", flush=True)
 
     if args.nested:
         print(
-            f"nested CV: {n_configs} configurations x {args.inner_folds} inner folds, "
+            f"nested CV: {plural(n_configs, 'configuration')} x {args.inner_folds} inner folds, "
             f"inside {args.folds} outer folds",
             flush=True,
         )
@@ -175,7 +187,8 @@ def cv_command(args) -> int:
         return 0
 
     n_trials = n_configs * len(plan.folds)
-    print(f"grid: {n_configs} configurations x {len(plan.folds)} folds = {n_trials} trials", flush=True)
+    print(f"grid: {plural(n_configs, 'configuration')} x {len(plan.folds)} folds = {n_trials} trials",
+          flush=True)
     result = grid_search(base, grid, cache, plan.folds, groups=plan.groups, rung_epochs=args.rung_epochs,
                          options=options)
     print(f"\nzero-one loss over the folds ({result.best_result.summary['interval']} interval):")

@@ -93,9 +93,9 @@ def evaluate_candidates(
 
     With ``ensemble`` and all of ``ENSEMBLE_MEMBERS`` among the candidates, their ensemble ``ENSEMBLE`` is scored
     too, like any candidate (table, McNemar pairs, results), from the members' predictions: no training, no other
-    look (``ensemble_proba``). The look is recorded in ``work_dir`` with the ensemble identified by its members'
-    sha256 (``test_looks.identify``); when the split was already scored with another candidate set, raises
-    MuffinError unless ``allow_new_look`` (the same set again, e.g. a re-run, is not a new look)."""
+    look (``ensemble_proba``). Before any prediction the look passes ``test_looks.gate``: recorded in the user's
+    cache directory, refused (MuffinError) when it would score a checkpoint never scored on this split after an
+    earlier look, unless ``allow_new_look``; checkpoints scored before (a re-run) are not a new look."""
     from muffin_lib import test_looks
     from muffin_lib.data.cache import load_images
     from muffin_lib.selection.stats import paired_mcnemar_table
@@ -104,10 +104,9 @@ def evaluate_candidates(
     if not candidates:
         raise MuffinError("no candidates to evaluate: train the models first (notebooks 03-05 and 08)")
     looked = with_ensemble(candidates) if ensemble else dict(candidates)  # what the look record identifies
-    all_scores, predictions, free_mask, relpaths, config_keys = {}, {}, None, None, {}
+    all_scores, predictions, free_mask, relpaths = {}, {}, None, None
     for name, checkpoint in candidates.items():
         model, stored = engine.load_checkpoint(checkpoint, device=device)
-        config_keys[name] = stored.get("config_key")
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
         trained_on = tuple(stored.get("class_names", CLASSES))
         if trained_on != tuple(test.class_names):
@@ -115,8 +114,9 @@ def evaluate_candidates(
                 f"{name}: checkpoint {checkpoint} was trained on the classes {', '.join(trained_on)} but the test split "
                 f"of {test.data_dir} holds {', '.join(test.class_names)}; evaluate models trained on this dataset"
             )
-        if relpaths is None:  # before any test prediction: refuse another candidate set unless forced
-            test_looks.check_candidates(work_dir, looked, allow_new_look, data_fingerprint=test.fingerprint)
+        if relpaths is None:  # before any test prediction: the gate refuses a new look unless forced, and records it
+            look = test_looks.gate("09_final_test", looked, data_dir, data_fingerprint=test.fingerprint,
+                                   allow_new_look=allow_new_look)
             fingerprint = test.fingerprint
             relpaths, free_mask = twin_free_test_images(data_dir, work_dir, test.relpaths)
         elif list(test.relpaths) != relpaths:
@@ -143,11 +143,9 @@ def evaluate_candidates(
         paired = paired_mcnemar_table(
             {name: np.asarray(p["correct"])[free_mask] for name, p in predictions.items()}, alpha=alpha
         )
-    look = test_looks.record_look(work_dir, "09_final_test", looked, data_dir, data_fingerprint=fingerprint,
-                                  config_keys=config_keys)
     return FinalTest(all_scores, paired, predictions, n_test=len(relpaths), n_twin_free=int(free_mask.sum()),
                      twin_free_paths=[p for p, keep in zip(relpaths, free_mask, strict=True) if keep],
-                     n_looks=look["n_looks"], looks=test_looks.looks(work_dir, fingerprint),
+                     n_looks=look["n_looks"], looks=test_looks.looks(fingerprint),
                      class_names=tuple(test.class_names))
 
 

@@ -21,6 +21,7 @@ import torch
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.options import check_workers
+from muffin_lib.text import plural
 
 # The worker process's state, set once by _start_worker.
 _WORKER: dict = {}
@@ -85,8 +86,8 @@ def run_tasks(tasks: Sequence, caches: dict, *, device: str, workers: int,
         images, labels = torch.as_tensor(cache.images), torch.as_tensor(cache.labels)
         arrays[setting] = (images.share_memory_(), labels.share_memory_())
     if say is not None:
-        say(f"training {len(tasks)} trials, {workers} at once (worker processes sharing {threads} CPU "
-            f"thread(s), device {device})")
+        say(f"training {plural(len(tasks), 'trial')}, {workers} at once (worker processes sharing "
+            f"{plural(threads, 'CPU thread')}, device {device})")
     import torch.multiprocessing as torch_mp  # registers the reducers that pass shared tensors to workers
 
     context = torch_mp.get_context("spawn")  # CUDA cannot be used in a forked child

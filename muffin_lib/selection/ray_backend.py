@@ -20,6 +20,7 @@ import numpy as np
 
 from muffin_lib.config import PACKAGE_PARENT
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 
 INSTALL_HINT = "pip install 'muffin-lab[ray]' (or pip install \"ray[tune]\")"
 _RECORD_KEY = "muffin_record"
@@ -175,7 +176,8 @@ def run_tasks(
         )
     if len(finished) < len(tasks):
         raise MuffinError(
-            f"Ray Tune stopped after {len(finished)} of {len(tasks)} trials; the finished ones are stored, "
+            f"Ray Tune stopped after {len(finished)} of {plural(len(tasks), 'trial')}; the finished ones are "
+            "stored, "
             "run the same command again to resume"
         )
     return list(finished.values())

@@ -12,6 +12,8 @@ from muffin_lib.config import WorkDir
 from muffin_lib.results import load_all_results
 from muffin_lib.study.notebook import synthetic_banner
 from muffin_lib.study.report import format_ci
+from muffin_lib.test_looks import look_label
+from muffin_lib.text import plural
 
 
 def synthetic_run(data_dir: Path, results: dict[str, dict]) -> bool | None:
@@ -103,8 +105,9 @@ def format_summary(summary: dict) -> str:
     if environment.get("summary"):
         lines.append(f"- environment: {environment['summary']}")
     n_looks = ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
-    if n_looks is not None:  # recorded in work_dir/test_looks.json; more than 1 means the test split was re-used
+    if n_looks is not None:  # more than 1: a forced look, counted beside every test number
         lines.append(f"- test split looks: {n_looks}")
+    look = look_label({"n_looks": n_looks})
     lines += ["", "## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
     for name, record in summary["notebooks"].items():
         seconds = record.get("seconds")
@@ -131,8 +134,8 @@ def format_summary(summary: dict) -> str:
             if cv and numbers.get("cv_settings"):
                 cv += f" at {numbers['cv_settings']}"  # which budget produced it (selection.budget)
             cells = [
-                _ci_cell(numbers, "test_twin_free", "test_twin_free_ci"),
-                _ci_cell(numbers, "test_zero_one_loss", "test_ci"),
+                _looked(_ci_cell(numbers, "test_twin_free", "test_twin_free_ci"), look),
+                _looked(_ci_cell(numbers, "test_zero_one_loss", "test_ci"), look),
                 cv,
                 _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
             ]
@@ -166,7 +169,7 @@ def format_ending(summary: dict) -> str:
     and where summary.md is, which keeps the findings, settings and full tables."""
     notebooks = summary["notebooks"]
     total = sum(record.get("seconds") or 0 for record in notebooks.values())
-    lines = [f"muffin-lab: {len(notebooks)} notebook(s), {total:.0f} s, profile {summary['profile']}"]
+    lines = [f"muffin-lab: {plural(len(notebooks), 'notebook')}, {total:.0f} s, profile {summary['profile']}"]
     if summary["synthetic"]:
         lines.append(f"!!! SYNTHETIC data (every number only shows that the pipeline runs): {summary['data_dir']}")
     width = max((len(name) for name in notebooks), default=0) + 2
@@ -176,9 +179,16 @@ def format_ending(summary: dict) -> str:
         lines.append(f"  {name:<{width}}{record['status']:<{status_width}}"
                      f"{'' if seconds is None else f'{seconds:8.1f} s'}".rstrip())
     lines += _ending_models(summary["models"])
-    lines.append(f"full summary ({len(summary['findings'])} finding(s), settings, all numbers): "
+    n_looks = ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
+    if look_label({"n_looks": n_looks}):
+        lines.append(f"test numbers: {look_label({'n_looks': n_looks})} (a forced look)")
+    lines.append(f"full summary ({plural(len(summary['findings']), 'finding')}, settings, all numbers): "
                  f"{Path(summary['work_dir']) / 'summary.md'}")
     return "\n".join(lines) + "\n"
+
+
+def _looked(cell: str, look: str) -> str:
+    return f"{cell} ({look})" if cell and look else cell
 
 
 def _ending_models(models: dict[str, dict]) -> list[str]:
@@ -191,5 +201,5 @@ def _ending_models(models: dict[str, dict]) -> list[str]:
         cells = "".join(f"{_ci_cell(numbers, value, ci):<21}" for _, value, ci in columns)
         lines.append(f"  {model[:20]:<22}{cells}")
     if len(models) > ENDING_MODELS:
-        lines.append(f"  ... and {len(models) - ENDING_MODELS} more model(s) in summary.md")
+        lines.append(f"  ... and {plural(len(models) - ENDING_MODELS, 'more model')} in summary.md")
     return [line.rstrip() for line in lines]

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from muffin_lib.config import channels_for
+from muffin_lib.config import COLOR_MODES, channels_for
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 from muffin_lib.training import engine, runtime
-from muffin_lib.training.models import build_model
+from muffin_lib.training.models import MODEL_NAMES, build_model
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,9 @@ def run_benchmark(
         flops = training_flops_per_image(model, in_channels, image_size)
         threads = torch.get_num_threads()
         say(
-            f"{model} at {image_size} px {color_mode}, {len(chosen)} images from {data_dir}, device {resolved}, "
-            f"{threads} CPU threads; {flops / 1e9:.2f} GFLOP per image per training step"
+            f"{model} at {image_size} px {color_mode}, {plural(len(chosen), 'image')} from {data_dir}, "
+            f"device {resolved}, "
+            f"{plural(threads, 'CPU thread')}; {flops / 1e9:.2f} GFLOP per image per training step"
         )
 
         started = time.perf_counter()
@@ -280,7 +282,8 @@ def run_benchmark(
         say(f"{precision} over fp32 (ours, same rounds): {result['amp_speedup']:.2f}x (median of {len(per_round)}; "
             f"{min(amp_speedups):.2f}-{max(amp_speedups):.2f}x) on {result['cpu'] if resolved.type == 'cpu' else resolved}")
     say(
-        f"speedup {speedup:.1f}x (median of {len(per_round)} rounds; {min(speedups):.1f}-{max(speedups):.1f}x): "
+        f"speedup {speedup:.1f}x (median of {plural(len(per_round), 'round')}; "
+        f"{min(speedups):.1f}-{max(speedups):.1f}x): "
         f"{muffin_median:.1f} vs {baseline_median:.1f} images/s; "
         f"achieved {result['muffin_gflop_per_s']:.0f} vs {result['baseline_gflop_per_s']:.0f} GFLOP/s"
         + (" (SYNTHETIC images)" if synthetic else "")
@@ -289,15 +292,22 @@ def run_benchmark(
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="deeper_cnn")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--color-mode", choices=("grayscale", "rgb"), default="grayscale")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="deeper_cnn",
+                        help="architecture timed in both pipelines: %(choices)s (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=256, metavar="PX",
+                        help="side of the square input in px (default: %(default)s)")
+    parser.add_argument("--color-mode", choices=COLOR_MODES, default="grayscale",
+                        help="%(choices)s (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=None, help="a dataset folder (default: a synthetic set)")
-    parser.add_argument("--n-images", type=int, default=256, help="images drawn from DATA_DIR/train")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seconds", type=float, default=20.0, help="about this long timed per pipeline and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both pipelines (median reported)")
+    parser.add_argument("--n-images", type=int, default=256,
+                        help="images drawn from DATA_DIR/train (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="batch size of both pipelines (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="about this long timed per pipeline and round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of both pipelines, median reported (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
     parser.add_argument("--amp", choices=engine.AMP_MODES, default="auto",
                         help="ours' precision: auto (bf16 on Ampere+ GPUs and on CPUs with bf16 instructions where a probe "

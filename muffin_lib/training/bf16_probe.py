@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from muffin_lib.config import user_cache_dir
 from muffin_lib.files import write_text_atomic
 from muffin_lib.training.models import build_model
 
@@ -48,16 +48,8 @@ class Bf16Verdict:
     grad_error: float | None = None
 
 
-def cache_dir() -> Path:
-    """The user's cache directory for muffin-lab (``MUFFIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/muffin-lab``)."""
-    if os.environ.get("MUFFIN_CACHE_DIR"):
-        return Path(os.environ["MUFFIN_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "muffin-lab"
-
-
 def _cache_file() -> Path:
-    return cache_dir() / "bf16_probe.json"
+    return user_cache_dir() / "bf16_probe.json"
 
 
 def _cpu_generation() -> str:

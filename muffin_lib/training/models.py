@@ -15,6 +15,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -209,4 +210,4 @@ def describe(name: str, in_channels: int, image_size: int) -> str:
     model = build_model(name, in_channels=in_channels, image_size=image_size)
     mode = "greyscale" if in_channels == 1 else "RGB"
     return (f"`{name}` has **{count_parameters(model):,}** trainable parameters for {image_size} px {mode} input "
-            f"({in_channels} channel(s)).")
+            f"({plural(in_channels, 'channel')}).")

@@ -3,9 +3,10 @@
 Any size or mode works (the same ``imageio.preprocess_image`` as the cache). A file that cannot be
 read is reported on its own line and skipped. The checkpoint names its classes (``class_names``, the class
 folders it was trained on; older checkpoints: muffin and chihuahua). Files that sit in a folder named after
-one of them (any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is reported. Predicting a dataset's ``test/`` folder (or a class folder in it) is a look at its test split:
-recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``) when a work_dir is given, else one line
-on stderr says it was not. Reasons to doubt the answers are returned as ``warnings`` (a checkpoint trained on
+one of them (any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is reported.
+Predicting a dataset's test images (``DATA/test/<class>/``, as files or folders) is a look at its test split:
+it passes ``test_looks.gate`` before any prediction (recorded in the user's cache directory, whatever the
+work_dir; a new look refused unless forced). Unlabelled photos, or photos outside a test split, are free. Reasons to doubt the answers are returned as ``warnings`` (a checkpoint trained on
 synthetic data or off its recipe) and per file ``warning`` (an image smaller than the model's input, so
 upscaled); the CLI prints them on stderr and exits 1 when it classified no file.
 """
@@ -26,6 +27,7 @@ from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS, channels_for
 from muffin_lib.data.imageio import load_image, preprocess_image
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import progress_bar
+from muffin_lib.text import plural
 from muffin_lib.training import calibration, engine, metrics
 
 
@@ -58,13 +60,14 @@ def label_from_path(path: Path, class_names=CLASSES) -> int | None:
 
 def recipe_shortfall(stored: dict) -> str | None:
     """How a checkpoint's config falls short of its recipe (``engine.TrainConfig``, or ``TRANSFER_RECIPE`` for
-    the transfer model) in image size or epochs, e.g. "32 px, 1 epoch(s) where its recipe has 128 px, 15"; None
+    the transfer model) in image size or epochs, e.g. "32 px, 1 epoch where its recipe has 128 px, 15 epochs"; None
     when it does not."""
     recipe = engine.TRANSFER_RECIPE if stored["model_name"] == engine.TRANSFER_RECIPE.model else engine.TrainConfig()
     size, epochs = stored["image_size"], stored.get("config", {}).get("epochs", recipe.epochs)
     if size >= recipe.image_size and epochs >= recipe.epochs:
         return None
-    return f"{size} px, {epochs} epoch(s) where its recipe has {recipe.image_size} px, {recipe.epochs} epochs"
+    return (f"{size} px, {plural(epochs, 'epoch')} where its recipe has {recipe.image_size} px, "
+            f"{plural(recipe.epochs, 'epoch')}")
 
 
 def checkpoint_warnings(stored: dict) -> list[str]:
@@ -109,7 +112,7 @@ def _read_chunk(chunk, stored: dict, class_names: list[str]) -> tuple[list[dict]
 
 def predict_paths(
     checkpoint, paths, *, device: str = "auto", batch_size: int = 64, progress: bool = False, work_dir=None,
-    explain_dir=None,
+    explain_dir=None, allow_new_look: bool = False,
 ) -> dict:
     """Predict every image under ``paths`` (files or folders). Returns ``predictions`` (one dict per file:
     path, label, probability, probabilities (class name -> probability, for every class of the checkpoint),
@@ -120,8 +123,9 @@ def predict_paths(
     (``DATA/test/<class>/``), ``twin_free`` scores the ones with no near-duplicate in ``DATA/train``
     (twins found once and cached in ``work_dir`` when given). With ``explain_dir``, each readable image
     also gets ``explanation``: a PNG there with the model's input beside its Grad-CAM overlay for the
-    predicted class (``explain.gradcam``). When a path is a dataset's ``test/`` folder (or a class folder in it),
-    the look is recorded in ``work_dir`` (``test_look``: the look with ``n_looks``; see ``muffin_lib.test_looks``)."""
+    predicted class (``explain.gradcam``). When some files are a dataset's test images (``DATA/test/<class>/``,
+    given as files or folders), scoring them is a look at its test split: it passes ``test_looks.gate`` first
+    (``test_look``: the look with ``n_looks``; a new look is refused unless ``allow_new_look``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     model, stored = engine.load_checkpoint(checkpoint, device=device)
@@ -132,6 +136,7 @@ def predict_paths(
     files = _expand(paths)
     if not files:
         raise MuffinError(f"no images found under {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    test_look = _gate_test_looks(checkpoint, stored, [f for f, problem in files if problem is None], allow_new_look)
 
     predictions: list[dict] = []
     for start in progress_bar(range(0, len(files), batch_size), enabled=progress, desc="predict", unit="batch"):
@@ -169,38 +174,23 @@ def predict_paths(
         low, high = metrics.binomial_interval(errors, len(labelled))
         result.update(zero_one_loss=errors / len(labelled), errors=errors, ci_low=low, ci_high=high)
         result["twin_free"] = _twin_free_scores(labelled, work_dir)
-    result["test_look"] = _record_test_look(checkpoint, stored, paths, work_dir, class_names)
+    result["test_look"] = test_look
     return result
 
 
-def _test_folder_dataset(paths, class_names=CLASSES) -> Path | None:
-    """``DATA`` when one of ``paths`` is the folder ``DATA/test`` or ``DATA/test/<class>`` of a dataset with train/."""
-    names = {name.lower() for name in class_names}
-    for raw in paths:
-        path = Path(raw).expanduser().resolve()
-        if not path.is_dir():
-            continue
-        test = path if path.name.lower() == "test" else path.parent if path.name.lower() in names else None
-        if test is not None and test.name.lower() == "test" and (test.parent / "train").is_dir():
-            return test.parent
-    return None
-
-
-def _record_test_look(checkpoint, stored: dict, paths, work_dir, class_names=CLASSES) -> dict | None:
-    """Record predicting a dataset's test folder as a look at its test split (never refused); None otherwise."""
+def _gate_test_looks(checkpoint, stored: dict, files: list[Path], allow_new_look: bool) -> dict | None:
+    """Before any prediction: when some of ``files`` are test images of a dataset (``DATA/test/<class>/``),
+    pass ``test_looks.gate`` for its test split (recorded, or refused as a new look); None otherwise."""
     from muffin_lib.data.scan import scan_dataset
 
-    root = _test_folder_dataset(paths, class_names)
-    if root is None:
-        return None
-    if work_dir is None:
-        print(f"test split look not recorded: {root / 'test'} is a test split; pass --work-dir WORK (work_dir= in "
-              "Python) to record it in WORK/test_looks.json", file=sys.stderr)
-        return None
-    fingerprint = scan_dataset(root, work_dir, progress=False).fingerprint("test")
-    name = stored["model_name"]
-    return test_looks.record_look(work_dir, "predict", {name: checkpoint}, root, data_fingerprint=fingerprint,
-                                  config_keys={name: stored.get("config_key")})
+    roots = sorted({root for root in map(_dataset_of, files) if root is not None})
+    look = None
+    for root in roots:
+        fingerprint = scan_dataset(root, None, progress=False).fingerprint("test")
+        name = stored["model_name"]
+        look = test_looks.gate("predict", {name: checkpoint}, root, data_fingerprint=fingerprint,
+                               config_keys={name: stored.get("config_key")}, allow_new_look=allow_new_look)
+    return look
 
 
 def _write_explanations(model, images: torch.Tensor, normalization: dict, entries: list[dict], folder: Path) -> None:
@@ -247,13 +237,17 @@ def _twin_free_scores(labelled: list[dict], work_dir) -> dict | None:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint written by `train`")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=None,
-                        help="cache the near-duplicate search here (used when PATH is a dataset's test split) "
-                             "and record that look at the test split in WORK_DIR/test_looks.json")
+                        help="cache the near-duplicate search here (used when PATH is a dataset's test split; "
+                             "default: none, no cache)")
+    parser.add_argument("--allow-new-test-look", action="store_true",
+                        help="score a dataset's test images with a checkpoint never scored on them, after an "
+                             "earlier look (counted: 'look N of this test split')")
     parser.add_argument("--explain", type=Path, default=None, metavar="OUT_DIR",
-                        help="also write each image beside its Grad-CAM overlay (what the model looked at) as PNG here")
+                        help="also write each image beside its Grad-CAM overlay (what the model looked at) as PNG here "
+                             "(default: no overlays)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the last line) instead")
     parser.epilog = ("Warnings (synthetic or off-recipe checkpoint, images smaller than the model's input) go to "
                      "stderr. Exit status: 0 when at least one file was classified, 1 when none was.")
@@ -262,7 +256,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_command(args: argparse.Namespace) -> int:
     result = predict_paths(
         args.checkpoint, args.paths, device=args.device, batch_size=args.batch_size, work_dir=args.work_dir,
-        explain_dir=args.explain,
+        explain_dir=args.explain, allow_new_look=args.allow_new_test_look,
     )
     for warning in [*result["warnings"], *(e["warning"] for e in result["predictions"] if e["warning"])]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -293,27 +287,29 @@ def _print_report(result: dict, explain_dir) -> None:
         if len(names) > 2:
             others = "  [" + " ".join(f"{entry['probabilities'][name]:.3f}" for name in names) + "]"
         print(f"{entry['label']:{width}s} {entry['probability']:6.3f} {entry['path']}{others}{mark}")
-    summary = f"{result['n'] - result['n_failed']} of {result['n']} files classified"
+    summary = f"{result['n'] - result['n_failed']} of {plural(result['n'], 'file')} classified"
     if result["n_failed"]:
         summary += f", {result['n_failed']} unreadable"
     print(summary)
     if explain_dir is not None:
         print(f"Grad-CAM overlays (input | what the model looked at for its answer): {explain_dir}")
+    look = test_looks.look_label(result.get("test_look"))
+    look = f"; {look}" if look else ""
     if "zero_one_loss" in result:
         print(
             f"zero-one loss {result['zero_one_loss']:.4f} ({result['errors']}/{result['n_labelled']} labelled "
-            f"files wrong; 95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f})"
+            f"files wrong; 95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f}{look})"
         )
         free = result.get("twin_free")
         if free:
             print(
-                f"twin-free part ({free['n']} test images with no near-duplicate in train; "
+                f"twin-free part ({plural(free['n'], 'test image')} with no near-duplicate in train; "
                 f"{free['n_with_train_twin']} left out): zero-one loss {free['zero_one_loss']:.4f} "
-                f"({free['errors']}/{free['n']}; 95% CI {free['ci_low']:.3f}-{free['ci_high']:.3f})"
+                f"({free['errors']}/{free['n']}; 95% CI {free['ci_low']:.3f}-{free['ci_high']:.3f}{look})"
             )
     else:
         print(f"zero-one loss: unknown (no file sits in a folder named after a class: {'/, '.join(names)}/)")
     look = result.get("test_look")
     if look:
         print(f"test split look {'recorded' if look['new'] else 'already recorded'} in {look['record']} "
-              f"({look['n_looks']} look(s) at this test split so far)")
+              f"({plural(look['n_looks'], 'look')} at this test split so far)")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise MuffinError(f"device {device!r} is not a valid CUDA device name ({error})") from error
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
-            raise MuffinError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s)")
+            raise MuffinError(f"device {device!r} does not exist: this machine has {plural(count, 'CUDA GPU')}")
         return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
     if name == "mps":
         if not torch.backends.mps.is_available():

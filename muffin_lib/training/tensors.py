@@ -9,6 +9,7 @@ from torch import nn
 
 from muffin_lib.config import CLASSES
 from muffin_lib.errors import MuffinError
+from muffin_lib.text import plural
 from muffin_lib.training.models import IMAGENET_MEAN, IMAGENET_STD
 
 # Put the whole uint8 training set on the GPU when it takes less than this share of free memory.
@@ -34,7 +35,7 @@ def check_images(images, what: str, *, channels: int | None = None, image_size: 
         raise MuffinError(f"{what} is empty (0 images); check the data folder and split")
     if channels is not None and images.shape[1] != channels:
         raise MuffinError(
-            f"{what} have {images.shape[1]} channel(s) but the model expects {channels} "
+            f"{what} have {plural(images.shape[1], 'channel')} but the model expects {channels} "
             f"({'grayscale' if channels == 1 else 'rgb'}); load the images with the matching color_mode"
         )
     if image_size is not None and tuple(images.shape[2:]) != (image_size, image_size):

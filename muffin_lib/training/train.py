@@ -240,11 +240,12 @@ def evaluate_on_split(
     device: str = "auto",
     confidence: float = 0.95,
     progress: bool = True,
+    allow_new_look: bool = False,
 ) -> dict:
     """Score a checkpoint on ``split`` of ``data_dir``: zero-one loss with its binomial (Wilson) interval,
     on the test split also on its twin-free part (``twin_free``: images with no near-duplicate in train),
-    confusion matrix, per-class report and one prediction per file (JSON-friendly). A look at the test split
-    is recorded in ``work_dir/test_looks.json`` (``muffin_lib.test_looks``; ``n_test_looks`` says how many)."""
+    confusion matrix, per-class report and one prediction per file (JSON-friendly). The test split is scored
+    only past ``test_looks.gate`` (recorded first; a new look refused unless ``allow_new_look``)."""
     from muffin_lib.data.cache import load_images
 
     model, stored = engine.load_checkpoint(checkpoint, device=device)
@@ -255,22 +256,25 @@ def evaluate_on_split(
             f"checkpoint {checkpoint} was trained on the classes {', '.join(class_names)} but {cache.data_dir} holds "
             f"{', '.join(cache.class_names)}; score it on a dataset with its classes, or train a model on this one"
         )
+    look = None
+    if split == "test":  # the gate before any prediction: recorded first, refused if it would be a new look
+        from muffin_lib import test_looks
+
+        name = stored["model_name"]
+        look = test_looks.gate("evaluate_on_split", {name: checkpoint}, data_dir, data_fingerprint=cache.fingerprint,
+                               config_keys={name: stored.get("config_key")}, allow_new_look=allow_new_look)
     scores, predictions, _ = _predictions(
         model, cache.images, cache.labels, cache.relpaths, stored["normalization"], device, class_names
     )
     low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)
     y_true, y_pred = predictions["labels"], predictions["predicted"]
-    by_part, n_looks = None, None
+    by_part = None
     if split == "test":
-        from muffin_lib import test_looks
         from muffin_lib.data.splits import twin_free_test_images
         from muffin_lib.training.metrics import scores_by_part
 
         _, twin_free = twin_free_test_images(data_dir, work_dir, cache.relpaths)
         by_part = scores_by_part(np.asarray(y_true) == np.asarray(y_pred), twin_free, confidence)
-        n_looks = test_looks.record_look(work_dir, "evaluate_on_split", {stored["model_name"]: checkpoint}, data_dir,
-                                         data_fingerprint=cache.fingerprint,
-                                         config_keys={stored["model_name"]: stored.get("config_key")})["n_looks"]
     return {
         "checkpoint": str(checkpoint),
         "model": stored["model_name"],
@@ -281,7 +285,7 @@ def evaluate_on_split(
         "ci_high": high,
         "confidence": confidence,
         "twin_free": by_part["twin_free"] if by_part else None,  # test images with no twin in train
-        "n_test_looks": n_looks,  # looks at this test split recorded in work_dir (None for other splits)
+        "n_test_looks": look and look["n_looks"],  # looks at this test split so far (None for other splits)
         "class_names": class_names,
         "confusion": metrics.confusion(y_true, y_pred, len(class_names)).tolist(),
         "per_class": metrics.per_class_report(y_true, y_pred, class_names),

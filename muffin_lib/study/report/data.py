@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from muffin_lib.config import CLASSES
+from muffin_lib.text import plural
 
 # ----------------------------------------------------------------------------- setup (00)
 
@@ -43,7 +44,8 @@ def data_finding(scanned, source_used: str, synthetic: bool, data_dir) -> str:
     """How many images, real or synthetic, where they came from, how many were rejected."""
     kind = "SYNTHETIC images (drawn shapes, not photos)" if synthetic else "real photos"
     return (f"{len(scanned.records_for('train')):,} training and {len(scanned.records_for('test')):,} test images, "
-            f"{kind}, {_ORIGINS[source_used]} (`{data_dir}`); {len(scanned.rejected)} file(s) rejected as unreadable.")
+            f"{kind}, {_ORIGINS[source_used]} (`{data_dir}`); {plural(len(scanned.rejected), 'file')} rejected as "
+            "unreadable.")
 
 
 def setup_results(environment: dict, fetched, scanned, credentials, synthetic: bool, findings: list[str]) -> dict:
@@ -134,12 +136,14 @@ def twins_finding(near: dict, n_train: int, n_test: int) -> str:
     within = near.get("n_groups_within_train", 0)
     conflicts = len(near["conflicting_labels"])
     return (
-        f"{near['n_groups']} groups of near-duplicate photos (twins: the same picture re-encoded, resized or "
-        f"trimmed) hold {near['n_images_in_groups']} images; {near['test_with_train_twin']} of the {n_test:,} test "
-        f"images ({near['test_with_train_twin'] / max(n_test, 1):.1%}) have a twin among the {n_train:,} training "
-        f"images, and {within} groups lie inside the training split. Every split and fold keeps a group on one "
-        "side, and test scores are reported on the twin-free part of the test split"
-        + (f"; {conflicts} group(s) carry conflicting labels." if conflicts else "; no group carries two labels.")
+        f"{plural(near['n_groups'], 'group')} of near-duplicate photos (twins: the same picture re-encoded, resized "
+        f"or trimmed) hold {plural(near['n_images_in_groups'], 'image')}; {near['test_with_train_twin']} of the "
+        f"{n_test:,} test images ({near['test_with_train_twin'] / max(n_test, 1):.1%}) have a twin among the "
+        f"{n_train:,} training images, and {plural(within, 'group')} {'lies' if within == 1 else 'lie'} inside the "
+        "training split. Every split and fold keeps a group on one side, and test scores are reported on the "
+        "twin-free part of the test split"
+        + (f"; {plural(conflicts, 'group')} {'carries' if conflicts == 1 else 'carry'} conflicting labels."
+           if conflicts else "; no group carries two labels.")
     )
 
 

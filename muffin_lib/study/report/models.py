@@ -8,6 +8,7 @@ import numpy as np
 
 from muffin_lib.config import CLASSES
 from muffin_lib.study.report.text import format_ci
+from muffin_lib.text import plural
 
 # ----------------------------------------------------------------------------- one model (03-05, 08)
 
@@ -67,8 +68,8 @@ def curve_finding(model: str, history: Sequence[dict]) -> str:
     best_epoch = int(np.argmin(values)) + 1
     train_error = 1.0 - last["train_accuracy"]
     return (
-        f"{model}: validation zero-one loss {last['val_zero_one_loss']:.3f} after {len(history)} epoch(s) "
-        f"(lowest {min(values):.3f}, at epoch {best_epoch}), against {train_error:.3f} on the augmented training "
+        f"{model}: validation zero-one loss {last['val_zero_one_loss']:.3f} after "
+        f"{plural(len(history), 'epoch')} (lowest {min(values):.3f}, at epoch {best_epoch}), against {train_error:.3f} on the augmented training "
         f"batches of the last epoch (difference {last['val_zero_one_loss'] - train_error:+.3f})."
     )
 
@@ -124,7 +125,8 @@ def off_recipe(config) -> str | None:
     if (config.image_size, config.epochs) == (recipe.image_size, recipe.epochs):
         return None
     if recipe is TRANSFER_RECIPE:
-        return f"{config.image_size} px, {config.epochs} epochs (not its recipe's {recipe.image_size} px / {recipe.epochs})"
+        return (f"{config.image_size} px, {plural(config.epochs, 'epoch')} "
+                f"(not its recipe's {recipe.image_size} px / {recipe.epochs})")
     return settings_label(config.image_size, config.epochs)
 
 
@@ -132,7 +134,8 @@ def training_note(run) -> str:
     seconds = sum(h.get("seconds") or 0 for h in run.history)
     if run.resumed:
         return f"Reused the checkpoint `{run.checkpoint_path}` (same configuration, data, code and precision)."
-    return f"Trained {len(run.history)} epoch(s) in {seconds:.0f} s on {run.device}; checkpoint `{run.checkpoint_path}`."
+    return (f"Trained {plural(len(run.history), 'epoch')} in {seconds:.0f} s on {run.device}; "
+            f"checkpoint `{run.checkpoint_path}`.")
 
 
 def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence[str]):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from muffin_lib.study.report.text import format_ci
+from muffin_lib.text import plural
 
 # ----------------------------------------------------------------------------- cross-validation (06, 07)
 
@@ -22,10 +23,12 @@ def grid_plan(base, grid: dict, folds, rung_epochs: Sequence[int], n_images: int
         for _ in schedule:
             trials += survivors * k
             survivors = max(1, int(np.ceil(survivors / 3)))
-        plan = (f"successive halving over {n_configs} configurations at {' -> '.join(map(str, schedule))} epochs "
-                f"(the best third goes on): at most **{trials} trials** instead of {n_configs * k} at {base.epochs} epochs")
+        plan = (f"successive halving over {plural(n_configs, 'configuration')} at "
+                f"{' -> '.join(map(str, schedule))} epochs (the best third goes on): at most **{trials} trials** instead of {n_configs * k} at "
+                f"{plural(base.epochs, 'epoch')}")
     else:
-        plan = f"{n_configs} configurations x {k} folds = **{n_configs * k} trials** at {base.epochs} epochs"
+        plan = (f"{plural(n_configs, 'configuration')} x {k} folds = **{n_configs * k} trials** at "
+                f"{plural(base.epochs, 'epoch')}")
     return (
         f"{plan}, of `{base.model}` ({base.image_size} px {base.color_mode}); each trains on {len(folds[0][0]):,} "
         f"images and is scored on {len(folds[0][1]):,} others"
@@ -47,11 +50,12 @@ def grid_findings(result, model: str, n_folds: int) -> list[str]:
     within = int((last["mean"] <= best["ci_high"]).sum()) - 1
     setting = ", ".join(f"{name}={getattr(result.best, name):g}" for name in result.varied)
     best_finding = (
-        f"Best of {len(result.rungs[0])} configurations for {model}: {setting}, CV zero-one risk "
+        f"Best of {plural(len(result.rungs[0]), 'configuration')} for {model}: {setting}, CV zero-one risk "
         f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds at {settings_of(result.best)}; "
         f"{best['interval']} interval). "
-        + (f"{within} other configuration(s) of the last rung have a mean inside its interval, so the grid cannot "
-           "tell them apart from the best." if within > 0 else "No other configuration of the last rung has a mean "
+        + (f"{plural(within, 'other configuration')} of the last rung {'has' if within == 1 else 'have'} a mean "
+           "inside its interval, so the grid cannot tell "
+           f"{'it' if within == 1 else 'them'} apart from the best." if within > 0 else "No other configuration of the last rung has a mean "
            "inside its interval.")
     )
     first = result.table[result.table["rung"] == 0]
@@ -186,8 +190,13 @@ def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, fi
 
 
 def final_test_findings(final) -> list[str]:
-    """Sentences for notebook 09 from ``evaluation.evaluate_candidates``."""
+    """Sentences for notebook 09 from ``evaluation.evaluate_candidates``; after a forced look each test number
+    says which look it is ("look 2 of this test split")."""
+    from muffin_lib.test_looks import look_label
+
     table = final.table
+    label = look_label({"n_looks": final.n_looks})
+    look = f"; {label}" if label else ""
     lines = []
     for name, row in table.iterrows():
         members = (final.predictions.get(name) or {}).get("members")
@@ -196,7 +205,7 @@ def final_test_findings(final) -> list[str]:
             f"{name}{what}: test zero-one loss on the twin-free part "
             f"{format_ci(row['twin_free'], row['twin_free_low'], row['twin_free_high'])} "
             f"({int(row['twin_free_errors'])} errors in {final.n_twin_free}); on the whole test split "
-            f"{format_ci(row['all'], row['all_low'], row['all_high'])} ({final.n_test} images)."
+            f"{format_ci(row['all'], row['all_low'], row['all_high'])} ({final.n_test} images{look})."
         )
     for pair in final.paired:
         if pair["better"] is None:
@@ -207,7 +216,7 @@ def final_test_findings(final) -> list[str]:
         lines.append(
             f"{pair['a']} vs {pair['b']} on the twin-free test images: {pair['only_a_wrong']} only {pair['a']} gets "
             f"wrong, {pair['only_b_wrong']} only {pair['b']} (exact McNemar p = {pair['p_value']:.3g}, Holm-adjusted "
-            f"{pair['p_holm']:.3g}; {verdict})."
+            f"{pair['p_holm']:.3g}; {verdict}{look})."
         )
     return lines
 
@@ -267,6 +276,6 @@ def calibration_finding(model: str, check: dict) -> str:
 
 def final_results(final, calibration: dict, findings: list[str], synthetic: bool) -> dict:
     """The results block of notebook 09: test scores, paired tests, calibration, findings and the recorded looks at
-    the test split (``n_test_looks``, ``test_looks``: work_dir/test_looks.json)."""
+    the test split (``n_test_looks``, ``test_looks``: the record ``test_looks.gate`` keeps)."""
     return {"synthetic": synthetic, **final.to_dict(), "models": final.models_summary(), "calibration": calibration,
             "findings": findings, "n_test_looks": final.n_looks, "test_looks": final.looks}
