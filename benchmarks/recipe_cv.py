@@ -54,7 +54,12 @@ def main() -> None:
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds; each fold's loss is averaged "
                         "over them before the paired test (0 is 07's seed)")
+    parser.add_argument("--stopped", default="", help="comma-separated names of candidates of the decision's family "
+                        "that were stopped early (not run here): each counts in Holm's adjustment with p = 1, the "
+                        "conservative bound; e.g. issue 16's decision: --candidates epochs45 --seeds 0,1 --stopped "
+                        "epochs30-wd0.1,ema0.995,mixup_cutmix")
     args = parser.parse_args()
+    stopped = [name for name in args.stopped.split(",") if name]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
@@ -86,9 +91,15 @@ def main() -> None:
         })
         if name != "flip_tta" and all(_has_flip(r) for r in results):  # the candidate with flip TTA on top
             rows[-1]["with_flip_tta"] = float(np.mean([flip_tta(r).losses for r in results]))
-        for row, p_holm in zip(rows, holm_adjust([r["p_value"] for r in rows]), strict=True):
+        for row, p_holm in zip(rows, holm_over_family([r["p_value"] for r in rows], stopped), strict=True):
             row["p_holm_so_far"] = p_holm
+        rows[-1]["holm_family"] = [r["candidate"] for r in rows] + stopped
         print(json.dumps(rows[-1]), flush=True)
+
+
+def holm_over_family(p_values: list[float], stopped: list[str]) -> list[float]:
+    """Holm-adjusted ``p_values`` in a family that also holds the ``stopped`` candidates, each at p = 1."""
+    return holm_adjust(list(p_values) + [1.0] * len(stopped))[: len(p_values)]
 
 
 def _has_flip(result) -> bool:

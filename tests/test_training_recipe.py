@@ -80,3 +80,10 @@ def test_recipe_cv_with_one_seed_is_the_librarys_paired_test_and_with_two_averag
     assert two["diff"] == pytest.approx(-0.01) and two["p_value"] < one["p_value"]
     with pytest.raises(SystemExit, match="same folds"):
         compare([cand0], [cv_result(deployed, base0.losses, plan_key="another plan")])
+
+
+def test_recipe_cv_holm_family_counts_the_stopped_candidates():
+    # Issue 16's decision: 45 epochs at two-seed p 0.018 in a family of four, three of them stopped or not re-run.
+    holm = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["holm_over_family"]
+    assert holm([0.018], ["epochs30-wd0.1", "ema0.995", "mixup_cutmix"]) == pytest.approx([0.072])
+    assert holm([0.018, 0.31], []) == pytest.approx([0.036, 0.31])
