@@ -161,9 +161,10 @@ def test_transfer_random_init_trains_a_step():
     assert result.normalization["mean"] != pytest.approx([0.449])  # pretrained=False: own statistics
 
 
-def test_pretrained_uses_imagenet_statistics():
-    assert engine.imagenet_normalization(3) == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    assert engine.imagenet_normalization(1)["mean"] == pytest.approx([0.449])
+def test_pretrained_uses_the_networks_own_statistics():
+    # EfficientNet-Lite0's own inputs: [-1, 1] (TensorFlow's training), whatever the data's statistics
+    assert engine.pretrained_normalization(3) == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert engine.pretrained_normalization(1) == {"mean": [0.5], "std": [0.5]}
 
 
 def test_checkpoint_round_trip(tmp_path):

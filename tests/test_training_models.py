@@ -1,12 +1,10 @@
-"""Every model: output shape for any size/channel count, every parameter trains, transfer weights."""
+"""Every model: output shape for any size/channel count, every parameter trains (transfer's weights:
+test_training_transfer.py)."""
 
 from __future__ import annotations
 
-import urllib.error
-
 import pytest
 import torch
-from torchvision.models import ResNet18_Weights, resnet18
 
 from muffin_lib.errors import MuffinError
 from muffin_lib.training import models
@@ -56,24 +54,3 @@ def test_bad_arguments_are_clear_errors():
         models.build_model("simple_cnn", in_channels=2, image_size=64)
     with pytest.raises(MuffinError, match="only for the 'transfer'"):
         models.build_model("simple_cnn", in_channels=1, image_size=64, pretrained=True)
-
-
-def test_pretrained_offline_says_what_to_do(monkeypatch):
-    def offline(self, *args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
-    with pytest.raises(MuffinError) as error:
-        models.build_model("transfer", in_channels=3, image_size=64, pretrained=True)
-    message = str(error.value)
-    assert "--pretrained false" in message and torch.hub.get_dir() in message and "resnet18-" in message
-
-
-def test_pretrained_weights_are_loaded(monkeypatch):
-    torch.manual_seed(1)
-    imagenet = resnet18(weights=None).state_dict()
-    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", lambda self, *a, **k: imagenet)
-    model = models.build_model("transfer", in_channels=1, image_size=64, pretrained=True)
-    assert torch.equal(model.backbone.conv1.weight, imagenet["conv1.weight"])
-    assert model.backbone.fc.out_features == 2
-    assert model.eval()(torch.randn(2, 1, 64, 64)).shape == (2, 2)

@@ -75,3 +75,9 @@ def test_a_checkpoint_that_cannot_be_written_after_training_is_saved_in_work_dir
     rescued = str(caught.value).rsplit("saved as ", 1)[1]
     model, _ = engine.load_checkpoint(rescued, device="cpu")
     assert model is not None
+
+
+def test_train_model_transfer_starts_from_the_transfer_recipe():
+    args = _parser().parse_args(["--model", "transfer", "--epochs", "2"])
+    config = train.config_from_args(args)
+    assert config == engine.TRANSFER_RECIPE.replace(epochs=2) and config.pretrained

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from muffin_lib.config import user_cache_dir
 from muffin_lib.files import write_text_atomic
-from muffin_lib.training.models import build_model
+from muffin_lib.training.models import ARCHITECTURE_VERSIONS, build_model
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ def cpu_bf16_verdict(model_name: str, in_channels: int, image_size: int, channel
     """The cached verdict for this machine and workload, probing (and logging the figures) the first time."""
     present = [f for f in BF16_FLAGS if f in flags]
     machine = _machine_key(cpu_model, flags)
-    workload = f"{model_name} {in_channels}x{image_size}x{image_size} " + ("nhwc" if channels_last else "nchw")
+    # A network replaced under the same name (ARCHITECTURE_VERSIONS) is probed again, not given the old verdict.
+    network = f"{model_name}/{ARCHITECTURE_VERSIONS[model_name]}" if model_name in ARCHITECTURE_VERSIONS else model_name
+    workload = f"{network} {in_channels}x{image_size}x{image_size} " + ("nhwc" if channels_last else "nchw")
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())

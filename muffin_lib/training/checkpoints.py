@@ -12,18 +12,24 @@ from muffin_lib.config import CLASSES
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import write_atomic
 from muffin_lib.training import runtime
-from muffin_lib.training.models import build_model
+from muffin_lib.training.models import ARCHITECTURE_VERSIONS, build_model
 
 CHECKPOINT_FORMAT = "muffin-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _versions() -> dict:
+def _versions(model_name: str) -> dict:
+    import importlib.metadata
+
     import torchvision
 
     from muffin_lib import __version__
 
-    return {"muffin_lib": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    versions = {"muffin_lib": str(__version__), "torch": str(torch.__version__),
+                "torchvision": str(torchvision.__version__)}
+    if model_name == "transfer":  # timm's network
+        versions["timm"] = importlib.metadata.version("timm")
+    return versions
 
 
 def save_checkpoint(path, fit_result, *, class_names=CLASSES, extra: dict | None = None) -> Path:
@@ -38,6 +44,7 @@ def save_checkpoint(path, fit_result, *, class_names=CLASSES, extra: dict | None
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "model_name": config.model,
+        "architecture": ARCHITECTURE_VERSIONS.get(config.model),  # e.g. transfer: tf_efficientnet_lite0
         "config": config.to_dict(),
         "config_key": config.key(),
         "image_size": config.image_size,
@@ -50,7 +57,7 @@ def save_checkpoint(path, fit_result, *, class_names=CLASSES, extra: dict | None
         "best_epoch": fit_result.best_epoch,
         "trained_on": fit_result.device,
         "amp": fit_result.amp,
-        "versions": _versions(),
+        "versions": _versions(config.model),
         "extra": dict(extra or {}),
         "state_dict": state,
     }
@@ -76,6 +83,8 @@ def load_checkpoint(path, device="auto") -> tuple[nn.Module, dict]:
             f"checkpoint {path} has format version {checkpoint['format_version']}, newer than this "
             f"muffin_lib understands ({CHECKPOINT_VERSION}); update muffin_lib"
         )
+    # The architecture only (pretrained=False): the trained weights come from the checkpoint, so a transfer
+    # checkpoint loads without the ImageNet weights' package.
     model = build_model(
         checkpoint["model_name"],
         in_channels=checkpoint["in_channels"],
@@ -85,6 +94,12 @@ def load_checkpoint(path, device="auto") -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
+        architecture = ARCHITECTURE_VERSIONS.get(checkpoint["model_name"])
+        if architecture is not None and checkpoint.get("architecture") != architecture:
+            raise MuffinError(
+                f"checkpoint {path} holds an older network of model {checkpoint['model_name']!r} (this muffin_lib's "
+                f"is {architecture}); train it again"
+            ) from error
         raise MuffinError(f"checkpoint {path}: weights do not fit model {checkpoint['model_name']!r} ({error})") from error
     device = runtime.resolve_device(device)
     model.to(device, memory_format=runtime.memory_format_for(device, checkpoint["config"].get("channels_last", False)))

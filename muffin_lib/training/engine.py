@@ -34,7 +34,7 @@ from muffin_lib.training.checkpoints import (  # noqa: F401
     load_checkpoint,
     save_checkpoint,
 )
-from muffin_lib.training.models import MIN_IMAGE_SIZE, MODEL_NAMES, build_model
+from muffin_lib.training.models import ARCHITECTURE_VERSIONS, MIN_IMAGE_SIZE, MODEL_NAMES, build_model
 from muffin_lib.training.runtime import AMP_MODES, execution_key, resolve_amp  # noqa: F401  (engine.* for callers)
 from muffin_lib.training.step import (  # noqa: F401  (engine.* for callers: fit's loop is built from these parts)
     TrainStep,
@@ -50,9 +50,9 @@ from muffin_lib.training.tensors import (  # noqa: F401  (engine.* for callers)
     check_images,
     check_labels,
     compute_normalization,
-    imagenet_normalization,
     model_spec,
     place_images,
+    pretrained_normalization,
     take_batch,
     uses_channels_last,
 )
@@ -189,6 +189,8 @@ class TrainConfig:
     def key(self) -> str:
         """Stable 12-hex-digit hash of the fields that affect results (not channels_last/compile/amp)."""
         relevant = {k: v for k, v in self.to_dict().items() if k not in _PERFORMANCE_ONLY_FIELDS}
+        if self.model in ARCHITECTURE_VERSIONS:  # a network replaced under the same name gets new keys
+            relevant["architecture"] = ARCHITECTURE_VERSIONS[self.model]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -267,7 +269,7 @@ def fit(
         torch.backends.cudnn.benchmark = True
     amp_dtype = resolve_amp(config.amp, device, config)
     amp_name = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-    normalization = imagenet_normalization(channels) if config.pretrained else compute_normalization(train_images)
+    normalization = pretrained_normalization(channels) if config.pretrained else compute_normalization(train_images)
 
     model = build_model(config.model, in_channels=channels, image_size=size, num_classes=num_classes,
                         pretrained=config.pretrained)

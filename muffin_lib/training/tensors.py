@@ -10,7 +10,7 @@ from torch import nn
 from muffin_lib.config import CLASSES
 from muffin_lib.errors import MuffinError
 from muffin_lib.text import plural
-from muffin_lib.training.models import IMAGENET_MEAN, IMAGENET_STD
+from muffin_lib.training.models import PRETRAINED_MEAN, PRETRAINED_STD
 
 # Put the whole uint8 training set on the GPU when it takes less than this share of free memory.
 GPU_RESIDENT_FRACTION = 0.4
@@ -84,17 +84,20 @@ def compute_normalization(images: torch.Tensor, *, chunk: int = 256) -> dict:
     return {"mean": (mean / 255).tolist(), "std": (std / 255).tolist()}
 
 
-def imagenet_normalization(channels: int) -> dict:
+def pretrained_normalization(channels: int) -> dict:
+    """The pretrained network's own input statistics (``models.PRETRAINED_MEAN`` / ``PRETRAINED_STD``)."""
     if channels == 3:
-        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    # Greyscale is repeated to 3 channels inside TransferNet; one shared statistic is the closest fit.
-    return {"mean": [sum(IMAGENET_MEAN) / 3], "std": [sum(IMAGENET_STD) / 3]}
+        return {"mean": list(PRETRAINED_MEAN), "std": list(PRETRAINED_STD)}
+    # Greyscale meets the pretrained RGB stem summed over its channels (models.load_pretrained_state_dict), as if
+    # the grey channel were repeated three times; one shared statistic is the closest fit.
+    return {"mean": [sum(PRETRAINED_MEAN) / 3], "std": [sum(PRETRAINED_STD) / 3]}
 
 
 class Normalizer:
-    """uint8 batch on the device -> normalised float32 (in the model's memory format)."""
+    """uint8 batch on the device -> normalised float32 (in the model's memory format: channels-last or the
+    default NCHW)."""
 
-    def __init__(self, normalization: dict, device: torch.device, channels_last: bool):
+    def __init__(self, normalization: dict, device: torch.device, channels_last: bool = False):
         mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std = torch.tensor(normalization["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std)

@@ -356,8 +356,13 @@ def format_history(history: list[dict]) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
-    """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag."""
+    """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag. ``--model transfer``
+    starts from its own recipe (``engine.TRANSFER_RECIPE``: pretrained, its lr and epochs) where a flag is left
+    at the from-scratch default."""
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(engine.TrainConfig)}
+    if values["model"] == "transfer":
+        scratch, recipe = engine.TrainConfig().to_dict(), engine.TRANSFER_RECIPE.to_dict()
+        values = {name: recipe[name] if value == scratch[name] else value for name, value in values.items()}
     try:
         return engine.TrainConfig(**values)
     except MuffinError as error:

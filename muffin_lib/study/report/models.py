@@ -159,11 +159,13 @@ def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence
 def initialisation_text(pretrained: bool, use_pretrained: bool) -> str:
     """What notebook 08's network starts from, given ``pretrained`` (asked for) and ``use_pretrained``
     (``training.models.try_pretrained``'s answer: the weights could be loaded)."""
+    from muffin_lib.training.models import WEIGHTS_PACKAGE
+
     if use_pretrained:
-        return "ImageNet-pretrained ResNet-18"
+        return f"ImageNet-pretrained EfficientNet-Lite0 (timm's tf_efficientnet_lite0, weights from {WEIGHTS_PACKAGE})"
     if pretrained:
-        return "ResNet-18 from RANDOM initialisation (the ImageNet weights could not be loaded)"
-    return "ResNet-18 from random initialisation (pretrained=False)"
+        return "EfficientNet-Lite0 from RANDOM initialisation (the ImageNet weights could not be loaded)"
+    return "EfficientNet-Lite0 from random initialisation (pretrained=False)"
 
 
 def initialisation_note(init_text: str, weights_note: str | None) -> str:
