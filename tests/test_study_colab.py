@@ -4,7 +4,8 @@ A new virtual environment sees this one's packages (torch included) through a ``
 Python sees its preinstalled ones, but not muffin_lib. A stand-in ``google.colab`` (tests/colab_stub) is
 imported at kernel start, as on Colab; ``MUFFIN_COLAB_ROOT`` plays ``/content``. The launcher runs under
 papermill against a local git repository (a file path as ``repo_url``): it must install the project,
-run the series in the smoke profile, show the summary, and leave torch as it was.
+run the series in the smoke profile, show the summary, and leave torch as it was. A notebook opened on its
+own installs what ``MUFFIN_REPO`` names with its first cell, the same five lines as the launcher's.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def _torch(python: Path, env: dict) -> str:
                           capture_output=True, text=True, check=True, env=env).stdout.strip()
 
 
+def _colab_env(tmp_path: Path, content: Path) -> dict:
+    """The environment of a simulated Colab kernel: google.colab importable (and imported at kernel start),
+    ``MUFFIN_COLAB_ROOT`` for /content, no secrets, nothing of this checkout on the path."""
+    ipython_dir = tmp_path / "ipython"
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-colab.py").write_text("import google.colab  # Colab's kernels start with it\n")
+    env = {
+        key: value for key, value in os.environ.items()
+        if key not in ("PYTHONPATH", "VIRTUAL_ENV", "MUFFIN_DATA_DIR", "MUFFIN_WORK_DIR", "MUFFIN_REPO")
+    }
+    env.update(PYTHONPATH=str(STUB), IPYTHONDIR=str(ipython_dir), MUFFIN_COLAB_ROOT=str(content),
+               MUFFIN_COLAB_SECRETS=json.dumps({}), MUFFIN_PROGRESS="off", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def _has_no_muffin_lib(python: Path, env: dict, cwd: Path) -> bool:
+    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('muffin_lib'))"],
+                           capture_output=True, text=True, env=env, cwd=cwd, check=True)
+    return probe.stdout.strip() == "None"
+
+
 @pytest.mark.slow
 def test_colab_launcher_installs_from_a_fork_and_runs_the_series(tmp_path):
     if shutil.which("git") is None:
@@ -66,19 +89,8 @@ def test_colab_launcher_installs_from_a_fork_and_runs_the_series(tmp_path):
     content.mkdir()
     fork = _project_repository(tmp_path / "fork")
     python = _colab_python(tmp_path)
-    ipython_dir = tmp_path / "ipython"
-    startup = ipython_dir / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-colab.py").write_text("import google.colab  # Colab's kernels start with it\n")
-    env = {
-        key: value for key, value in os.environ.items()
-        if key not in ("PYTHONPATH", "VIRTUAL_ENV", "MUFFIN_DATA_DIR", "MUFFIN_WORK_DIR")
-    }
-    env.update(PYTHONPATH=str(STUB), IPYTHONDIR=str(ipython_dir), MUFFIN_COLAB_ROOT=str(content),
-               MUFFIN_COLAB_SECRETS=json.dumps({}), MUFFIN_PROGRESS="off", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('muffin_lib'))"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
-    assert probe.stdout.strip() == "None", "the simulated Colab must start without muffin_lib"
+    env = _colab_env(tmp_path, content)
+    assert _has_no_muffin_lib(python, env, tmp_path), "the simulated Colab must start without muffin_lib"
     torch_before = _torch(python, env)
 
     parameters = {
@@ -105,4 +117,30 @@ def test_colab_launcher_installs_from_a_fork_and_runs_the_series(tmp_path):
         for cell in executed["cells"] for output in cell.get("outputs", [])
     )
     assert "summary of the notebook series" in shown, "the launcher shows summary.md"
+    assert _torch(python, env) == torch_before, "pip must not replace the preinstalled torch"
+
+
+@pytest.mark.slow
+def test_a_notebooks_install_cell_installs_what_muffin_repo_names(tmp_path):
+    """A notebook opened alone: its install cell pip-installs ``MUFFIN_REPO`` (here ``git+file://`` of a fork,
+    as ``git+https://`` of one on GitHub), and the same kernel imports muffin_lib right after."""
+    from muffin_lib.study import notebook
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    content = tmp_path / "content"
+    content.mkdir()
+    fork = _project_repository(tmp_path / "fork")
+    python = _colab_python(tmp_path)
+    env = {**_colab_env(tmp_path, content), "MUFFIN_REPO": f"git+file://{fork}"}
+    cell = notebook.colab_install_source()
+    outside = subprocess.run([str(python), "-c", cell], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert outside.returncode == 0 and _has_no_muffin_lib(python, env, tmp_path), "outside Colab: nothing"
+    torch_before = _torch(python, env)
+    script = f"import google.colab\n{cell}\nimport muffin_lib.study.notebook\nprint(muffin_lib.__file__)"
+    run = subprocess.run([str(python), "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    installed = Path(run.stdout.strip().splitlines()[-1])
+    assert installed.name == "__init__.py" and fork not in installed.parents, "installed, not run from the fork"
     assert _torch(python, env) == torch_before, "pip must not replace the preinstalled torch"

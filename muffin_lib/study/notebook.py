@@ -1,14 +1,16 @@
 """What the notebooks share: the Colab links, the smoke profile, prerequisites and the results files.
 
-The notebooks stay thin: each starts with :func:`start` (parameters after the profile), checks what it
-needs with :func:`require_data` / :func:`require_results` (which name the notebook to run first),
-shows and saves figures with :func:`show_figure`, and ends with :func:`save_results`, the file the
-runner's summary reads.
+The notebooks stay thin: each starts with ``params = notebook.start(NAME, globals())`` (the parameters
+cell's values after the profile), checks what it needs with :func:`require_data` / :func:`require_results`
+(which name the notebook to run first), shows and saves figures with :func:`show_figure`, and ends with
+:func:`save_results`, the file the runner's summary reads, after checking that some cell used every parameter.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -24,8 +26,8 @@ from muffin_lib.files import jsonable, write_text_atomic
 from muffin_lib.results import load_all_results, require_results, results_path  # noqa: F401  (notebooks call notebook.*)
 from muffin_lib.study.report import format_ci  # noqa: F401  (notebooks call notebook.format_ci)
 
-# The one place the repository is named: badges, the Colab install cells and the launcher use it.
-# After changing it, run `python -m muffin_lib.study.notebook` to rewrite those cells in every notebook.
+# The one place the repository is named: badges, the Colab install cells (their default when MUFFIN_REPO
+# is unset) and the launcher use it. After changing it, `python -m muffin_lib.study.notebook` rewrites them.
 REPO_URL = "https://github.com/muffin-lab/muffin-lab"
 REPO_BRANCH = "main"
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -72,39 +74,28 @@ def colab_badge(notebook_path: str, repo_url: str = REPO_URL) -> str:
     return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook_path, repo_url)})"
 
 
-def colab_install_source(repo_url: str = REPO_URL, repo_url_expression: str | None = None) -> str:
-    """The install cell of every notebook and of the Colab launcher: one snippet that needs no library.
-
-    Inside Colab only, when ``muffin_lib`` is missing, it installs the project from the first source found:
-    a copy on Google Drive (``MyDrive/muffin-lab``, Drive mounted), an uploaded zip of the repository or a
-    wheel in ``/content``, or a clone of ``REPO_URL`` (your fork's address). Folders are installed in
-    editable mode, so the runner finds ``notebooks/`` beside the package. requirements.txt has no upper
-    bounds, so Colab's torch already satisfies them and is left alone. ``MUFFIN_COLAB_ROOT`` stands in for
-    ``/content`` in the Colab simulation test. ``repo_url_expression`` (the launcher's ``repo_url``
-    parameter) replaces the literal address.
-    """
-    url = repo_url_expression or f'"{repo_url}"'
-    return f"""# Colab only: install muffin_lib from Drive (MyDrive/muffin-lab), an uploaded zip or wheel, or a clone of REPO_URL.
-import glob, importlib.util, os, subprocess, sys, zipfile  # noqa: E401, I001  (one line: a cell to skim past)
-REPO_URL = {url}
-if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:
-    root = os.environ.get("MUFFIN_COLAB_ROOT", "/content")  # a stand-in folder in the simulation test
-    for archive in glob.glob(f"{{root}}/muffin*lab*.zip"):  # an uploaded zip of the repository
-        zipfile.ZipFile(archive).extractall(f"{{root}}/muffin-lab-upload")
-    places = ["drive/MyDrive/muffin-lab/", "muffin-lab-upload/", "muffin-lab-upload/*/", "muffin-lab/"]
-    found = [os.path.dirname(p) for x in places for p in glob.glob(f"{{root}}/{{x}}pyproject.toml")]
-    found += glob.glob(f"{{root}}/muffin*lab*.whl")  # an uploaded wheel
-    if not found and subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, f"{{root}}/muffin-lab"]).returncode:
-        sys.exit("No muffin-lab project: set REPO_URL to your fork, copy it to MyDrive/muffin-lab or upload its zip.")
-    found = found or [f"{{root}}/muffin-lab"]  # the clone; a folder installs editable, so notebooks/ stays beside it
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *["-e"] * os.path.isdir(found[0]), found[0]], check=True)
-    sys.path.insert(0, found[0])  # this kernel started before the install"""
+def colab_install_source(repo_url: str = REPO_URL) -> str:
+    """The install cell of every notebook and of the Colab launcher: inside Colab only, when ``muffin_lib``
+    is missing, ``pip install`` the code that ``MUFFIN_REPO`` names (a folder, installed editable so that
+    ``notebooks/`` stays beside it, or anything pip takes: ``git+URL``, a wheel), by default ``REPO_URL``.
+    The launcher sets ``MUFFIN_REPO`` (a clone of its ``repo_url``, a Drive copy or an uploaded zip).
+    requirements.txt has no upper bounds, so Colab's torch already satisfies them and is left alone."""
+    return (
+        "import importlib.util, os, subprocess, sys  # noqa: E401, I001  (Colab: MUFFIN_REPO, "
+        "colab/README.md)\n"
+        'if "google.colab" in sys.modules and importlib.util.find_spec("muffin_lib") is None:\n'
+        f'    repo = os.environ.get("MUFFIN_REPO", "git+{repo_url}")\n'
+        '    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", '
+        '*["-e"] * os.path.isdir(repo), repo])\n'
+        "    sys.path.insert(0, repo)  # a folder installs editable, which this running kernel cannot see yet"
+    )
 
 
 class Settings(dict):
     """A notebook's parameters after the profile: ``settings.epochs`` or ``settings["epochs"]``.
 
-    Shown in a notebook as a table that marks what the smoke profile changed.
+    Shown in a notebook as a table that marks what the smoke profile changed. It remembers which parameters
+    were read, so that :func:`save_results` can name one that no cell used.
     """
 
     def __init__(self, name: str, profile: str, values: dict[str, Any], changed: dict[str, Any]):
@@ -112,6 +103,19 @@ class Settings(dict):
         self._name = name
         self._profile = profile
         self._changed = changed
+        self._read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self._read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._read.add(key)
+        return super().get(key, default)
+
+    def unread(self) -> list[str]:
+        """The parameters no cell (nor library function given these settings) has read."""
+        return [key for key in self if key not in self._read]
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
@@ -240,17 +244,62 @@ def _text_progress_under_papermill() -> None:
         os.environ["MUFFIN_PROGRESS"] = "text"
 
 
-def start(name: str, profile: str, params: dict[str, Any]) -> Settings:
-    """First call of every notebook: the profile applied (see :func:`apply_profile`), brief errors,
-    text progress bars under papermill."""
+# The series parameters every notebook has (runner.SERIES_PARAMETERS): they mark the parameters cell.
+_SERIES_NAMES = frozenset({"data_dir", "work_dir", "profile"})
+_PAPERMILL_MARK = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
+_PLAIN = (str, int, float, bool, list, tuple, dict, type(None))
+
+
+def _assigned_names(source: str) -> list[str] | None:
+    """The names a cell of plain assignments (``name = value``) sets; None for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    names = []
+    for node in body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            names += [t.id for t in node.targets]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+        else:
+            return None
+    return names or None
+
+
+def parameter_names(namespace: dict[str, Any]) -> list[str]:
+    """The names of a notebook's parameters: those its parameters cell assigns, then those papermill's
+    injected cell adds (``-p NAME VALUE`` for a name the cell lacks, such as a TrainConfig field).
+
+    In IPython they come from the history ``In``: the parameters cell is the last cell run that only assigns
+    names, ``data_dir``, ``work_dir`` and ``profile`` among them. Without a history (a notebook exported as a
+    script), every public name bound to a plain value (text, number, list, ...) is a parameter.
+    """
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return [k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, _PLAIN)]
+    for i in range(len(history) - 1, -1, -1):
+        names = _assigned_names(history[i])
+        if names and set(names) >= _SERIES_NAMES and not history[i].lstrip().startswith(_PAPERMILL_MARK):
+            later = [s for s in history[i + 1:] if s.lstrip().startswith(_PAPERMILL_MARK)]
+            return list(dict.fromkeys(names + [n for s in later for n in _assigned_names(s) or []]))
+    raise MuffinError("notebook.start found no parameters cell: run the cell tagged 'parameters' first "
+                      "(the one that sets data_dir, work_dir and profile)")
+
+
+def start(name: str, namespace: dict[str, Any]) -> Settings:
+    """First call of every notebook, ``params = notebook.start("03_simple_cnn", globals())``: the values of
+    the parameters cell's names (:func:`parameter_names`) with each training setting checked, the profile
+    applied (:func:`apply_profile`), brief errors, text progress bars under papermill."""
     show_errors_briefly()
     _text_progress_under_papermill()
-    from muffin_lib.training.engine import TrainConfig, check_setting
+    from muffin_lib.training import engine
 
-    for item in dataclasses.fields(TrainConfig):  # a bad value stops here, in the first cell, by its name
+    params = {key: namespace[key] for key in parameter_names(namespace) if key != "profile"}
+    for item in dataclasses.fields(engine.TrainConfig):  # a bad value stops here, in the first cell
         if item.name in params:
-            check_setting(item.name, params[item.name])
-    return apply_profile(profile, name, params)
+            engine.check_setting(item.name, params[item.name])
+    return apply_profile(namespace.get("profile", "full"), name, params)
 
 
 def cv_folds(plan, labels, max_images: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -306,7 +355,9 @@ def save_results(settings: Settings, results: dict[str, Any]) -> Path:
     Conventions the summary reads: ``models`` maps a model name to its numbers
     (``test_zero_one_loss``, ``test_ci``, ``cv_risk``, ``cv_ci``, ...) and ``findings`` is a list of
     sentences computed from the results. The notebook name, profile, parameters and time are added.
+    A parameter that no cell used is an error naming it (:func:`check_all_used`), never a silent drop.
     """
+    check_all_used(settings)
     payload = {
         "notebook": settings.name,
         "profile": settings.profile,
@@ -316,6 +367,26 @@ def save_results(settings: Settings, results: dict[str, Any]) -> Path:
     }
     path = results_path(settings.work_dir, settings.name)
     return write_text_atomic(path, json.dumps(jsonable(payload), indent=2))
+
+
+def check_all_used(settings: Settings) -> None:
+    """A MuffinError naming each parameter that no cell read (a typo, or a setting this notebook has no use
+    for), with the nearest TrainConfig field or parameter name when one is close."""
+    from muffin_lib.training import engine
+
+    unread = settings.unread()
+    if not unread:
+        return
+    known = [f.name for f in dataclasses.fields(engine.TrainConfig)]
+    known += [k for k in settings if k not in unread]
+    hints = []
+    for key in unread:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    raise MuffinError(
+        f"{settings.name}: no cell used the parameter(s) {', '.join(hints)}; remove them from the parameters "
+        "cell (a training setting must be named as a TrainConfig field), or run the cells that use them"
+    )
 
 
 def display_markdown(text: str) -> None:
@@ -350,62 +421,21 @@ def show_figure(fig, settings: Settings, name: str) -> None:
     plt.close(fig)
 
 
-COLAB_INSTALL_TAG = "colab-install"
-COLAB_CLONE_TAG = "colab-clone"
+def training_parameters() -> dict[str, Any]:
+    """The TrainConfig fields a notebook that trains through :func:`train_config` takes as parameters, with
+    the recipe's defaults (the model is the notebook's own)."""
+    from muffin_lib.training import engine
 
-
-def colab_clone_source(repo_url: str = REPO_URL) -> str:
-    """The launcher's install cell: :func:`colab_install_source` reading the launcher's ``repo_url`` parameter."""
-    return colab_install_source(repo_url, repo_url_expression="repo_url  # the parameter above")
-
-
-def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
-    """Rewrite the badge (first line of the first cell) and the cells tagged ``colab-install`` /
-    ``colab-clone`` of each notebook from :data:`REPO_URL`; returns the notebooks that changed.
-    Default: the series and the Colab launcher."""
-    import nbformat
-
-    from muffin_lib.config import PACKAGE_PARENT as root
-
-    if paths is None:
-        paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb")) + sorted(root.glob("colab/*.ipynb"))
-    changed = []
-    for path in map(Path, paths):
-        nb = nbformat.read(path, as_version=4)
-        relative = path.resolve().relative_to(root).as_posix()
-        before = nbformat.writes(nb)
-        first_lines = nb.cells[0].source.split("\n")
-        if first_lines[0].startswith("[![Open In Colab]"):
-            nb.cells[0].source = "\n".join([colab_badge(relative, repo_url), *first_lines[1:]])
-        for cell in nb.cells:
-            tags = cell.metadata.get("tags", [])
-            if COLAB_INSTALL_TAG in tags:
-                cell.source = colab_install_source(repo_url)
-            if COLAB_CLONE_TAG in tags:
-                cell.source = colab_clone_source(repo_url)
-            if "parameters" in tags and path.parent.name == "colab":  # the launcher's repo_url default
-                cell.source = re.sub(r'^repo_url = "[^"]*"', f'repo_url = "{repo_url}"', cell.source, flags=re.M)
-        if nbformat.writes(nb) != before:
-            nbformat.write(nb, path)
-            changed.append(path)
-    return changed
-
-
-if __name__ == "__main__":
-    for changed_path in sync_colab_cells():
-        print(f"updated {changed_path}")
-
-
-# TrainConfig fields a notebook's parameters may set (the rest keep the library's defaults).
-_CONFIG_PARAMETERS = ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed")
+    return {f.name: getattr(engine.TrainConfig(), f.name) for f in dataclasses.fields(engine.TrainConfig)
+            if f.name != "model"}
 
 
 def train_config(settings: Settings, model: str, **overrides):
-    """The ``engine.TrainConfig`` of ``model`` with every training setting this notebook's parameters hold."""
-    from muffin_lib.training.engine import TrainConfig
+    """The ``engine.TrainConfig`` of ``model`` with every TrainConfig field these settings hold."""
+    from muffin_lib.training import engine
 
-    values = {name: settings[name] for name in _CONFIG_PARAMETERS if name in settings}
-    return TrainConfig(model=model, **{**values, **overrides})
+    values = {f.name: settings[f.name] for f in dataclasses.fields(engine.TrainConfig) if f.name in settings}
+    return engine.TrainConfig(**{**values, "model": model, **overrides})
 
 
 def display_findings(findings: list[str]) -> None:
@@ -434,3 +464,41 @@ def display_candidates(candidates: dict, missing: list[str]) -> None:
     if missing:
         lines.append(f"- not available yet (run them first to include their models): {', '.join(missing)}")
     display_markdown("\n".join(lines) or "No candidates: run notebooks 03-05 and 08 first.")
+
+
+COLAB_INSTALL_TAG = "colab-install"
+
+
+def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
+    """Rewrite the badge (first line of the first cell) and the cell tagged ``colab-install`` of each notebook,
+    and the launcher's ``repo_url`` default, from :data:`REPO_URL`; returns the notebooks that changed.
+    Default: the series and the Colab launcher."""
+    import nbformat
+
+    from muffin_lib.config import PACKAGE_PARENT as root
+
+    if paths is None:
+        paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb")) + sorted(root.glob("colab/*.ipynb"))
+    changed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        relative = path.resolve().relative_to(root).as_posix()
+        before = nbformat.writes(nb)
+        first_lines = nb.cells[0].source.split("\n")
+        if first_lines[0].startswith("[![Open In Colab]"):
+            nb.cells[0].source = "\n".join([colab_badge(relative, repo_url), *first_lines[1:]])
+        for cell in nb.cells:
+            tags = cell.metadata.get("tags", [])
+            if COLAB_INSTALL_TAG in tags:
+                cell.source = colab_install_source(repo_url)
+            if "parameters" in tags and path.parent.name == "colab":  # the launcher's repo_url default
+                cell.source = re.sub(r'^repo_url = "[^"]*"', f'repo_url = "{repo_url}"', cell.source, flags=re.M)
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for changed_path in sync_colab_cells():
+        print(f"updated {changed_path}")

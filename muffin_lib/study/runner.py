@@ -113,10 +113,17 @@ def check_parameters(extras: dict[str, Any], plans: list) -> None:
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
-    """Name -> default of the ``parameters`` cell of ``path`` (papermill's own reading of it)."""
+    """Name -> default of the ``parameters`` cell of ``path`` (papermill's own reading of it). A notebook
+    that trains through ``notebook.train_config`` also takes every other TrainConfig field, at its default."""
     import papermill
 
-    return {name: info["default"] for name, info in papermill.inspect_notebook(str(path)).items()}
+    from muffin_lib.study.notebook import training_parameters
+
+    known = {name: info["default"] for name, info in papermill.inspect_notebook(str(path)).items()}
+    if "notebook.train_config(" in Path(path).read_text():
+        for name, default in training_parameters().items():
+            known.setdefault(name, repr(default))
+    return known
 
 
 @contextlib.contextmanager

@@ -114,7 +114,8 @@ def check_setting(name: str, value) -> None:
         text, test = rules[name]
     else:
         default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
-        text, test = f"a {type(default).__name__}", lambda v: isinstance(v, type(default))
+        words = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+        text, test = words.get(type(default), type(default).__name__), lambda v: isinstance(v, type(default))
     if not test(value):
         raise MuffinError(f"{name}: expected {text}, got {value!r}")
 
