@@ -124,7 +124,7 @@ def test_colab_launcher_installs_from_a_fork_and_runs_the_series(tmp_path):
 def test_a_notebooks_install_cell_installs_what_muffin_repo_names(tmp_path):
     """A notebook opened alone: its install cell pip-installs ``MUFFIN_REPO`` (here ``git+file://`` of a fork,
     as ``git+https://`` of one on GitHub), and the same kernel imports muffin_lib right after."""
-    from muffin_lib.study import notebook
+    from muffin_lib.study import colab
 
     if shutil.which("git") is None:
         pytest.skip("needs git")
@@ -133,7 +133,7 @@ def test_a_notebooks_install_cell_installs_what_muffin_repo_names(tmp_path):
     fork = _project_repository(tmp_path / "fork")
     python = _colab_python(tmp_path)
     env = {**_colab_env(tmp_path, content), "MUFFIN_REPO": f"git+file://{fork}"}
-    cell = notebook.colab_install_source()
+    cell = colab.colab_install_source()
     outside = subprocess.run([str(python), "-c", cell], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert outside.returncode == 0 and _has_no_muffin_lib(python, env, tmp_path), "outside Colab: nothing"
     torch_before = _torch(python, env)

@@ -11,7 +11,7 @@ import papermill
 import pytest
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.study import notebook
+from muffin_lib.study import colab, notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = [
@@ -31,7 +31,7 @@ LAUNCHER = ROOT / "colab" / "muffin_lab_colab.ipynb"
 REQUIRED_PARAMETERS = {"data_dir", "work_dir", "profile", "device"}
 # 09 scores the checkpoints as they were trained: it has no image settings of its own.
 IMAGE_PARAMETERS = {"seed", "image_size", "color_mode"}
-SYNC_HINT = "run `python -m muffin_lib.study.notebook` to rewrite the Colab cells from notebook.REPO_URL"
+SYNC_HINT = "run `python -m muffin_lib.study.colab` to rewrite the Colab cells from colab.REPO_URL"
 TRAINING = ["03_simple_cnn", "04_deeper_cnn", "05_resnet_like", "06_grid_search", "07_cv_risk"]
 
 
@@ -88,19 +88,19 @@ def test_parameters_mock_and_colab_cells(path: Path):
     relpath = path.relative_to(ROOT).as_posix()
     first = nb.cells[0]
     assert first.cell_type == "markdown"
-    assert first.source.split("\n")[0] == notebook.colab_badge(relpath), SYNC_HINT
-    install = [c for c in nb.cells if notebook.COLAB_INSTALL_TAG in c.metadata.get("tags", [])]
-    assert len(install) == 1 and install[0].source == notebook.colab_install_source(), SYNC_HINT
+    assert first.source.split("\n")[0] == colab.colab_badge(relpath), SYNC_HINT
+    install = [c for c in nb.cells if colab.COLAB_INSTALL_TAG in c.metadata.get("tags", [])]
+    assert len(install) == 1 and install[0].source == colab.colab_install_source(), SYNC_HINT
     assert nb.cells.index(install[0]) < nb.cells.index(cell), "the Colab install must come before any import"
 
 
 def test_launcher_has_badge_parameters_and_the_notebooks_install_cell():
     nb = _read(LAUNCHER)
-    assert nb.cells[0].source.split("\n")[0] == notebook.colab_badge("colab/muffin_lab_colab.ipynb"), SYNC_HINT
+    assert nb.cells[0].source.split("\n")[0] == colab.colab_badge("colab/muffin_lab_colab.ipynb"), SYNC_HINT
     assert {"repo_url", "profile", "use_drive", "data_dir", "only", "extra_parameters"} <= set(
         papermill.inspect_notebook(str(LAUNCHER)))
-    install = [c for c in nb.cells if notebook.COLAB_INSTALL_TAG in c.metadata.get("tags", [])]
-    assert len(install) == 1 and install[0].source == notebook.colab_install_source(), SYNC_HINT
+    install = [c for c in nb.cells if colab.COLAB_INSTALL_TAG in c.metadata.get("tags", [])]
+    assert len(install) == 1 and install[0].source == colab.colab_install_source(), SYNC_HINT
     # The launcher alone decides where the code is (a clone of repo_url, Drive, a zip): MUFFIN_REPO says which.
     source = [c for c in nb.cells if "colab-source" in c.metadata.get("tags", [])]
     assert len(source) == 1 and nb.cells.index(source[0]) < nb.cells.index(install[0])
@@ -108,11 +108,11 @@ def test_launcher_has_badge_parameters_and_the_notebooks_install_cell():
 
 
 def test_the_install_cell_is_short_and_names_the_code_in_one_place():
-    source = notebook.colab_install_source()
+    source = colab.colab_install_source()
     assert len(source.splitlines()) <= 5 and max(map(len, source.splitlines())) <= 110
-    assert 'os.environ.get("MUFFIN_REPO", "git+' + notebook.REPO_URL + '")' in source
+    assert 'os.environ.get("MUFFIN_REPO", "git+' + colab.REPO_URL + '")' in source
     readme = (ROOT / "colab" / "README.md").read_text()
-    assert notebook.colab_badge("colab/muffin_lab_colab.ipynb") in readme
+    assert colab.colab_badge("colab/muffin_lab_colab.ipynb") in readme
 
 
 def test_every_parameter_is_documented():
