@@ -87,3 +87,12 @@ def test_recipe_cv_holm_family_counts_the_stopped_candidates():
     holm = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["holm_over_family"]
     assert holm([0.018], ["epochs30-wd0.1", "ema0.995", "mixup_cutmix"]) == pytest.approx([0.072])
     assert holm([0.018, 0.31], []) == pytest.approx([0.036, 0.31])
+
+
+def test_seed_spread_is_per_fold_over_the_seeds():
+    spread = runpy.run_path(str(ROOT / "benchmarks" / "seed_spread.py"), run_name="not_main")["spread"]
+    result = spread({0: [0.10, 0.08, 0.12], 1: [0.12, 0.08, 0.10], 2: [0.11, 0.09, 0.11]})
+    assert [f["losses"] for f in result["per_fold"]] == [[0.10, 0.12, 0.11], [0.08, 0.08, 0.09], [0.12, 0.10, 0.11]]
+    assert result["median_range"] == pytest.approx(0.02) and result["max_range"] == pytest.approx(0.02)
+    assert result["per_fold"][1]["sd"] == pytest.approx(0.0057735, rel=1e-4)
+    assert result["cv_mean_by_seed"][0] == pytest.approx(0.10)
