@@ -225,12 +225,14 @@ def run_series(
     failure: str | None = None
     warned_synthetic = False
     with _kernel_environment():
+        said_profile = "auto"
         for number, (path, injected, _) in enumerate(plans, 1):
             executed = workdir.executed_dir / path.name
             if profile == "auto" and "profile" in injected:
                 chosen, why = auto_profile(data_dir)
-                if chosen != injected["profile"]:
+                if chosen != said_profile:  # said once, and again only when it changes (the synthetic fallback)
                     log(f"    profile auto -> {chosen}: {why}")
+                    said_profile = chosen
                 injected["profile"] = chosen
             log(f"[{number}/{len(plans)}] {path.name} ...")
             t0 = time.perf_counter()
