@@ -65,10 +65,6 @@ class WorkDir:
         return self._dir() / "trials.sqlite"
 
     @property
-    def test_looks_file(self) -> Path:
-        return self._dir() / "test_looks.json"
-
-    @property
     def results_dir(self) -> Path:
         return self._dir("results")
 

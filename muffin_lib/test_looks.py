@@ -121,8 +121,9 @@ def gate(who: str, candidates: dict[str, object], data_dir, *, data_fingerprint:
         raise ValueError(f"who must be one of {WHO}, got {who!r}")
     earlier = looks(data_fingerprint)
     identities = identify(candidates, config_keys)
-    seen = set().union(*(_checkpoints(look["candidates"]) for look in earlier)) if earlier else set()
-    new = not _checkpoints(identities) <= seen or None in _checkpoints(identities)
+    seen = set().union(*(_checkpoints(look["candidates"]) for look in earlier))
+    scored = _checkpoints(identities)
+    new = None in scored or not scored <= seen
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if new and earlier and not allow_new_look:
         last = earlier[-1]

@@ -258,12 +258,9 @@ def start(name: str, namespace: dict[str, Any]) -> Settings:
     applied (:func:`apply_profile`), brief errors, text progress bars under papermill."""
     show_errors_briefly()
     _text_progress_under_papermill()
-    from muffin_lib.training import engine
-
     params = {key: namespace[key] for key in parameter_names(namespace) if key != "profile"}
-    for item in dataclasses.fields(engine.TrainConfig):  # a bad value stops here, in the first cell
-        if item.name in params:
-            engine.check_setting(item.name, params[item.name])
+    for key, value in params.items():  # a bad training setting stops here, in the first cell
+        check_parameter(key, value, default=None)
     return apply_profile(namespace.get("profile", "full"), name, params)
 
 

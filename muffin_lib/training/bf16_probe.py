@@ -52,20 +52,9 @@ def _cache_file() -> Path:
     return user_cache_dir() / "bf16_probe.json"
 
 
-def _cpu_generation() -> str:
-    """ "family F model M" from /proc/cpuinfo: tells a Zen 4 from a Zen 5 that share a model name."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            fields = dict(line.split(":", 1) for line in handle.read().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        return ""
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
-
-
-def _machine_key(cpu_model: str, flags: frozenset[str]) -> str:
+def _machine_key(cpu: str, flags: frozenset[str]) -> str:
     present = ",".join(f for f in BF16_FLAGS if f in flags)
-    return f"{cpu_model} {_cpu_generation()} [{present}] torch {torch.__version__} v{PROBE_VERSION}"
+    return f"{cpu} [{present}] torch {torch.__version__} v{PROBE_VERSION}"
 
 
 def _inputs(model_name: str, in_channels: int, image_size: int, channels_last: bool):
@@ -124,10 +113,11 @@ def measure(model_name: str, in_channels: int, image_size: int, channels_last: b
 
 
 def cpu_bf16_verdict(model_name: str, in_channels: int, image_size: int, channels_last: bool,
-                     cpu_model: str, flags: frozenset[str]) -> Bf16Verdict:
-    """The cached verdict for this machine and workload, probing (and logging the figures) the first time."""
+                     cpu: str, flags: frozenset[str]) -> Bf16Verdict:
+    """The cached verdict for this machine and workload, probing (and logging the figures) the first time.
+    ``cpu``: its model name and generation (``runtime.cpu_model``, ``runtime.cpu_generation``)."""
     present = [f for f in BF16_FLAGS if f in flags]
-    machine = _machine_key(cpu_model, flags)
+    machine = _machine_key(cpu, flags)
     # A network replaced under the same name (ARCHITECTURE_VERSIONS) is probed again, not given the old verdict.
     network = f"{model_name}/{ARCHITECTURE_VERSIONS[model_name]}" if model_name in ARCHITECTURE_VERSIONS else model_name
     workload = f"{network} {in_channels}x{image_size}x{image_size} " + ("nhwc" if channels_last else "nchw")
@@ -139,7 +129,7 @@ def cpu_bf16_verdict(model_name: str, in_channels: int, image_size: int, channel
     entry = cached.get(machine, {}).get(workload)
     if entry is not None:
         return Bf16Verdict(**entry)
-    log.info("probing bf16 vs fp32 for %s on %s (a few training steps, once per machine)", workload, cpu_model)
+    log.info("probing bf16 vs fp32 for %s on %s (a few training steps, once per machine)", workload, cpu)
     verdict = measure(model_name, in_channels, image_size, channels_last)
     verdict = Bf16Verdict(**{**asdict(verdict), "reason": f"{verdict.reason}; {', '.join(present)}"})
     log.info("bf16 probe for %s: %s", workload, verdict.reason)

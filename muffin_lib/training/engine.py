@@ -91,27 +91,25 @@ def setting_choices() -> dict[str, tuple[str, ...]]:
             "augment": tuple(augment.AUGMENT_PRESETS), "amp": AMP_MODES}
 
 
-def _setting_rules() -> dict[str, tuple[str, Callable]]:
-    """What each TrainConfig field accepts: (a phrase for the error, the test); a field without a rule here
-    must be of its default's type."""
-    patience = _whole(1)
-    return {
-        **{name: _one_of(choices) for name, choices in setting_choices().items()},
-        "image_size": _whole(MIN_IMAGE_SIZE), "epochs": _whole(1), "batch_size": _whole(2), "seed": _whole(0),
-        "lr": _number(lambda v: v > 0, "a number > 0"), "weight_decay": _number(lambda v: v >= 0, "a number >= 0"),
-        "label_smoothing": _number(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
-        "early_stopping_patience": (f"none or {patience[0]}", lambda v: v is None or patience[1](v)),
-        "channels_last": _FLAG, "compile": _FLAG, "pretrained": _FLAG,
-    }
+_PATIENCE = _whole(1)
+# What each TrainConfig field accepts: (a phrase for the error, the test); a field without a rule here must be
+# of its default's type.
+_SETTING_RULES: dict[str, tuple[str, Callable]] = {
+    **{name: _one_of(choices) for name, choices in setting_choices().items()},
+    "image_size": _whole(MIN_IMAGE_SIZE), "epochs": _whole(1), "batch_size": _whole(2), "seed": _whole(0),
+    "lr": _number(lambda v: v > 0, "a number > 0"), "weight_decay": _number(lambda v: v >= 0, "a number >= 0"),
+    "label_smoothing": _number(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
+    "early_stopping_patience": (f"none or {_PATIENCE[0]}", lambda v: v is None or _PATIENCE[1](v)),
+    "channels_last": _FLAG, "compile": _FLAG, "pretrained": _FLAG,
+}
 
 
 def check_setting(name: str, value) -> None:
     """The one check of a training setting, whoever sets it (TrainConfig, ``-p`` of ``run``, ``train``'s
     flags): a MuffinError that names the setting as the user types it, e.g. "epochs: expected a whole number
     >= 1, got 'abc'"; callers prefix it with the flag (``-p`` or ``--``)."""
-    rules = _setting_rules()
-    if name in rules:
-        text, test = rules[name]
+    if name in _SETTING_RULES:
+        text, test = _SETTING_RULES[name]
     else:
         default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
         words = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
@@ -127,7 +125,7 @@ SETTING_HELP = {
     "lr": "peak learning rate of the schedule", "batch_size": "images per step", "optimizer": "optimizer",
     "weight_decay": "weight decay (not on biases and BatchNorm)", "schedule": "learning-rate schedule",
     "augment": "augmentation preset", "label_smoothing": "label smoothing of the cross-entropy",
-    "early_stopping_patience": "stop after this many epochs without a better validation loss (default: off)",
+    "early_stopping_patience": "stop after this many epochs without a better validation loss",
     "amp": "precision: auto picks bf16/fp16 where it is faster (see README)", "channels_last":
     "channels-last memory format where it is fast", "compile": "torch.compile the model",
     "seed": "seed of weights, batch order and augmentation", "pretrained": "ImageNet weights (model transfer)",
@@ -199,6 +197,12 @@ class TrainConfig:
 # them, in a few epochs, with plain flips and rotations; every other setting is the from-scratch recipe's.
 TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
                               label_smoothing=0.0)
+
+
+def recipe_for(model: str) -> TrainConfig:
+    """The recipe a model is trained with by default: ``TRANSFER_RECIPE`` for the transfer model, else
+    ``TrainConfig``'s defaults (the from-scratch recipe)."""
+    return TRANSFER_RECIPE if model == TRANSFER_RECIPE.model else TrainConfig()
 
 
 @dataclass

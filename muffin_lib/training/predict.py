@@ -6,9 +6,10 @@ folders it was trained on; older checkpoints: muffin and chihuahua). Files that 
 one of them (any case; e.g. ``test/muffin/x.jpg``) count as labelled, and their zero-one loss is reported.
 Predicting a dataset's test images (``DATA/test/<class>/``, as files or folders) is a look at its test split:
 it passes ``test_looks.gate`` before any prediction (recorded in the user's cache directory, whatever the
-work_dir; a new look refused unless forced). Unlabelled photos, or photos outside a test split, are free. Reasons to doubt the answers are returned as ``warnings`` (a checkpoint trained on
-synthetic data or off its recipe) and per file ``warning`` (an image smaller than the model's input, so
-upscaled); the CLI prints them on stderr and exits 1 when it classified no file.
+work_dir; a new look refused unless forced). Unlabelled photos, or photos outside a test split, are free.
+Reasons to doubt the answers are returned as ``warnings`` (a checkpoint trained on synthetic data or off its
+recipe) and per file ``warning`` (an image smaller than the model's input, so upscaled); the CLI prints them on
+stderr and exits 1 when it classified no file.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def recipe_shortfall(stored: dict) -> str | None:
     """How a checkpoint's config falls short of its recipe (``engine.TrainConfig``, or ``TRANSFER_RECIPE`` for
     the transfer model) in image size or epochs, e.g. "32 px, 1 epoch where its recipe has 128 px, 15 epochs"; None
     when it does not."""
-    recipe = engine.TRANSFER_RECIPE if stored["model_name"] == engine.TRANSFER_RECIPE.model else engine.TrainConfig()
+    recipe = engine.recipe_for(stored["model_name"])
     size, epochs = stored["image_size"], stored.get("config", {}).get("epochs", recipe.epochs)
     if size >= recipe.image_size and epochs >= recipe.epochs:
         return None

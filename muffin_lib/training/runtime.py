@@ -174,26 +174,30 @@ def native_bf16(device: torch.device) -> bool:
 # Zen 3 (AVX2 only). So "auto" probes the model about to train on such a CPU (bf16_probe) and never elsewhere.
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo_field("flags") or "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name (e.g. "Intel(R) Xeon(R) Processor"), for the record beside every timing."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_generation() -> str:
+    """ "family F model M" from /proc/cpuinfo: tells a Zen 4 from a Zen 5 that share a model name."""
+    return f"family {_cpuinfo_field('cpu family') or '?'} model {_cpuinfo_field('model') or '?'}"
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of field ``name`` of the first processor in /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def cpu_bf16_choice(workload=None) -> tuple[bool, str]:
@@ -218,14 +222,9 @@ def cpu_bf16_choice(workload=None) -> tuple[bool, str]:
         return True, f"bf16: {', '.join(present)} (no model given to probe)"
     verdict = bf16_probe.cpu_bf16_verdict(
         workload.model, workload.in_channels, workload.image_size,
-        channels_last_for("cpu", workload.channels_last), cpu_model(), flags,
+        channels_last_for("cpu", workload.channels_last), f"{cpu_model()} {cpu_generation()}", flags,
     )
     return verdict.use, verdict.reason
-
-
-def cpu_bf16_pays(workload=None) -> bool:
-    """Whether CPU bf16 autocast is the faster precision here for ``workload`` (``cpu_bf16_choice``)."""
-    return cpu_bf16_choice(workload)[0]
 
 
 def policy_device_type(device: str | torch.device) -> str:
@@ -271,7 +270,7 @@ def resolve_amp(amp: str, device: torch.device, workload=None) -> torch.dtype | 
         if amp == "fp16":
             raise MuffinError("amp='fp16' needs a CUDA GPU; on the CPU use amp='bf16' or 'off'")
         if amp == "auto":
-            return torch.bfloat16 if cpu_bf16_pays(workload) else None
+            return torch.bfloat16 if cpu_bf16_choice(workload)[0] else None
         return torch.bfloat16 if amp == "bf16" else None
     # MPS: fp32 for "auto" (MPS_AUTO_AMP_REASON); explicit choices where torch has autocast for MPS.
     if amp == "auto":

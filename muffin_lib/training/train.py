@@ -313,7 +313,7 @@ def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) 
     """One ``--flag`` for a TrainConfig field: its type, choices and default read off the field itself."""
     flags = ["--" + item.name.replace("_", "-")] + (["--early-stopping"] if item.name == "early_stopping_patience" else [])
     default, choices = item.default, engine.setting_choices().get(item.name)
-    help_text = f"{engine.SETTING_HELP.get(item.name, item.name)} (default: {default})"
+    help_text = f"{engine.SETTING_HELP.get(item.name, item.name)} (default: {'off' if default is None else default})"
     if isinstance(default, bool):  # --compile alone means true, as before; --compile false too
         parser.add_argument(*flags, dest=item.name, type=parse_bool, nargs="?", const=True, default=default,
                             metavar="true|false", help=help_text)
@@ -322,7 +322,7 @@ def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) 
     else:
         kind = int if default is None else type(default)
         parser.add_argument(*flags, dest=item.name, type=kind, default=default, metavar="N" if kind is int else "X",
-                            help=help_text.replace(" (default: off) (default: None)", " (default: off)"))
+                            help=help_text)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -356,13 +356,12 @@ def format_history(history: list[dict]) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
-    """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag. ``--model transfer``
-    starts from its own recipe (``engine.TRANSFER_RECIPE``: pretrained, its lr and epochs) where a flag is left
-    at the from-scratch default."""
+    """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag. A model starts from
+    its own recipe (``engine.recipe_for``: ``--model transfer`` is pretrained, with its lr and epochs) where a
+    flag is left at the from-scratch default."""
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(engine.TrainConfig)}
-    if values["model"] == "transfer":
-        scratch, recipe = engine.TrainConfig().to_dict(), engine.TRANSFER_RECIPE.to_dict()
-        values = {name: recipe[name] if value == scratch[name] else value for name, value in values.items()}
+    scratch, recipe = engine.TrainConfig().to_dict(), engine.recipe_for(values["model"]).to_dict()
+    values = {name: recipe.get(name, value) if value == scratch[name] else value for name, value in values.items()}
     try:
         return engine.TrainConfig(**values)
     except MuffinError as error:

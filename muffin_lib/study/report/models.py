@@ -119,9 +119,9 @@ def off_recipe(config) -> str | None:
     """How ``config`` differs from its recipe in size and schedule (``engine.TrainConfig``, or
     ``TRANSFER_RECIPE`` for the transfer model), for the summary beside the model's name; None when it does not."""
     from muffin_lib.selection.budget import settings_label
-    from muffin_lib.training.engine import TRANSFER_RECIPE, TrainConfig
+    from muffin_lib.training.engine import TRANSFER_RECIPE, recipe_for
 
-    recipe = TRANSFER_RECIPE if config.model == TRANSFER_RECIPE.model else TrainConfig()
+    recipe = recipe_for(config.model)
     if (config.image_size, config.epochs) == (recipe.image_size, recipe.epochs):
         return None
     if recipe is TRANSFER_RECIPE:
