@@ -11,7 +11,6 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import sys
 
 from muffin_lib.errors import MuffinError
@@ -32,21 +31,10 @@ DISTRIBUTION = "muffin-lab"  # the name pip knows, and the installed script's
 
 
 def version() -> str:
-    """The installed distribution's version; in a checkout that pip has not installed, pyproject.toml's."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed_version
+    """The package's version (``muffin_lib.__version__``, the one checkpoints and test looks record)."""
+    from muffin_lib import __version__
 
-    try:
-        return installed_version(DISTRIBUTION)
-    except PackageNotFoundError:
-        from muffin_lib.config import PACKAGE_PARENT
-
-        try:
-            text = (PACKAGE_PARENT / "pyproject.toml").read_text()
-        except OSError:
-            return "unknown"
-        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-        return found.group(1) if found else "unknown"
+    return __version__
 
 
 def prog_name() -> str:

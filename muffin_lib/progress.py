@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from muffin_lib.files import write_text_atomic
+
 PROGRESS_FILE_ENV = "MUFFIN_PROGRESS_FILE"
 _open_bars: dict[int, str] = {}  # this process's open bars, outermost first: id -> its last line
 
@@ -32,8 +34,8 @@ def _report(bar, line: str | None) -> None:
         _open_bars.pop(id(bar), None)
     else:
         _open_bars[id(bar)] = line
-    with contextlib.suppress(OSError):
-        Path(path).write_text(" | ".join(_open_bars.values()))
+    with contextlib.suppress(OSError):  # the runner reads it meanwhile: whole lines only
+        write_text_atomic(path, " | ".join(_open_bars.values()))
 
 
 def progress_mode() -> str:
