@@ -2,7 +2,7 @@
 
     python benchmarks/epoch_time.py --data-dir DATA --work-dir WORK [--image-size 128] [--steps 8]
 
-Loads the cache and the split like ``train_model``, runs ``engine.TrainStep`` (the step ``fit`` runs)
+Loads the cache and the split like ``train_model``, runs ``loop.TrainStep`` (the step ``fit`` runs)
 for a few warm-up and ``--steps`` timed batches per model, times one validation pass, and
 extrapolates to one epoch over the training part of the split.
 """
@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from muffin_lib.data.cache import load_images  # noqa: E402
 from muffin_lib.data.splits import plan_for_cache  # noqa: E402
-from muffin_lib.training import engine, runtime  # noqa: E402
+from muffin_lib.training import loop, recipe, runtime, tensors  # noqa: E402
 from muffin_lib.training.models import MODEL_NAMES, build_model  # noqa: E402
 
 
@@ -47,12 +47,12 @@ def main() -> None:
     print(f"{n_train} training + {len(val_labels)} validation images, {args.image_size} px {args.color_mode}, "
           f"device {device}, {torch.get_num_threads()} threads, allocator {runtime.allocator_state()}")
     for name in args.models.split(","):
-        config = engine.TrainConfig(model=name, image_size=args.image_size, color_mode=args.color_mode)
+        config = recipe.TrainConfig(model=name, image_size=args.image_size, color_mode=args.color_mode)
         runtime.seed_everything(0)
         model = build_model(name, in_channels=config.in_channels, image_size=args.image_size).to(device)
         model = model.to(memory_format=torch.channels_last)
-        normalization = engine.compute_normalization(train_images)
-        step = engine.TrainStep(model, config, device, normalization, total_steps=1000)
+        normalization = tensors.compute_normalization(train_images)
+        step = loop.TrainStep(model, config, device, normalization, total_steps=1000)
         order = torch.randperm(n_train)
         batches = [order[i : i + config.batch_size] for i in range(0, n_train, config.batch_size)]
         model.train()
@@ -64,7 +64,7 @@ def main() -> None:
         loss = step(train_images[batches[0]].to(device), train_labels[batches[0]].to(device))[0].item()  # sync
         per_image = (time.perf_counter() - started) / ((args.steps + 1) * config.batch_size)
         started = time.perf_counter()
-        engine.evaluate(model, val_images, val_labels, normalization, device=device, batch_size=128)
+        loop.evaluate(model, val_images, val_labels, normalization, device=device, batch_size=128)
         val_seconds = time.perf_counter() - started
         epoch = per_image * n_train + val_seconds
         print(f"{name:12s} {1 / per_image:7.1f} train images/s -> {per_image * n_train:6.0f} s training + "

@@ -31,7 +31,7 @@ from muffin_lib.data.splits import plan_for_cache
 from muffin_lib.selection import RunOptions, TrialStore, cross_validate
 from muffin_lib.selection.stats import corrected_resampled_ttest, holm_adjust, summarize_losses
 from muffin_lib.training import runtime
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 MODEL = "deeper_cnn"  # the study's best architecture by CV, and the one 04 deploys
 # name -> the changes to the deployed recipe; in the order worth running on a CPU (cheapest first)

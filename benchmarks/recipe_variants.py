@@ -23,8 +23,8 @@ import torch
 
 from muffin_lib.data.cache import load_images
 from muffin_lib.data.splits import plan_for_cache
-from muffin_lib.training import engine
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training import loop
+from muffin_lib.training.recipe import TrainConfig
 
 VARIANTS = {
     "deeper-15": ("deeper_cnn", 15, (0, 1, 2), {}),
@@ -57,9 +57,9 @@ def main() -> None:
         for seed in seeds:
             config = recipe.replace(model=model, epochs=epochs, seed=seed, **changes)
             started = time.perf_counter()
-            fitted = engine.fit(config, images, labels, device=args.device, progress=False)
+            fitted = loop.fit(config, (images, labels), device=args.device, progress=False)
             seconds.append(time.perf_counter() - started)
-            scores = engine.evaluate(fitted.model, val_images, val_labels, fitted.normalization, device=args.device,
+            scores = loop.evaluate(fitted.model, val_images, val_labels, fitted.normalization, device=args.device,
                                      flip_tta=True)
             plain.append(scores["zero_one_loss"])
             tta.append(scores["flip_tta_zero_one_loss"])

@@ -24,7 +24,7 @@ from muffin_lib.data.cache import load_images  # noqa: E402
 from muffin_lib.data.splits import plan_for_cache  # noqa: E402
 from muffin_lib.selection import RunOptions, TrialStore, cross_validate  # noqa: E402
 from muffin_lib.training import runtime  # noqa: E402
-from muffin_lib.training.engine import TrainConfig  # noqa: E402
+from muffin_lib.training.recipe import TrainConfig  # noqa: E402
 
 
 def spread(losses_by_seed: dict[int, list[float]]) -> dict:

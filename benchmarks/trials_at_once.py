@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from muffin_lib.data.cache import load_images  # noqa: E402
 from muffin_lib.data.splits import plan_for_cache  # noqa: E402
 from muffin_lib.selection import RunOptions, cross_validate  # noqa: E402
-from muffin_lib.training import engine, runtime  # noqa: E402
+from muffin_lib.training import recipe, runtime  # noqa: E402
 
 
 def main() -> None:
@@ -40,12 +40,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     workers = args.workers if args.workers == "auto" else int(args.workers)
-    base = engine.TrainConfig(epochs=args.epochs)
+    base = recipe.TrainConfig(epochs=args.epochs)
     cache = load_images(args.data_dir, args.work_dir, "train", base.image_size, base.color_mode, progress=False)
     plan = plan_for_cache(cache, args.work_dir)
     device = runtime.resolve_device(args.device)
     print(f"{runtime.cpu_model()}; {torch.get_num_threads()} torch threads; device {device}, "
-          f"amp {engine.execution_key(base.amp, device, base)}; {len(plan.folds)} folds of {len(cache)} images at "
+          f"amp {runtime.execution_key(base.amp, device, base)}; {len(plan.folds)} folds of {len(cache)} images at "
           f"{base.image_size} px, {args.epochs} epochs per trial; workers {workers}", flush=True)
     for name in args.models.split(","):
         config = base.replace(model=name)

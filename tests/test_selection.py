@@ -29,10 +29,10 @@ from muffin_lib.selection import (
 )
 from muffin_lib.selection.stats import summarize_losses
 from muffin_lib.selection.trial_store import TrialStore, fold_plan_key, trial_key
-from muffin_lib.training import augment, engine
+from muffin_lib.training import augment, loop, recipe, tensors
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
+TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
 CPU = RunOptions(device="cpu", progress=False)  # tests run quietly on the CPU; .replace(store=...) adds a store
 
 
@@ -57,18 +57,18 @@ def folds(cache, work_dir):
 
 
 class FitCounter:
-    """Wraps engine.fit: counts calls, keeps what each call was given, can interrupt on the N-th call."""
+    """Wraps loop.fit: counts calls, keeps what each call was given, can interrupt on the N-th call."""
 
     def __init__(self, interrupt_on: int | None = None):
         self.calls: list[dict] = []
         self.interrupt_on = interrupt_on
-        self._fit = engine.fit
+        self._fit = loop.fit
 
-    def __call__(self, config, train_images, train_labels, val_images=None, val_labels=None, **kwargs):
-        self.calls.append({"config": config, "train": train_images.clone(), "val": val_images})
+    def __call__(self, config, train, val=None, **kwargs):
+        self.calls.append({"config": config, "train": train[0].clone(), "val": None if val is None else val[0]})
         if self.interrupt_on is not None and len(self.calls) == self.interrupt_on:
             raise KeyboardInterrupt
-        result = self._fit(config, train_images, train_labels, val_images, val_labels, **kwargs)
+        result = self._fit(config, train, val, **kwargs)
         self.calls[-1]["normalization"] = result.normalization
         return result
 
@@ -119,15 +119,15 @@ def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, mon
         return counter(*args, **kwargs)
 
     evaluated: list[torch.Tensor] = []
-    real_evaluate = engine.evaluate
+    real_evaluate = loop.evaluate
 
     def recording_evaluate(model, images, labels, normalization, **kwargs):
         evaluated.append(images.clone())
         return real_evaluate(model, images, labels, normalization, **kwargs)
 
     monkeypatch.setattr(augment, "augment_batch", recording_augment)
-    monkeypatch.setattr(engine, "fit", fit_with_new_record)
-    monkeypatch.setattr(engine, "evaluate", recording_evaluate)
+    monkeypatch.setattr(loop, "fit", fit_with_new_record)
+    monkeypatch.setattr(loop, "evaluate", recording_evaluate)
     result = cross_validate(TINY, cache, folds, options=CPU)
 
     assert len(counter.calls) == len(folds) == len(evaluated) == len(augmented)
@@ -140,7 +140,7 @@ def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, mon
         assert _matches(seen, train_images).all()  # control: the recorder does recognise images
         assert not _matches(seen, held_out).any()
         # Normalisation statistics come from the training folds only.
-        assert call["normalization"] == engine.compute_normalization(train_images)
+        assert call["normalization"] == tensors.compute_normalization(train_images)
     # The interval is the corrected one (folds share training images): n_test / n_train of these folds.
     ratio = np.mean([len(test) for _, test in folds]) / np.mean([len(train) for train, _ in folds])
     assert result.summary == summarize_losses(result.losses, test_train_ratio=ratio)
@@ -152,7 +152,7 @@ def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, mon
 
 def test_early_stopping_split_comes_from_the_training_folds(cache, folds, monkeypatch):
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     config = TINY.replace(epochs=2, early_stopping_patience=1)
     cross_validate(config, cache, folds, options=CPU)
     for (train_idx, test_idx), call in zip(folds, counter.calls, strict=True):
@@ -185,7 +185,7 @@ def test_early_stopping_split_keeps_twin_groups_on_one_side(caplog):
 
 def test_cross_validate_passes_twin_groups_to_early_stopping(cache, folds, monkeypatch):
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     groups = np.arange(len(cache.labels)) // 4  # neighbours in record order as twin groups of four
     by_hash = {hashlib.sha256(image.numpy().tobytes()).hexdigest(): i for i, image in enumerate(cache.images)}
     assert len(by_hash) == len(cache.labels)
@@ -200,13 +200,13 @@ def test_cross_validate_passes_twin_groups_to_early_stopping(cache, folds, monke
 def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, monkeypatch):
     store = TrialStore(tmp_path / "trials.sqlite")
     grid = {"lr": [3e-3, 1e-3]}
-    monkeypatch.setattr(engine, "fit", FitCounter(interrupt_on=4))
+    monkeypatch.setattr(loop, "fit", FitCounter(interrupt_on=4))
     with pytest.raises(KeyboardInterrupt):
         grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     assert len(store) == 3  # the three finished trials were committed
 
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     result = grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     assert len(counter.calls) == 3  # only the unfinished trials were trained
     rows = store.records(scope="cv")
@@ -214,7 +214,7 @@ def test_interrupted_grid_resumes_without_retraining(cache, folds, tmp_path, mon
     assert [t["status"] for t in result.trials] == ["stored"] * 3 + ["trained"] * 3
 
     again = FitCounter()
-    monkeypatch.setattr(engine, "fit", again)
+    monkeypatch.setattr(loop, "fit", again)
     rerun = grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     assert again.calls == [] and len(store) == 6
     assert rerun.table["mean"].tolist() == result.table["mean"].tolist()
@@ -250,7 +250,7 @@ def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, ca
 def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cache, folds, tmp_path, monkeypatch):
     store = TrialStore(tmp_path / "trials.sqlite")
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     base = TINY.replace(epochs=2)
     result = grid_search(base, {"lr": [1e-2, 3e-3, 1e-3]}, cache, folds, rung_epochs=(1,), keep=1 / 3,
                          options=CPU.replace(store=store))
@@ -273,7 +273,7 @@ def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(
     store = TrialStore(tmp_path / "trials.sqlite")
     grid = grid_search(TINY, {"lr": [3e-3, 1e-3]}, cache, folds, options=CPU.replace(store=store))
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     again = cross_validate(TINY.replace(lr=1e-3), cache, folds, options=CPU.replace(store=store))
     assert counter.calls == []
     assert [t["status"] for t in again.trials] == ["stored"] * len(folds)
@@ -281,7 +281,7 @@ def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(
 
 
 def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(cache, folds, tmp_path, monkeypatch):
-    # Notebook 07's written-out fold loop: engine.fit + engine.evaluate per task, stored with store_fold.
+    # Notebook 07's written-out fold loop: loop.fit + loop.evaluate per task, stored with store_fold.
     # cross_validate must then reuse them (no training), and their losses must be what cross_validate
     # itself would have trained.
     from muffin_lib.selection import cv_tasks, store_fold
@@ -289,13 +289,13 @@ def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(
     by_library = cross_validate(TINY, cache, folds, options=CPU)
     store = TrialStore(tmp_path / "trials.sqlite")
     for task in cv_tasks(TINY, cache, folds, scope="cv", device="cpu"):
-        fitted = engine.fit(task.config.replace(seed=task.seed), cache.images[task.train_idx], cache.labels[task.train_idx],
+        fitted = loop.fit(task.config.replace(seed=task.seed), (cache.images[task.train_idx], cache.labels[task.train_idx]),
                             device="cpu", progress=False, num_classes=len(cache.class_names))
-        held_out = engine.evaluate(fitted.model, cache.images[task.test_idx], cache.labels[task.test_idx],
+        held_out = loop.evaluate(fitted.model, cache.images[task.test_idx], cache.labels[task.test_idx],
                                    fitted.normalization, device=fitted.device, flip_tta=True)
         store_fold(store, task, fitted, held_out, seconds=1.0)
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     reused = cross_validate(TINY, cache, folds, options=CPU.replace(store=store))
     assert counter.calls == []
     assert [t["status"] for t in reused.trials] == ["stored"] * len(folds)
@@ -306,13 +306,13 @@ def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(
     # a model trained with another seed than its fold's is refused, not stored under the fold's key
     monkeypatch.undo()
     task = cv_tasks(TINY, cache, folds, scope="cv", device="cpu")[0]
-    fitted = engine.fit(TINY, cache.images[task.train_idx], cache.labels[task.train_idx], device="cpu", progress=False)
+    fitted = loop.fit(TINY, (cache.images[task.train_idx], cache.labels[task.train_idx]), device="cpu", progress=False)
     with pytest.raises(MuffinError, match="seed"):
         store_fold(TrialStore(tmp_path / "other.sqlite"), task, fitted, {"n": 1, "zero_one_loss": 0.0, "loss": 0.0}, seconds=1.0)
     # and scores without the flip comparison are refused: the record would differ from cross_validate's
-    own = engine.fit(task.config.replace(seed=task.seed), cache.images[task.train_idx], cache.labels[task.train_idx],
+    own = loop.fit(task.config.replace(seed=task.seed), (cache.images[task.train_idx], cache.labels[task.train_idx]),
                      device="cpu", progress=False)
-    plain = engine.evaluate(own.model, cache.images[task.test_idx], cache.labels[task.test_idx], own.normalization)
+    plain = loop.evaluate(own.model, cache.images[task.test_idx], cache.labels[task.test_idx], own.normalization)
     with pytest.raises(MuffinError, match="flip_tta=True"):
         store_fold(TrialStore(tmp_path / "other.sqlite"), task, own, plain, seconds=1.0)
 
@@ -341,7 +341,7 @@ def test_nested_cv_is_stored_and_resumed(cache, test_cache, tmp_path, monkeypatc
         assert inner.best_result.summary["mean"] == row["inner_mean"] == inner.table["mean"].min()
 
     counter = FitCounter()
-    monkeypatch.setattr(engine, "fit", counter)
+    monkeypatch.setattr(loop, "fit", counter)
     again = nested_cv(
         TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, options=CPU.replace(store=store)
     )

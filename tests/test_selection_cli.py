@@ -10,7 +10,7 @@ from muffin_lib.cli import main as cli_main
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import RunOptions, grid_search
 from muffin_lib.selection.trial_store import TrialStore
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 
 def _cv(data_dir, work_dir, *extra) -> list[str]:

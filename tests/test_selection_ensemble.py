@@ -16,10 +16,10 @@ from muffin_lib.data.cache import load_images
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import evaluation
 from muffin_lib.study import report
-from muffin_lib.training import engine, train
+from muffin_lib.training import checkpoints, loop, train
 from muffin_lib.training.calibration import apply_temperature
-from muffin_lib.training.engine import TrainConfig
 from muffin_lib.training.metrics import zero_one_loss
+from muffin_lib.training.recipe import TrainConfig
 
 BASE = TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16)
 SIZES = {"simple_cnn": 32, "deeper_cnn": 32, "resnet_like": 40}  # members may differ in image size
@@ -58,9 +58,9 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
 
     calibrated, labels, relpaths = [], None, None
     for member, path in paths.items():  # each member on its own test cache, independently of evaluate_candidates
-        model, stored = engine.load_checkpoint(path, device="cpu")
+        model, stored = checkpoints.load_checkpoint(path, device="cpu")
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=False)
-        proba = engine.predict_proba(model, test.images, stored["normalization"], device="cpu")
+        proba = loop.predict_proba(model, test.images, stored["normalization"], device="cpu")
         np.testing.assert_allclose(final.predictions[member]["probabilities"], proba, rtol=1e-5, atol=1e-6)
         calibrated.append(apply_temperature(proba, stored["extra"]["temperature"]))
         labels, relpaths = test.labels.numpy(), list(test.relpaths)
@@ -139,7 +139,7 @@ def test_06s_choice_is_the_existing_model_when_03_05_trained_exactly_that_config
     def no_training(*args, **kwargs):
         raise AssertionError("06's choice was trained again although notebook 03 has that model")
 
-    monkeypatch.setattr(engine, "fit", no_training)
+    monkeypatch.setattr(loop, "fit", no_training)
     assert evaluation.tuned_candidate(data_dir, work_dir, chosen.to_dict(), candidates, device="cpu",
                                       progress=False) == ("simple_cnn", candidates["simple_cnn"])
     monkeypatch.undo()

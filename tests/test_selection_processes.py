@@ -11,9 +11,9 @@ import torch
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import RunOptions, grid_search, processes
 from muffin_lib.selection.trial_store import TrialStore
-from muffin_lib.training import engine
+from muffin_lib.training import recipe
 
-TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, batch_size=16, lr=3e-3)
+TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, batch_size=16, lr=3e-3)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import RunOptions, cross_validate, grid_search
 from muffin_lib.selection.trial_store import TrialStore
-from muffin_lib.training import engine
+from muffin_lib.training import recipe
 
-TINY = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3)
+TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3)
 
 
 def test_missing_ray_is_a_clear_error(tiny_cv_data, tmp_path, monkeypatch):

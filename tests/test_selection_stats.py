@@ -174,7 +174,7 @@ def test_paired_table_covers_every_pair_with_holm():
 def test_cv_comparisons_are_holm_adjusted_and_judged_by_p_holm(cv_result):
     from muffin_lib.selection.cv import compare_all
     from muffin_lib.study.report.selection import comparison_finding
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
 
     losses = {
         "a": [0.10, 0.11, 0.10, 0.12, 0.10],

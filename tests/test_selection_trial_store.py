@@ -17,7 +17,7 @@ from muffin_lib.data.cache import load_images
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import RunOptions, cross_validate
 from muffin_lib.selection.trial_store import TrialStore, fold_plan_key, trial_key
-from muffin_lib.training import engine
+from muffin_lib.training import recipe, runtime
 
 
 def _add(store, key="k1", fold=0, scope="cv", loss=0.25):
@@ -92,7 +92,7 @@ def test_key_changes_with_execution_code_and_preprocessing(monkeypatch):
     with pytest.raises(TypeError):
         trial_key("cfg-a", "fp-1", plan, "cpu/fp32")
 
-    monkeypatch.setattr(engine, "CODE_VERSION", engine.CODE_VERSION + 1)
+    monkeypatch.setattr(recipe, "CODE_VERSION", recipe.CODE_VERSION + 1)
     new_code = trial_key("cfg-a", "fp-1", plan, execution="cpu/fp32")
     assert new_code != base
     monkeypatch.setattr(imageio, "PREPROCESS_VERSION", imageio.PREPROCESS_VERSION + 1)
@@ -103,28 +103,27 @@ def test_key_changes_with_execution_code_and_preprocessing(monkeypatch):
 
 
 def test_execution_key_names_device_type_and_precision(monkeypatch):
-    from muffin_lib.training import runtime
 
-    assert engine.CODE_VERSION == 2
-    assert engine.execution_key("off", "cpu") == "cpu/fp32"
+    assert recipe.CODE_VERSION == 2
+    assert runtime.execution_key("off", "cpu") == "cpu/fp32"
     monkeypatch.delenv("MUFFIN_CPU_BF16", raising=False)  # the hardware rule, not conftest's pin
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # a Zen 3: no bf16 hardware
-    assert engine.execution_key("auto", "cpu") == "cpu/fp32"
+    assert runtime.execution_key("auto", "cpu") == "cpu/fp32"
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
-    assert engine.execution_key("auto", "cpu") == "cpu/bf16"  # no workload: the instructions decide
-    assert engine.execution_key("bf16", "cpu") == "cpu/bf16"
-    assert engine.execution_key("off", torch.device("cpu")) == "cpu/fp32"
+    assert runtime.execution_key("auto", "cpu") == "cpu/bf16"  # no workload: the instructions decide
+    assert runtime.execution_key("bf16", "cpu") == "cpu/bf16"
+    assert runtime.execution_key("off", torch.device("cpu")) == "cpu/fp32"
     with pytest.raises(MuffinError, match="fp16"):
-        engine.execution_key("fp16", "cpu")
+        runtime.execution_key("fp16", "cpu")
     if torch.cuda.is_available():
-        assert engine.execution_key("off", "cuda") == "cuda/fp32"
-        assert engine.execution_key("fp16", "cuda:0") == "cuda/fp16"
+        assert runtime.execution_key("off", "cuda") == "cuda/fp32"
+        assert runtime.execution_key("fp16", "cuda:0") == "cuda/fp16"
         auto = "cuda/bf16" if torch.cuda.is_bf16_supported() else "cuda/fp16"
-        assert engine.execution_key("auto", "cuda") == auto
+        assert runtime.execution_key("auto", "cuda") == auto
 
 
 def test_cross_validate_trains_again_after_a_code_version_bump(synthetic_data_dir, tmp_path, monkeypatch):
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
     cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
     order = np.random.default_rng(0).permutation(len(cache.labels))
     folds = [(np.sort(order[32:]), np.sort(order[:32])), (np.sort(order[:32]), np.sort(order[32:]))]
@@ -144,7 +143,7 @@ def test_cross_validate_trains_again_after_a_code_version_bump(synthetic_data_di
     assert [t["execution"] for t in again.trials] == ["cpu/fp32", "cpu/fp32"]
     assert all(r["metrics"]["execution"] == "cpu/fp32" for r in store.records())
 
-    monkeypatch.setattr(engine, "CODE_VERSION", engine.CODE_VERSION + 1)
+    monkeypatch.setattr(recipe, "CODE_VERSION", recipe.CODE_VERSION + 1)
     bumped, statuses = run()
     assert statuses == ["trained", "trained"] and bumped.config_key != first.config_key
     assert len(store) == 4
@@ -206,7 +205,7 @@ def test_a_trial_run_otherwise_than_its_key_is_not_stored(synthetic_data_dir, tm
     """A worker that resolves the device otherwise than the driver (Ray without GPUs) must not store its result."""
     from muffin_lib.selection import TrialTask, run_task
 
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
     cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
     train_idx, test_idx = np.arange(0, 48), np.arange(48, 64)
     plan = fold_plan_key([(train_idx, test_idx)])
@@ -222,7 +221,7 @@ def test_a_trial_run_otherwise_than_its_key_is_not_stored(synthetic_data_dir, tm
 def test_key_functions_give_the_keys_stores_on_disk_hold(monkeypatch):
     """Trial stores already on disk are reused only while keys are computed as before. These values were
     computed by the code that filled them (before the selection package was reorganised, issue 17)."""
-    monkeypatch.setattr(engine, "CODE_VERSION", 7)
+    monkeypatch.setattr(recipe, "CODE_VERSION", 7)
     monkeypatch.setattr(imageio, "PREPROCESS_VERSION", 3)
     folds = [(np.array([0, 1, 2]), np.array([3, 4])), (np.array([3, 4]), np.array([0, 1, 2]))]
     assert fold_plan_key(folds) == "b69ac5570cf09a49"
@@ -251,7 +250,7 @@ def test_cv_grid_and_nested_cv_key_their_trials_as_before(monkeypatch, tmp_path)
                             relpaths=[f"{i}.jpg" for i in range(n)], fingerprint="fp-abc")
     groups = np.arange(n) // 2
     folds = stratified_folds(cache.labels.numpy(), 3, 0, groups=groups)
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, amp="off")
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, amp="off")
     store = TrialStore(tmp_path / "trials.sqlite")
     options = RunOptions(store=store, device="cpu", progress=False)
     result = cross_validate(config, cache, folds, groups=groups, options=options)
@@ -261,7 +260,7 @@ def test_cv_grid_and_nested_cv_key_their_trials_as_before(monkeypatch, tmp_path)
     records = store.records()
     assert {r["scope"] for r in records} == {"cv", "nested-inner", "nested-outer"}
     for record in records:
-        key = engine.TrainConfig.from_dict(record["config"]).key()
+        key = recipe.TrainConfig.from_dict(record["config"]).key()
         assert record["config_key"] == trial_key(key, "fp-abc", record["plan_key"], execution="cpu/fp32")
         assert record["fingerprint"] == "fp-abc" and record["execution"] == "cpu/fp32"
     assert {r["plan_key"] for r in records if r["scope"] == "cv"} == {fold_plan_key(folds)}

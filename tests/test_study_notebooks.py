@@ -130,7 +130,7 @@ def test_every_parameter_is_documented():
 def test_training_notebooks_default_to_the_library_recipe(name):
     import ast
 
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
 
     defaults = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
     recipe = TrainConfig()
@@ -143,7 +143,7 @@ def test_selection_notebooks_default_to_the_library_budget(name):
     import ast
 
     from muffin_lib.selection.budget import SELECTION
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
 
     defaults = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb")).items()}
     expected = {
@@ -164,7 +164,7 @@ def test_selection_notebooks_default_to_the_library_budget(name):
 def test_cv_cli_defaults_are_the_budget_and_recipe():
     from muffin_lib.cli import build_parser
     from muffin_lib.selection.budget import SELECTION
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
 
     args = build_parser("cv").parse_args(["cv"])
     assert args.image_size == [SELECTION.image_size] and args.epochs == [SELECTION.epochs]
@@ -174,7 +174,7 @@ def test_cv_cli_defaults_are_the_budget_and_recipe():
 
 def test_train_cli_defaults_are_the_recipe():
     from muffin_lib.cli import build_parser
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
 
     args = build_parser("train").parse_args(["train"])
     recipe = TrainConfig()
@@ -187,7 +187,7 @@ def _library_defaults(name: str) -> dict:
     transfer recipe (08) and the split settings, all from the library."""
     from muffin_lib.data.splits import N_SPLITS, VAL_FRACTION
     from muffin_lib.selection.budget import SELECTION
-    from muffin_lib.training.engine import TRANSFER_RECIPE, TrainConfig
+    from muffin_lib.training.recipe import TRANSFER_RECIPE, TrainConfig
 
     recipe = TRANSFER_RECIPE if name.startswith("08") else TrainConfig()
     fields = ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed")
@@ -256,7 +256,7 @@ def test_start_outside_ipython_takes_the_plain_public_names(tmp_path):
 def test_every_parameter_is_used(path):
     """A parameter no cell reads would be dropped silently: each one is read as params.NAME (or
     params["NAME"]) in a code cell, or is a TrainConfig field of a notebook that calls notebook.train_config."""
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
 
     nb = _read(path)
     cell = _parameters_cell(nb)
@@ -286,13 +286,13 @@ def test_a_new_train_config_field_is_a_parameter_of_the_training_notebooks(name,
     """No edit but the field: the runner passes it to 03-07 (-p), start takes papermill's injected name, and
     train_config puts it in the config."""
     from muffin_lib.study.runner import notebook_parameters
-    from muffin_lib.training import engine
+    from muffin_lib.training import recipe
 
     @dataclasses.dataclass(frozen=True)
-    class Extended(engine.TrainConfig):
+    class Extended(recipe.TrainConfig):
         warmup_epochs: int = 0
 
-    monkeypatch.setattr(engine, "TrainConfig", Extended)
+    monkeypatch.setattr(recipe, "TrainConfig", Extended)
     path = ROOT / "notebooks" / f"{name}.ipynb"
     assert notebook_parameters(path)["warmup_epochs"] == "0"
     injected = f'# Parameters\nwork_dir = "{tmp_path}"\nwarmup_epochs = 2\n'

@@ -12,7 +12,7 @@ from muffin_lib.selection.budget import FULL, QUICK, SELECTION, budget_for, sett
 from muffin_lib.study import notebook, runner
 from muffin_lib.study.report import selection as report_selection
 from muffin_lib.study.summary import format_summary
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 
 def test_the_full_budget_is_the_recipe_notebooks_03_05_train():
@@ -106,7 +106,7 @@ def test_best_by_cv_counts_only_risks_at_the_candidates_recipe(tmp_path):
 
 def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_their_recipe():
     from muffin_lib.study.report.models import off_recipe
-    from muffin_lib.training.engine import TRANSFER_RECIPE
+    from muffin_lib.training.recipe import TRANSFER_RECIPE
 
     assert off_recipe(TrainConfig(model="deeper_cnn")) is None and off_recipe(TRANSFER_RECIPE) is None
     assert off_recipe(TRANSFER_RECIPE.replace(epochs=1)) == "128 px, 1 epoch (not its recipe's 128 px / 6)"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from muffin_lib.study import report
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 
 def test_format_ci_leaves_out_unknown_intervals():

@@ -17,7 +17,7 @@ from muffin_lib.selection import evaluation
 from muffin_lib.study import report
 from muffin_lib.study.summary import format_ending, format_summary
 from muffin_lib.training import predict, train
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 CONFIG = TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16)
 

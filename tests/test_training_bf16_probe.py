@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from muffin_lib.training import bf16_probe, engine, runtime
+from muffin_lib.training import bf16_probe, recipe, runtime
 
 ZEN3 = frozenset({"avx2", "fma"})
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
 XEON_AMX = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})
-CONFIG = engine.TrainConfig(model="deeper_cnn", image_size=128)
+CONFIG = recipe.TrainConfig(model="deeper_cnn", image_size=128)
 REAL_MEASURE = bf16_probe.measure
 
 
@@ -35,7 +35,7 @@ def cpu(monkeypatch, tmp_path):
 def test_a_cpu_without_bf16_instructions_never_probes_and_stays_fp32(cpu):
     probes = cpu(ZEN3)
     assert runtime.resolve_amp("auto", torch.device("cpu"), CONFIG) is None
-    assert engine.execution_key("auto", "cpu", CONFIG) == "cpu/fp32"
+    assert runtime.execution_key("auto", "cpu", CONFIG) == "cpu/fp32"
     assert "no native bf16" in runtime.precision_reason("auto", "cpu", CONFIG)
     assert probes == []
     # Explicit requests are obeyed whatever the hardware.
@@ -46,7 +46,7 @@ def test_a_cpu_without_bf16_instructions_never_probes_and_stays_fp32(cpu):
 @pytest.mark.parametrize("flags", [ZEN4, XEON_AMX])
 def test_bf16_where_the_probe_finds_it_faster_and_right(cpu, flags):
     probes = cpu(flags, bf16_probe.Bf16Verdict(True, "bf16: probe 1.90x bf16 vs fp32, parity ok", 1.9, 0.0, 0.05))
-    assert engine.execution_key("auto", "cpu", CONFIG) == "cpu/bf16"
+    assert runtime.execution_key("auto", "cpu", CONFIG) == "cpu/bf16"
     reason = runtime.precision_reason("auto", "cpu", CONFIG)
     assert reason.startswith("bf16: probe 1.90x") and ("avx512_bf16" in reason)
     # Cached per machine and workload: the second question measures nothing, another model measures once.
@@ -58,7 +58,7 @@ def test_bf16_where_the_probe_finds_it_faster_and_right(cpu, flags):
 
 def test_fp32_where_the_probe_finds_bf16_slower(cpu):
     cpu(ZEN4, bf16_probe.Bf16Verdict(False, "fp32: probe 1.02x bf16 vs fp32 (needs 1.15x)", 1.02, 0.0, 0.05))
-    assert engine.execution_key("auto", "cpu", CONFIG) == "cpu/fp32"
+    assert runtime.execution_key("auto", "cpu", CONFIG) == "cpu/fp32"
     assert "1.02x" in runtime.precision_reason("auto", "cpu", CONFIG)
 
 
@@ -79,10 +79,10 @@ def test_a_mismatch_keeps_fp32_and_says_why(cpu, monkeypatch):
 def test_the_override_wins_both_ways(cpu, monkeypatch):
     probes = cpu(ZEN3)
     monkeypatch.setenv("MUFFIN_CPU_BF16", "1")
-    assert engine.execution_key("auto", "cpu", CONFIG) == "cpu/bf16"
+    assert runtime.execution_key("auto", "cpu", CONFIG) == "cpu/bf16"
     cpu(XEON_AMX)
     monkeypatch.setenv("MUFFIN_CPU_BF16", "0")
-    assert engine.execution_key("auto", "cpu", CONFIG) == "cpu/fp32"
+    assert runtime.execution_key("auto", "cpu", CONFIG) == "cpu/fp32"
     assert runtime.precision_reason("auto", "cpu", CONFIG) == "fp32: MUFFIN_CPU_BF16=0"
     assert probes == []
 

@@ -15,8 +15,8 @@ from muffin_lib import cli
 from muffin_lib.config import CLASSES
 from muffin_lib.data.synthetic import make_synthetic_dataset
 from muffin_lib.study import plots, report
-from muffin_lib.training import engine, explain, predict, train
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training import checkpoints, explain, loop, predict, train
+from muffin_lib.training.recipe import TrainConfig
 
 CONFIG = TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16)
 THREE = ("bagel", "cat", "donut")
@@ -33,7 +33,7 @@ def three(tmp_path_factory):
 def test_a_three_class_model_is_trained_saved_and_reported_with_its_names(three):
     data, work, run = three
     assert run.class_names == THREE and run.model.muffin_spec["num_classes"] == 3
-    _, stored = engine.load_checkpoint(run.checkpoint_path, device="cpu")
+    _, stored = checkpoints.load_checkpoint(run.checkpoint_path, device="cpu")
     assert stored["class_names"] == list(THREE) and stored["num_classes"] == 3
     shown = run.val_predictions
     assert shown["class_names"] == list(THREE) and np.asarray(shown["probabilities"]).shape == (run.val_scores["n"], 3)
@@ -156,8 +156,8 @@ def test_selection_trials_build_one_output_per_class_of_the_cache_not_of_the_lab
                        relpaths=[f"{i}.jpg" for i in range(24)], data_dir=Path("."), split="train", image_size=32,
                        color_mode="rgb", key="k", fingerprint="f", synthetic=True, class_names=THREE)
     built = []
-    fit = engine.fit
-    monkeypatch.setattr(engine, "fit", lambda *a, **k: built.append(k["num_classes"]) or fit(*a, **k))
+    fit = loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: built.append(k["num_classes"]) or fit(*a, **k))
     folds = stratified_folds(labels.numpy(), 2, 0)
     cross_validate(CONFIG.replace(color_mode="rgb"), cache, folds, options=RunOptions(device="cpu", progress=False))
     assert built == [3, 3]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.training import augment, engine
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training import augment, checkpoints, loop, recipe, tensors
+from muffin_lib.training.recipe import TrainConfig
 
 SIZE = 32
 
@@ -47,7 +47,7 @@ def test_config_key_dict_and_replace():
 
 def test_fit_learns_and_reports_history():
     images, labels = _bright_vs_dark(96)
-    result = engine.fit(_config(epochs=3, lr=3e-3), images, labels, images[:32], labels[:32], device="cpu", progress=False)
+    result = loop.fit(_config(epochs=3, lr=3e-3), (images, labels), (images[:32], labels[:32]), device="cpu", progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_zero_one_loss", "lr",
             "seconds", "images_per_s"}
@@ -55,33 +55,33 @@ def test_fit_learns_and_reports_history():
     assert result.history[-1]["val_zero_one_loss"] <= 0.1
     assert not result.model.training and result.device == "cpu" and result.amp == "off"
     assert result.history[-1]["lr"] < 1e-4  # one-cycle ends near zero
-    scores = engine.evaluate(result.model, images[:32], labels[:32], result.normalization, device="cpu")
+    scores = loop.evaluate(result.model, images[:32], labels[:32], result.normalization, device="cpu")
     assert scores["zero_one_loss"] == pytest.approx(result.history[-1]["val_zero_one_loss"])
     assert scores["errors"] == round(scores["zero_one_loss"] * 32) and scores["n"] == 32
 
 
 def test_flip_tta_scores_the_mean_probability_of_each_image_and_its_mirror():
     images, labels = _bright_vs_dark(64)
-    result = engine.fit(_config(epochs=1), images, labels, device="cpu", progress=False)
+    result = loop.fit(_config(epochs=1), (images, labels), device="cpu", progress=False)
     held_out, held_labels = _bright_vs_dark(40, seed=1)
-    scores = engine.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu", flip_tta=True)
-    plain = engine.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu")
+    scores = loop.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu", flip_tta=True)
+    plain = loop.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu")
     assert {k: scores[k] for k in plain} == plain  # the plain scores do not move
-    by_hand = engine.predict_proba(result.model, held_out, result.normalization, device="cpu") + engine.predict_proba(
+    by_hand = loop.predict_proba(result.model, held_out, result.normalization, device="cpu") + loop.predict_proba(
         result.model, held_out.flip(-1), result.normalization, device="cpu"
     )
     expected = int((by_hand.argmax(1) != held_labels.numpy()).sum())
     assert scores["flip_tta_errors"] == expected and scores["flip_tta_zero_one_loss"] == expected / 40
     # Images that are their own mirror: the flip changes nothing.
     symmetric = torch.cat([held_out[..., : SIZE // 2], held_out[..., : SIZE // 2].flip(-1)], dim=-1)
-    same = engine.evaluate(result.model, symmetric, held_labels, result.normalization, device="cpu", flip_tta=True)
+    same = loop.evaluate(result.model, symmetric, held_labels, result.normalization, device="cpu", flip_tta=True)
     assert same["flip_tta_errors"] == same["errors"]
 
 
 def test_normalization_comes_from_the_training_images_only():
     images, labels = _bright_vs_dark(32)
     val_images = torch.full((8, 1, SIZE, SIZE), 255, dtype=torch.uint8)
-    result = engine.fit(_config(epochs=1), images, labels, val_images, labels[:8], device="cpu", progress=False)
+    result = loop.fit(_config(epochs=1), (images, labels), (val_images, labels[:8]), device="cpu", progress=False)
     pixels = images.double() / 255
     assert result.normalization["mean"] == pytest.approx([pixels.mean().item()])
     assert result.normalization["std"] == pytest.approx([pixels.std(unbiased=False).item()])
@@ -90,20 +90,20 @@ def test_normalization_comes_from_the_training_images_only():
 def test_same_seed_same_losses_on_cpu():
     images, labels = _bright_vs_dark(48)
     config = _config(model="deeper_cnn", augment="flip_rotate_crop")
-    runs = [engine.fit(config, images, labels, images[:16], labels[:16], device="cpu", progress=False) for _ in range(2)]
+    runs = [loop.fit(config, (images, labels), (images[:16], labels[:16]), device="cpu", progress=False) for _ in range(2)]
     losses = [[(h["train_loss"], h["val_loss"]) for h in run.history] for run in runs]
     assert losses[0] == losses[1]
-    other = engine.fit(config.replace(seed=1), images, labels, device="cpu", progress=False)
+    other = loop.fit(config.replace(seed=1), (images, labels), device="cpu", progress=False)
     assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
 
 
 def test_bf16_autocast_runs_on_cpu():
     images, labels = _bright_vs_dark(32, channels=3)
     config = _config(model="resnet_like", color_mode="rgb", amp="bf16", epochs=1)
-    result = engine.fit(config, images, labels, images[:8], labels[:8], device="cpu", progress=False)
+    result = loop.fit(config, (images, labels), (images[:8], labels[:8]), device="cpu", progress=False)
     assert result.amp == "bf16" and math.isfinite(result.history[0]["train_loss"])
     with pytest.raises(MuffinError, match="needs a CUDA GPU"):
-        engine.fit(config.replace(amp="fp16"), images, labels, device="cpu", progress=False)
+        loop.fit(config.replace(amp="fp16"), (images, labels), device="cpu", progress=False)
 
 
 def test_evaluation_never_augments(monkeypatch):
@@ -116,39 +116,39 @@ def test_evaluation_never_augments(monkeypatch):
 
     augment_batch = augment.augment_batch
     monkeypatch.setattr(augment, "augment_batch", counting)
-    result = engine.fit(_config(epochs=2), images, labels, images[:24], labels[:24], device="cpu", progress=False)
+    result = loop.fit(_config(epochs=2), (images, labels), (images[:24], labels[:24]), device="cpu", progress=False)
     assert sum(calls) == 2 * 40  # training batches only, not the 2 x 24 validation images
     calls.clear()
-    engine.evaluate(result.model, images, labels, result.normalization, device="cpu")
-    engine.predict_proba(result.model, images, result.normalization, device="cpu")
+    loop.evaluate(result.model, images, labels, result.normalization, device="cpu")
+    loop.predict_proba(result.model, images, result.normalization, device="cpu")
     assert calls == []
 
 
 def test_last_batch_of_one_is_dropped():
     images, labels = _bright_vs_dark(33)
-    result = engine.fit(_config(epochs=1), images, labels, device="cpu", progress=False)
+    result = loop.fit(_config(epochs=1), (images, labels), device="cpu", progress=False)
     assert result.history[0]["images_per_s"] > 0
-    assert engine.batch_starts(33, 16) == [0, 16] and engine.batch_starts(34, 16) == [0, 16, 32]
+    assert loop.batch_starts(33, 16) == [0, 16] and loop.batch_starts(34, 16) == [0, 16, 32]
 
 
 def test_early_stopping_restores_the_best_epoch():
     images, labels = _bright_vs_dark(64, seed=1)
     val_images, val_labels = _bright_vs_dark(16, seed=2)
     config = _config(epochs=4, lr=0.05, schedule="constant", early_stopping_patience=1)
-    result = engine.fit(config, images, labels, val_images, val_labels, device="cpu", progress=False)
+    result = loop.fit(config, (images, labels), (val_images, val_labels), device="cpu", progress=False)
     val_losses = [h["val_loss"] for h in result.history]
     assert result.best_epoch == int(np.argmin(val_losses)) + 1
-    restored = engine.evaluate(result.model, val_images, val_labels, result.normalization, device="cpu")
+    restored = loop.evaluate(result.model, val_images, val_labels, result.normalization, device="cpu")
     assert restored["loss"] == pytest.approx(min(val_losses), rel=1e-5)
     with pytest.raises(MuffinError, match="validation set"):
-        engine.fit(config, images, labels, device="cpu", progress=False)
+        loop.fit(config, (images, labels), device="cpu", progress=False)
 
 
 def test_on_epoch_can_stop_training():
     images, labels = _bright_vs_dark(32)
     seen = []
-    result = engine.fit(
-        _config(epochs=5), images, labels, device="cpu", progress=False, on_epoch=lambda r: seen.append(r) or True
+    result = loop.fit(
+        _config(epochs=5), (images, labels), device="cpu", progress=False, on_epoch=lambda r: seen.append(r) or True
     )
     assert len(result.history) == 1 and result.stopped_early and seen[0]["epoch"] == 1
 
@@ -156,29 +156,29 @@ def test_on_epoch_can_stop_training():
 def test_transfer_random_init_trains_a_step():
     images, labels = _bright_vs_dark(8)
     config = _config(model="transfer", epochs=1, batch_size=8)
-    result = engine.fit(config, images, labels, device="cpu", progress=False)
+    result = loop.fit(config, (images, labels), device="cpu", progress=False)
     assert math.isfinite(result.history[0]["train_loss"])
     assert result.normalization["mean"] != pytest.approx([0.449])  # pretrained=False: own statistics
 
 
 def test_pretrained_uses_the_networks_own_statistics():
     # EfficientNet-Lite0's own inputs: [-1, 1] (TensorFlow's training), whatever the data's statistics
-    assert engine.pretrained_normalization(3) == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-    assert engine.pretrained_normalization(1) == {"mean": [0.5], "std": [0.5]}
+    assert tensors.pretrained_normalization(3) == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert tensors.pretrained_normalization(1) == {"mean": [0.5], "std": [0.5]}
 
 
 def test_checkpoint_round_trip(tmp_path):
     images, labels = _bright_vs_dark(32, channels=3)
     config = _config(model="resnet_like", color_mode="rgb", epochs=1)
-    result = engine.fit(config, images, labels, images[:8], labels[:8], device="cpu", progress=False)
-    path = engine.save_checkpoint(tmp_path / "ck" / "model.pt", result, extra={"fingerprint": "abc"})
-    model, checkpoint = engine.load_checkpoint(path, device="cpu")
+    result = loop.fit(config, (images, labels), (images[:8], labels[:8]), device="cpu", progress=False)
+    path = checkpoints.save_checkpoint(tmp_path / "ck" / "model.pt", result, extra={"fingerprint": "abc"})
+    model, checkpoint = checkpoints.load_checkpoint(path, device="cpu")
     assert checkpoint["model_name"] == "resnet_like" and checkpoint["color_mode"] == "rgb"
     assert checkpoint["class_names"] == ["chihuahua", "muffin"] and checkpoint["extra"] == {"fingerprint": "abc"}
     assert checkpoint["config_key"] == config.key() and len(checkpoint["history"]) == 1
     assert TrainConfig.from_dict(checkpoint["config"]) == config
-    before = engine.predict_proba(result.model, images, result.normalization, device="cpu")
-    after = engine.predict_proba(model, images, checkpoint["normalization"], device="cpu")
+    before = loop.predict_proba(result.model, images, result.normalization, device="cpu")
+    after = loop.predict_proba(model, images, checkpoint["normalization"], device="cpu")
     assert before.shape == (32, 2) and np.array_equal(before, after)
     assert np.allclose(after.sum(axis=1), 1.0, atol=1e-6)
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left behind
@@ -186,15 +186,15 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(MuffinError, match="does not exist"):
-        engine.load_checkpoint(tmp_path / "missing.pt")
+        checkpoints.load_checkpoint(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(MuffinError, match="could not be read"):
-        engine.load_checkpoint(corrupt)
+        checkpoints.load_checkpoint(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(MuffinError, match="not a muffin checkpoint"):
-        engine.load_checkpoint(foreign)
+        checkpoints.load_checkpoint(foreign)
 
 
 def test_input_validation():
@@ -212,12 +212,12 @@ def test_input_validation():
     ]
     for (x, y), message in cases:
         with pytest.raises(MuffinError, match=message):
-            engine.fit(config, x, y, device="cpu", progress=False)
-    with pytest.raises(MuffinError, match="without val_labels"):
-        engine.fit(config, images, labels, images, device="cpu", progress=False)
-    result = engine.fit(config, images.numpy(), labels.tolist(), device="cpu", progress=False)  # numpy/lists work
+            loop.fit(config, (x, y), device="cpu", progress=False)
+    with pytest.raises(MuffinError, match=r"validation data must be a pair \(images, labels\)"):
+        loop.fit(config, (images, labels), (images,), device="cpu", progress=False)
+    result = loop.fit(config, (images.numpy(), labels.tolist()), device="cpu", progress=False)  # numpy/lists work
     with pytest.raises(MuffinError, match="expects 32x32"):
-        engine.predict_proba(result.model, images[:, :, :20, :20], result.normalization, device="cpu")
+        loop.predict_proba(result.model, images[:, :, :20, :20], result.normalization, device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -228,19 +228,19 @@ def test_fit_evaluate_predict_on_cuda(device):
 
     assert runtime.resolve_device(device) == torch.device("cuda", torch.cuda.current_device())
     images, labels = _bright_vs_dark(96)
-    result = engine.fit(_config(epochs=3, lr=3e-3), images, labels, images[:32], labels[:32], device=device, progress=False)
+    result = loop.fit(_config(epochs=3, lr=3e-3), (images, labels), (images[:32], labels[:32]), device=device, progress=False)
     assert result.device.startswith("cuda") and result.amp == "bf16"
     assert result.history[-1]["val_zero_one_loss"] <= 0.1
-    scores = engine.evaluate(result.model, images[:32], labels[:32], result.normalization, device=device)
+    scores = loop.evaluate(result.model, images[:32], labels[:32], result.normalization, device=device)
     assert scores["zero_one_loss"] == pytest.approx(result.history[-1]["val_zero_one_loss"])
 
 
 def test_device_resolution_errors():
     if not torch.cuda.is_available():
         with pytest.raises(MuffinError, match="no CUDA GPU"):
-            engine.fit(_config(), *_bright_vs_dark(8), device="cuda", progress=False)
+            loop.fit(_config(), _bright_vs_dark(8), device="cuda", progress=False)
     with pytest.raises(MuffinError, match="unknown device"):
-        engine.fit(_config(), *_bright_vs_dark(8), device="tpu", progress=False)
+        loop.fit(_config(), _bright_vs_dark(8), device="tpu", progress=False)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -314,6 +314,6 @@ def test_auto_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch, capability, e
 
 
 def test_amp_is_not_part_of_the_config_key_the_execution_key_carries_the_precision():
-    base = engine.TrainConfig()
+    base = recipe.TrainConfig()
     assert base.key() == base.replace(amp="bf16").key() == base.replace(amp="off").key()
     assert base.key() != base.replace(lr=base.lr * 2).key()

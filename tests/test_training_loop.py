@@ -1,5 +1,5 @@
 """Notebook 03 writes out the loop inside ``train_model`` in plain float32: its cells, run as they stand in
-the notebook, give ``engine.fit``'s history in float32 and the default memory layout. The library's fast
+the notebook, give ``loop.fit``'s history in float32 and the default memory layout. The library's fast
 path (bf16 autocast, channels-last) stays close to its own float32 result."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from muffin_lib.study import notebook
-from muffin_lib.training import engine, models, train
+from muffin_lib.training import loop, models, recipe, train
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_simple_cnn.ipynb"
@@ -36,7 +36,7 @@ def test_the_written_out_loop_is_plain_fp32():
 
 
 def test_the_written_out_loop_is_fits_loop_in_fp32(synthetic_data_dir, tmp_path):
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2,
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2,
                                 batch_size=16)
     params = notebook.apply_profile("full", "03_simple_cnn", {
         "data_dir": synthetic_data_dir, "work_dir": tmp_path, "device": "cpu", "val_fraction": 0.2,
@@ -47,7 +47,7 @@ def test_the_written_out_loop_is_fits_loop_in_fp32(synthetic_data_dir, tmp_path)
         exec(compile(source, str(NOTEBOOK), "exec"), namespace)
     assert namespace["short"] == config  # loop_epochs == epochs: the same run
 
-    # train_model (engine.fit) in float32 and the default memory layout, on the notebook loop's split
+    # train_model (loop.fit) in float32 and the default memory layout, on the notebook loop's split
     run = train.train_model(synthetic_data_dir, tmp_path, config.replace(amp="off", channels_last=False),
                             val_fraction=0.2, device="cpu", progress=False)
     assert not run.resumed and run.precision.startswith("fp32")
@@ -76,12 +76,11 @@ FAST_PATH_TOLERANCE = {"bf16": 0.05, "channels_last": 1e-3}
 def test_fits_fast_path_agrees_with_its_fp32_result(tiny_cv_data, switch, changes):
     data, folds = tiny_cv_data
     train_idx, val_idx = folds[0]
-    config = engine.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=3,
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=3,
                                 batch_size=16, amp="off", channels_last=False)
 
     def final(config):
-        result = engine.fit(config, data.images[train_idx], data.labels[train_idx], data.images[val_idx],
-                            data.labels[val_idx], device="cpu", progress=False,
+        result = loop.fit(config, (data.images[train_idx], data.labels[train_idx]), (data.images[val_idx], data.labels[val_idx]), device="cpu", progress=False,
                             num_classes=len(data.class_names))
         return result, result.history[-1]
 
@@ -95,8 +94,8 @@ def test_fits_fast_path_agrees_with_its_fp32_result(tiny_cv_data, switch, change
 
 def test_epoch_batches_is_fits_batch_order():
     order = torch.Generator().manual_seed(3)
-    first, second = engine.epoch_batches(33, 16, order), engine.epoch_batches(33, 16, order)
+    first, second = loop.epoch_batches(33, 16, order), loop.epoch_batches(33, 16, order)
     assert [len(b) for b in first] == [16, 16] == [len(b) for b in second]  # the batch of one is dropped
-    assert engine.steps_per_epoch(33, 16) == 2 and engine.steps_per_epoch(34, 16) == 3
+    assert loop.steps_per_epoch(33, 16) == 2 and loop.steps_per_epoch(34, 16) == 3
     assert not torch.equal(torch.cat(first), torch.cat(second))  # a new order every epoch
     assert torch.equal(torch.cat(first), torch.randperm(33, generator=torch.Generator().manual_seed(3))[:32])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from muffin_lib.training.engine import TRANSFER_RECIPE, TrainConfig
+from muffin_lib.training.recipe import TRANSFER_RECIPE, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.training import bench, engine, runtime
+from muffin_lib.training import bench, checkpoints, loop, models, recipe, runtime, tensors
 
 MPS, CPU, CUDA = torch.device("mps"), torch.device("cpu"), torch.device("cuda", 0)
 
@@ -62,8 +62,8 @@ def _rgb_task(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(torch.uint8), labels
 
 
-def _config(**changes) -> engine.TrainConfig:
-    return engine.TrainConfig(**{"model": "simple_cnn", "image_size": 32, "color_mode": "rgb", "epochs": 1,
+def _config(**changes) -> recipe.TrainConfig:
+    return recipe.TrainConfig(**{"model": "simple_cnn", "image_size": 32, "color_mode": "rgb", "epochs": 1,
                                  "batch_size": 8, "augment": "flip_rotate", **changes})
 
 
@@ -84,20 +84,19 @@ def _watch_inputs(monkeypatch) -> list[dict]:
         }))
         return model
 
-    real_build = engine.build_model
-    monkeypatch.setattr(engine, "build_model", build_and_watch)
+    real_build = models.build_model
+    monkeypatch.setattr(models, "build_model", build_and_watch)
     return seen
 
 
 def test_fit_under_the_mps_rules_trains_contiguous_in_fp32_and_says_why(mps_rules, monkeypatch, caplog):
     seen = _watch_inputs(monkeypatch)
     images, labels = _rgb_task()
-    with caplog.at_level(logging.INFO, logger="muffin_lib.training.engine"):
-        result = engine.fit(_config(amp="auto", channels_last=True), images[:16], labels[:16], images[16:],
-                            labels[16:], device="cpu", progress=False)
+    with caplog.at_level(logging.INFO, logger="muffin_lib.training.loop"):
+        result = loop.fit(_config(amp="auto", channels_last=True), (images[:16], labels[:16]), (images[16:], labels[16:]), device="cpu", progress=False)
     assert result.amp == "off"
     assert all(p.is_contiguous() for p in result.model.parameters())
-    assert not engine.uses_channels_last(result.model)
+    assert not tensors.uses_channels_last(result.model)
     assert seen and any(s["training"] for s in seen) and any(not s["training"] for s in seen)  # train and validation
     assert all(s["contiguous"] and not s["channels_last"] for s in seen)
     assert all(s["dtype"] == torch.float32 and not s["autocast"] for s in seen)
@@ -112,10 +111,10 @@ def test_fit_on_the_cpu_trains_channels_last(monkeypatch, caplog):
     # augmented training batches come out of grid_sample contiguous; the weights decide the convolutions' layout).
     seen = _watch_inputs(monkeypatch)
     images, labels = _rgb_task()
-    with caplog.at_level(logging.INFO, logger="muffin_lib.training.engine"):
-        result = engine.fit(_config(amp="off"), images[:16], labels[:16], images[16:], labels[16:], device="cpu",
+    with caplog.at_level(logging.INFO, logger="muffin_lib.training.loop"):
+        result = loop.fit(_config(amp="off"), (images[:16], labels[:16]), (images[16:], labels[16:]), device="cpu",
                             progress=False)
-    assert engine.uses_channels_last(result.model)
+    assert tensors.uses_channels_last(result.model)
     validation = [s for s in seen if not s["training"]]
     assert validation and all(s["channels_last"] for s in validation)
     assert "channels-last memory format" in caplog.text and "on cpu:" not in caplog.text
@@ -123,30 +122,30 @@ def test_fit_on_the_cpu_trains_channels_last(monkeypatch, caplog):
 
 def test_prediction_and_checkpoints_under_the_mps_rules_are_contiguous(tmp_path, monkeypatch):
     images, labels = _rgb_task()
-    result = engine.fit(_config(amp="off"), images, labels, device="cpu", progress=False)
-    path = engine.save_checkpoint(tmp_path / "model.pt", result)
+    result = loop.fit(_config(amp="off"), (images, labels), device="cpu", progress=False)
+    path = checkpoints.save_checkpoint(tmp_path / "model.pt", result)
     model = result.model
-    assert engine.uses_channels_last(model)
-    expected = engine.predict_proba(model, images, result.normalization, device="cpu")
+    assert tensors.uses_channels_last(model)
+    expected = loop.predict_proba(model, images, result.normalization, device="cpu")
 
     monkeypatch.setattr(runtime, "policy_device_type", lambda device: "mps")
     inputs = []
     model.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-    proba = engine.predict_proba(model, images, result.normalization, device="cpu")
-    assert not engine.uses_channels_last(model) and all(p.is_contiguous() for p in model.parameters())
+    proba = loop.predict_proba(model, images, result.normalization, device="cpu")
+    assert not tensors.uses_channels_last(model) and all(p.is_contiguous() for p in model.parameters())
     assert inputs and all(x.is_contiguous() and not _strictly_channels_last(x) for x in inputs)
     assert proba == pytest.approx(expected, abs=1e-5)  # the same model, another layout
 
-    loaded, _ = engine.load_checkpoint(path, device="cpu")
-    assert not engine.uses_channels_last(loaded) and all(p.is_contiguous() for p in loaded.parameters())
+    loaded, _ = checkpoints.load_checkpoint(path, device="cpu")
+    assert not tensors.uses_channels_last(loaded) and all(p.is_contiguous() for p in loaded.parameters())
     monkeypatch.undo()
-    assert engine.uses_channels_last(engine.load_checkpoint(path, device="cpu")[0])
+    assert tensors.uses_channels_last(checkpoints.load_checkpoint(path, device="cpu")[0])
 
 
 def test_train_step_and_bench_follow_the_mps_rules(mps_rules):
     config = _config(amp="auto", channels_last=True)
-    model = engine.build_model("simple_cnn", in_channels=3, image_size=32)
-    train_step = engine.TrainStep(model, config, CPU, {"mean": [0.5] * 3, "std": [0.25] * 3}, total_steps=10)
+    model = models.build_model("simple_cnn", in_channels=3, image_size=32)
+    train_step = loop.TrainStep(model, config, CPU, {"mean": [0.5] * 3, "std": [0.25] * 3}, total_steps=10)
     assert train_step.normalize.memory_format == torch.contiguous_format and train_step.amp_dtype is None
     images, labels = _rgb_task(16)
     timing = bench._muffin_pipeline(images, labels, _config(amp="auto"), CPU, seconds=0.05)

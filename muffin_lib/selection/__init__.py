@@ -4,7 +4,7 @@ Rules that keep the estimates honest:
 
 * every configuration of a grid is scored on the SAME folds (indices into the cache order);
 * each fold trains a fresh model, seeded from ``config.seed`` and the fold number, on the other K-1
-  folds (normalisation and augmentation come from those only, inside ``engine.fit``);
+  folds (normalisation and augmentation come from those only, inside ``loop.fit``);
 * the held-out fold is only evaluated, once, with the model after the configured number of epochs.
   No epoch is chosen on it; when ``early_stopping_patience`` is set, the early-stopping split is
   carved out of the training folds, twin-grouped when the split plan's ``groups`` are passed;

@@ -1,7 +1,7 @@
 """The study's model-selection budgets: the one home of what notebooks 06-07 and the ``cv`` CLI run.
 
 ``FULL`` (profile ``full``) selects and estimates at the recipe the study ships: the image size and epochs
-of ``engine.TrainConfig``, so notebook 07's CV risk of each architecture is the risk of exactly the models
+of ``recipe.TrainConfig``, so notebook 07's CV risk of each architecture is the risk of exactly the models
 notebooks 03-05 train, and the last rung of 06's grid runs that recipe too. Successive halving keeps the
 grid affordable: every configuration first trains a complete 3-epoch schedule on every fold, the best
 third (2 of 6) then the full schedule. Nested CV repeats 06's procedure inside each outer fold with the same
@@ -13,7 +13,7 @@ epochs for 06-07, 2 inner folds for nested CV, so the whole series fits about an
 risks describe 64 px / 8-epoch models, not the shipped ones; every table and summary line it produces says
 so (``SelectionBudget.label``), and ``benchmarks/README.md`` measures how well it agrees with ``FULL``.
 The other training settings (colour, optimiser, augmentation, label smoothing, peak lr, batch size) are the
-recipe of ``engine.TrainConfig`` in both.
+recipe of ``recipe.TrainConfig`` in both.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from muffin_lib.data.splits import N_SPLITS
 from muffin_lib.errors import MuffinError
 from muffin_lib.text import plural
-from muffin_lib.training.engine import TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 _RECIPE = TrainConfig()
 

@@ -43,8 +43,8 @@ _workers.__name__ = "number or auto"
 def add_cv_arguments(parser) -> None:
     from muffin_lib.config import COLOR_MODES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR
     from muffin_lib.selection.budget import SELECTION
-    from muffin_lib.training.engine import TrainConfig
     from muffin_lib.training.models import MODEL_NAMES
+    from muffin_lib.training.recipe import TrainConfig
 
     recipe = TrainConfig()
     add = parser.add_argument
@@ -110,7 +110,7 @@ def cv_command(args) -> int:
     from muffin_lib.config import COLOR_MODES, WorkDir
     from muffin_lib.data.cache import load_images
     from muffin_lib.data.splits import plan_for_cache
-    from muffin_lib.training import engine
+    from muffin_lib.training import recipe
 
     for mode in args.color_mode:
         if mode not in COLOR_MODES:
@@ -119,13 +119,13 @@ def cv_command(args) -> int:
         raise MuffinError(f"--folds and --inner-folds must be >= 2, got {args.folds} and {args.inner_folds}")
     progress = not args.quiet
     if args.quiet:
-        logging.getLogger("muffin_lib.training.engine").setLevel(logging.WARNING)
+        logging.getLogger("muffin_lib.training.loop").setLevel(logging.WARNING)
     store = TrialStore(WorkDir(args.work_dir).trials_db)
     size, mode = args.image_size[0], args.color_mode[0]
     cache = load_images(args.data_dir, args.work_dir, "train", size, mode, progress=progress)
     plan = plan_for_cache(cache, args.work_dir, n_splits=args.folds, seed=args.seed)
 
-    base = engine.TrainConfig(model=args.model[0], image_size=size, color_mode=mode, seed=args.seed)
+    base = recipe.TrainConfig(model=args.model[0], image_size=size, color_mode=mode, seed=args.seed)
     grid: dict[str, list] = {"model": args.model, "image_size": args.image_size, "color_mode": args.color_mode}
     for name in ("epochs", "lr", "batch_size"):
         if getattr(args, name) is not None:

@@ -69,11 +69,11 @@ def check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndarr
 def cv_tasks(config, cache, folds, *, scope: str, device: str, groups=None) -> list[TrialTask]:
     """One :class:`TrialTask` per fold of ``folds`` (checked, indexing ``cache``) for ``config``, keyed by the
     configuration, the cache's content fingerprint, the fold plan and the execution on ``device``."""
-    from muffin_lib.training import engine
+    from muffin_lib.training import runtime
 
     fingerprint = getattr(cache, "fingerprint", None)
     plan = fold_plan_key(folds)
-    execution = engine.execution_key(config.amp, device, config)
+    execution = runtime.execution_key(config.amp, device, config)
     key = trial_key(config.key(), fingerprint, plan, execution=execution)
     return [
         TrialTask(

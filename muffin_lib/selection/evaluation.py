@@ -99,14 +99,14 @@ def evaluate_candidates(
     from muffin_lib import test_looks
     from muffin_lib.data.cache import load_images
     from muffin_lib.selection.stats import paired_mcnemar_table
-    from muffin_lib.training import engine
+    from muffin_lib.training import checkpoints, loop
 
     if not candidates:
         raise MuffinError("no candidates to evaluate: train the models first (notebooks 03-05 and 08)")
     looked = with_ensemble(candidates) if ensemble else dict(candidates)  # what the look record identifies
     all_scores, predictions, free_mask, relpaths = {}, {}, None, None
     for name, checkpoint in candidates.items():
-        model, stored = engine.load_checkpoint(checkpoint, device=device)
+        model, stored = checkpoints.load_checkpoint(checkpoint, device=device)
         test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=progress)
         trained_on = tuple(stored.get("class_names", CLASSES))
         if trained_on != tuple(test.class_names):
@@ -121,7 +121,7 @@ def evaluate_candidates(
             relpaths, free_mask = twin_free_test_images(data_dir, work_dir, test.relpaths)
         elif list(test.relpaths) != relpaths:
             raise MuffinError(f"{name}: its test cache lists other images than the first candidate's; same data_dir?")
-        proba = engine.predict_proba(model, test.images, stored["normalization"], device=device)
+        proba = loop.predict_proba(model, test.images, stored["normalization"], device=device)
         predicted = proba.argmax(axis=1)
         correct = predicted == test.labels.numpy()
         all_scores[name] = scores_by_part(correct, free_mask)
@@ -212,7 +212,7 @@ def tuned_candidate(data_dir, work_dir, tuned_config: dict, candidates: dict[str
     would only add a tie to the paired tests and weaken their correction). Otherwise it is trained on the
     same fit split as the other candidates, into ``checkpoints/tuned.pt``."""
     from muffin_lib.config import WorkDir
-    from muffin_lib.training.engine import TrainConfig
+    from muffin_lib.training.recipe import TrainConfig
     from muffin_lib.training.train import train_model, trained_checkpoint
 
     config = TrainConfig.from_dict(tuned_config)

@@ -55,7 +55,7 @@ class GridResult:
     results: list[CVResult]
     varied: list[str]
     table: object  # pandas.DataFrame
-    best: object  # engine.TrainConfig
+    best: object  # recipe.TrainConfig
     best_result: CVResult
     trials: list[dict] = field(repr=False)
     rungs: list[list[CVResult]] = field(default_factory=list, repr=False)
@@ -235,7 +235,7 @@ def nested_cv(
     Inner trials are stored with scope ``nested-inner``, outer refits with ``nested-outer``; ``options``
     (:class:`RunOptions`) say where and how all of them run.
     """
-    from muffin_lib.training import engine
+    from muffin_lib.training import runtime
 
     labels = np.asarray(cache.labels)
     if isinstance(outer_folds, int):
@@ -256,7 +256,7 @@ def nested_cv(
         searched = grid_search(base_config, grid, cache, inner, groups=groups, rung_epochs=rung_epochs, keep=keep,
                                scope="nested-inner", options=inner_options)
         winner = searched.best
-        execution = engine.execution_key(winner.amp, options.device, winner)
+        execution = runtime.execution_key(winner.amp, options.device, winner)
         task = TrialTask(
             config=winner,
             setting=config_setting(winner),

@@ -36,7 +36,7 @@ class TrialTask:
     ``SplitPlan.groups[train_idx]``), so that an early-stopping split keeps near-duplicates on one side;
     None when unknown (the split is then only stratified, with a warning)."""
 
-    config: object  # engine.TrainConfig
+    config: object  # recipe.TrainConfig
     setting: tuple[int, str]
     fold: int
     train_idx: np.ndarray
@@ -46,7 +46,7 @@ class TrialTask:
     plan_key: str
     fingerprint: str | None
     seed: int
-    execution: str  # engine.execution_key of the run, e.g. "cpu/fp32"; part of config_key
+    execution: str  # runtime.execution_key of the run, e.g. "cpu/fp32"; part of config_key
     groups: np.ndarray | None = None  # twin-group id per image of train_idx (None: unknown)
     num_classes: int | None = None  # the model's outputs: the cache's class count (None: read from the labels)
 
@@ -116,14 +116,14 @@ def run_trial(
     never share a group with the fitted ones (None: a stratified split, with a warning). ``num_classes``: the
     model's outputs, the class count of the cache the parts come from (:func:`cache_classes`); None reads it
     from the labels (the largest label + 1, at least 2). ``on_epoch``: passed on to
-    ``engine.fit`` (a worker process of ``processes`` rebalances its threads there).
+    ``loop.fit`` (a worker process of ``processes`` rebalances its threads there).
 
     Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history, and the same
     fold scored with flip test-time augmentation: flip_tta_errors, flip_tta_zero_one_loss),
     ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
-    precision the fit really used, ``engine.execution_key``).
+    precision the fit really used, ``runtime.execution_key``).
     """
-    from muffin_lib.training import engine
+    from muffin_lib.training import loop
 
     trial_config = config.replace(seed=int(seed))
     fit_images, fit_labels = train_images, train_labels
@@ -136,27 +136,23 @@ def run_trial(
         seen = [int(np.asarray(labels).max()) + 1 for labels in (train_labels, test_labels) if len(labels)]
         num_classes = max([2, *seen])
     started = time.perf_counter()
-    fitted = engine.fit(
-        trial_config,
-        fit_images,
-        fit_labels,
-        stop_images,
-        stop_labels,
+    fitted = loop.fit(
+        trial_config, (fit_images, fit_labels), (stop_images, stop_labels),
         device=device,
         progress=progress,
         num_classes=num_classes,
         on_epoch=on_epoch,
     )
-    scores = engine.evaluate(
+    scores = loop.evaluate(
         fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device, flip_tta=True
     )
     return trial_outcome(fitted, scores, seed=seed, n_fit=len(fit_labels), seconds=time.perf_counter() - started)
 
 
 def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float) -> dict:
-    """:func:`run_trial`'s result from a fitted model (``engine.fit``) and its scores on the held-out part
-    (``engine.evaluate``): the one home of what a trial stores, whoever trained it."""
-    from muffin_lib.training import engine
+    """:func:`run_trial`'s result from a fitted model (``loop.fit``) and its scores on the held-out part
+    (``loop.evaluate``): the one home of what a trial stores, whoever trained it."""
+    from muffin_lib.training import runtime
 
     n_test = int(scores["n"])
     # Exact errors / n: the engine's float32 accuracy would store 0.40909093... for 9/22.
@@ -169,7 +165,7 @@ def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float
         "errors": errors,
         "history": jsonable(fitted.history),
     }
-    if "flip_tta_errors" in scores:  # engine.evaluate(..., flip_tta=True): the same fold with flip TTA
+    if "flip_tta_errors" in scores:  # loop.evaluate(..., flip_tta=True): the same fold with flip TTA
         metrics["flip_tta_errors"] = int(scores["flip_tta_errors"])
         metrics["flip_tta_zero_one_loss"] = int(scores["flip_tta_errors"]) / n_test
     return {
@@ -179,13 +175,13 @@ def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float
         "n_test": n_test,
         "seconds": float(seconds),
         "device": str(fitted.device),
-        "execution": engine.execution_key(fitted.config.amp, fitted.device, fitted.config),
+        "execution": runtime.execution_key(fitted.config.amp, fitted.device, fitted.config),
     }
 
 
 def store_fold(store, task: TrialTask, fitted, scores: dict, *, seconds: float) -> dict:
-    """Store a fold trained by hand (notebook 07's written-out fold loop: ``engine.fit`` on ``task.train_idx``
-    with ``task.seed``, then ``engine.evaluate(..., flip_tta=True)`` on ``task.test_idx``) as :func:`run_task`
+    """Store a fold trained by hand (notebook 07's written-out fold loop: ``loop.fit`` on ``task.train_idx``
+    with ``task.seed``, then ``loop.evaluate(..., flip_tta=True)`` on ``task.test_idx``) as :func:`run_task`
     would have, so that ``cross_validate`` reuses it instead of training it again. Returns the store record."""
     if getattr(task.config, "early_stopping_patience", None):
         raise MuffinError("a fold trained by hand has no early-stopping split; run early-stopping configurations "
@@ -195,7 +191,7 @@ def store_fold(store, task: TrialTask, fitted, scores: dict, *, seconds: float) 
                           "train it with task.config.replace(seed=task.seed)")
     if "flip_tta_errors" not in scores:
         raise MuffinError(f"fold {task.fold}'s scores lack flip_tta_errors; score the held-out fold with "
-                          "engine.evaluate(..., flip_tta=True), as cross_validate does, so that the stored trial is "
+                          "loop.evaluate(..., flip_tta=True), as cross_validate does, so that the stored trial is "
                           "the same whoever trained it")
     outcome = trial_outcome(fitted, scores, seed=task.seed, n_fit=len(task.train_idx), seconds=seconds)
     record = trial_record(task, outcome)

@@ -4,8 +4,8 @@ Each row is inserted in its own transaction, so a crash or ``kill -9`` leaves ei
 nothing. ``UNIQUE(config_key, fold, scope)`` means a re-run can never duplicate a trial; callers skip
 what :meth:`TrialStore.completed` already holds. The ``config_key`` of a row is :func:`trial_key`: a hash
 of the training configuration (``TrainConfig.key()``), the dataset fingerprint, the fold plan, the
-execution (resolved device type and precision, ``engine.execution_key``, e.g. ``cuda/bf16``), the model
-and training code version ``engine.CODE_VERSION`` and the preprocessing version
+execution (resolved device type and precision, ``runtime.execution_key``, e.g. ``cuda/bf16``), the model
+and training code version ``recipe.CODE_VERSION`` and the preprocessing version
 ``imageio.PREPROCESS_VERSION``. So a changed setting, dataset, split, device type, precision, architecture
 or preprocessing never matches an old row. The execution string is also kept in each row's metrics
 (``metrics["execution"]``, returned as ``record["execution"]``).
@@ -89,9 +89,9 @@ def fold_plan_key(folds: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
 
 def trial_key(config_key: str, fingerprint: str | None, plan_key: str, *, execution: str) -> str:
     """Store key of one configuration on one dataset and fold plan, run as ``execution`` (e.g. ``cpu/fp32``,
-    from ``engine.execution_key``) by this code and preprocessing version (see the module docstring)."""
+    from ``runtime.execution_key``) by this code and preprocessing version (see the module docstring)."""
     from muffin_lib.data import imageio
-    from muffin_lib.training import engine
+    from muffin_lib.training import recipe
 
     payload = json.dumps(
         {
@@ -99,7 +99,7 @@ def trial_key(config_key: str, fingerprint: str | None, plan_key: str, *, execut
             "fingerprint": fingerprint,
             "plan": plan_key,
             "execution": execution,
-            "code_version": engine.CODE_VERSION,
+            "code_version": recipe.CODE_VERSION,
             "preprocess_version": imageio.PREPROCESS_VERSION,
         },
         sort_keys=True,

@@ -142,7 +142,7 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
     return Settings(name, profile, values, changed)
 
 
-# List parameters whose items are training settings (engine.check_setting checks each item).
+# List parameters whose items are training settings (recipe.check_setting checks each item).
 _LIST_SETTINGS = {"learning_rates": "lr", "batch_sizes": "batch_size", "models": "model", "rung_epochs": "epochs",
                   "compare_with": "model"}
 _KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text"), (list, "a list"))
@@ -150,9 +150,9 @@ _KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"),
 
 def check_parameter(name: str, value: Any, default: Any) -> None:
     """A notebook parameter ``name`` set to ``value``: a training setting goes through the recipe's own check
-    (``engine.check_setting``), anything else must be of its default's kind. A MuffinError names it as the
+    (``recipe.check_setting``), anything else must be of its default's kind. A MuffinError names it as the
     user wrote it, e.g. "epochs: expected a whole number >= 1, got 'abc'"."""
-    from muffin_lib.training.engine import TrainConfig, check_setting
+    from muffin_lib.training.recipe import TrainConfig, check_setting
 
     if name in {f.name for f in dataclasses.fields(TrainConfig)}:
         check_setting(name, value)
@@ -334,12 +334,12 @@ def save_results(settings: Settings, results: dict[str, Any]) -> Path:
 def check_all_used(settings: Settings) -> None:
     """A MuffinError naming each parameter that no cell read (a typo, or a setting this notebook has no use
     for), with the nearest TrainConfig field or parameter name when one is close."""
-    from muffin_lib.training import engine
+    from muffin_lib.training import recipe
 
     unread = settings.unread()
     if not unread:
         return
-    known = [f.name for f in dataclasses.fields(engine.TrainConfig)]
+    known = [f.name for f in dataclasses.fields(recipe.TrainConfig)]
     known += [k for k in settings if k not in unread]
     hints = []
     for key in unread:
@@ -386,18 +386,18 @@ def show_figure(fig, settings: Settings, name: str) -> None:
 def training_parameters() -> dict[str, Any]:
     """The TrainConfig fields a notebook that trains through :func:`train_config` takes as parameters, with
     the recipe's defaults (the model is the notebook's own)."""
-    from muffin_lib.training import engine
+    from muffin_lib.training import recipe
 
-    return {f.name: getattr(engine.TrainConfig(), f.name) for f in dataclasses.fields(engine.TrainConfig)
+    return {f.name: getattr(recipe.TrainConfig(), f.name) for f in dataclasses.fields(recipe.TrainConfig)
             if f.name != "model"}
 
 
 def train_config(settings: Settings, model: str, **overrides):
-    """The ``engine.TrainConfig`` of ``model`` with every TrainConfig field these settings hold."""
-    from muffin_lib.training import engine
+    """The ``recipe.TrainConfig`` of ``model`` with every TrainConfig field these settings hold."""
+    from muffin_lib.training import recipe
 
-    values = {f.name: settings[f.name] for f in dataclasses.fields(engine.TrainConfig) if f.name in settings}
-    return engine.TrainConfig(**{**values, "model": model, **overrides})
+    values = {f.name: settings[f.name] for f in dataclasses.fields(recipe.TrainConfig) if f.name in settings}
+    return recipe.TrainConfig(**{**values, "model": model, **overrides})
 
 
 def display_findings(findings: list[str]) -> None:

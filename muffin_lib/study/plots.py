@@ -96,7 +96,7 @@ def misclassified_grid(images: Sequence, true_labels: Sequence[int], predicted: 
 def learning_curves(history, *, title: str | None = None) -> Figure:
     """Per-epoch curves: cross-entropy (``*_loss``) on the left, zero-one loss on the right.
 
-    ``history`` is a DataFrame or a list of per-epoch dicts (``engine.fit``'s history); ``*_accuracy``
+    ``history`` is a DataFrame or a list of per-epoch dicts (``loop.fit``'s history); ``*_accuracy``
     columns are shown as zero-one loss (1 - accuracy); ``epoch`` is the x axis when present.
     """
     frame = pd.DataFrame(history).dropna(axis=1, how="all")

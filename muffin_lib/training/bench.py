@@ -4,7 +4,7 @@ reference: torchvision ``ImageFolder`` + per-sample PIL transforms (Grayscale, R
   RandomHorizontalFlip, RandomRotation(10), ToTensor, Normalize) through a ``DataLoader`` with
   batch 4, float32, Adam, glibc's default allocator settings. It runs first, before ours tunes the
   allocator (a process-wide setting).
-ours: decode once (the cache's preprocessing, timed separately), then ``engine.TrainStep`` - the
+ours: decode once (the cache's preprocessing, timed separately), then ``loop.TrainStep`` - the
   step ``fit`` runs: batch 64 on the device, normalisation and augmentation there, channels_last
   (contiguous on Apple MPS: ``runtime.memory_format_for``),
   fused AdamW, AMP where it pays, tuned allocator on the CPU.
@@ -33,7 +33,7 @@ from torch import nn
 from muffin_lib.config import COLOR_MODES, channels_for
 from muffin_lib.errors import MuffinError
 from muffin_lib.text import plural
-from muffin_lib.training import engine, runtime
+from muffin_lib.training import loop, recipe, runtime, tensors
 from muffin_lib.training.models import MODEL_NAMES, build_model
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,10 @@ def _muffin_pipeline(images, labels, config, device, seconds):
         torch.backends.cudnn.benchmark = True
     model = build_model(config.model, in_channels=config.in_channels, image_size=config.image_size)
     model = model.to(device, memory_format=runtime.memory_format_for(device, config.channels_last))  # as fit
-    normalization = engine.compute_normalization(images)
-    images = engine.place_images(images, device)
+    normalization = tensors.compute_normalization(images)
+    images = tensors.place_images(images, device)
     labels = labels.to(device)
-    train_step = engine.TrainStep(model, config, device, normalization, total_steps=10_000)
+    train_step = loop.TrainStep(model, config, device, normalization, total_steps=10_000)
     generator = torch.Generator().manual_seed(config.seed)
     order, position = torch.randperm(len(labels), generator=generator), 0
 
@@ -124,7 +124,7 @@ def _muffin_pipeline(images, labels, config, device, seconds):
             order, position = torch.randperm(len(labels), generator=generator), 0
         idx = order[position : position + config.batch_size]
         position += config.batch_size
-        train_step(engine.take_batch(images, idx, device), labels[idx.to(labels.device)])
+        train_step(tensors.take_batch(images, idx, device), labels[idx.to(labels.device)])
         return len(idx)
 
     model.train()
@@ -153,7 +153,7 @@ def run_benchmark(
 ) -> dict:
     """Measure training images/s of the reference pipeline and ours (see the module docstring).
 
-    ``amp`` is ours' precision request (``engine.TrainConfig.amp``); where it resolves to bf16 or fp16, every
+    ``amp`` is ours' precision request (``recipe.TrainConfig.amp``); where it resolves to bf16 or fp16, every
     round also times ours in fp32 (``amp="off"``), and the result reports the median precision speed-up
     (``amp_speedup``) measured in the same rounds."""
     from torchvision import datasets, transforms
@@ -208,7 +208,7 @@ def run_benchmark(
         labels = torch.tensor([folder.samples[i][1] for i in chosen], dtype=torch.int64)
         decode_seconds = time.perf_counter() - started
         say(f"ours decodes once: {decode_seconds:.1f} s ({len(chosen) / decode_seconds:.0f} images/s, not timed below)")
-        config = engine.TrainConfig(
+        config = recipe.TrainConfig(
             model=model, image_size=image_size, color_mode=color_mode, batch_size=batch_size, seed=seed, amp=amp
         )
         precision = runtime.execution_key(amp, resolved, config).split("/")[1]
@@ -309,7 +309,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds of both pipelines, median reported (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)")
-    parser.add_argument("--amp", choices=engine.AMP_MODES, default="auto",
+    parser.add_argument("--amp", choices=runtime.AMP_MODES, default="auto",
                         help="ours' precision: auto (bf16 on Ampere+ GPUs and on CPUs with bf16 instructions where a probe "
                         "finds it faster, fp16 on older GPUs, else fp32), bf16, fp16 or off; with anything but fp32 "
                         "each round also times fp32 (default: auto)")

@@ -33,7 +33,7 @@ def _versions(model_name: str) -> dict:
 
 
 def save_checkpoint(path, fit_result, *, class_names=CLASSES, extra: dict | None = None) -> Path:
-    """Write ``fit_result``'s model (an ``engine.FitResult``) and everything needed to use it again to
+    """Write ``fit_result``'s model (an ``loop.FitResult``) and everything needed to use it again to
     ``path``, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

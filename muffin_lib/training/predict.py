@@ -29,7 +29,7 @@ from muffin_lib.data.imageio import load_image, preprocess_image
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import progress_bar
 from muffin_lib.text import plural
-from muffin_lib.training import calibration, engine, metrics
+from muffin_lib.training import calibration, checkpoints, loop, metrics, recipe
 
 
 def _expand(paths) -> list[tuple[Path, str | None]]:
@@ -60,15 +60,15 @@ def label_from_path(path: Path, class_names=CLASSES) -> int | None:
 
 
 def recipe_shortfall(stored: dict) -> str | None:
-    """How a checkpoint's config falls short of its recipe (``engine.TrainConfig``, or ``TRANSFER_RECIPE`` for
+    """How a checkpoint's config falls short of its recipe (``recipe.TrainConfig``, or ``TRANSFER_RECIPE`` for
     the transfer model) in image size or epochs, e.g. "32 px, 1 epoch where its recipe has 128 px, 15 epochs"; None
     when it does not."""
-    recipe = engine.recipe_for(stored["model_name"])
-    size, epochs = stored["image_size"], stored.get("config", {}).get("epochs", recipe.epochs)
-    if size >= recipe.image_size and epochs >= recipe.epochs:
+    own = recipe.recipe_for(stored["model_name"])
+    size, epochs = stored["image_size"], stored.get("config", {}).get("epochs", own.epochs)
+    if size >= own.image_size and epochs >= own.epochs:
         return None
-    return (f"{size} px, {plural(epochs, 'epoch')} where its recipe has {recipe.image_size} px, "
-            f"{plural(recipe.epochs, 'epoch')}")
+    return (f"{size} px, {plural(epochs, 'epoch')} where its recipe has {own.image_size} px, "
+            f"{plural(own.epochs, 'epoch')}")
 
 
 def checkpoint_warnings(stored: dict) -> list[str]:
@@ -129,7 +129,7 @@ def predict_paths(
     (``test_look``: the look with ``n_looks``; a new look is refused unless ``allow_new_look``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    model, stored = engine.load_checkpoint(checkpoint, device=device)
+    model, stored = checkpoints.load_checkpoint(checkpoint, device=device)
     device = next(model.parameters()).device
     class_names = list(stored.get("class_names", CLASSES))
     # Calibrated probabilities: the temperature fitted on the validation split (1.0 for older checkpoints).
@@ -145,7 +145,7 @@ def predict_paths(
         predictions += entries
         if not tensors:
             continue
-        proba = engine.predict_proba(model, torch.stack(tensors), stored["normalization"], device=device,
+        proba = loop.predict_proba(model, torch.stack(tensors), stored["normalization"], device=device,
                                      batch_size=batch_size)
         proba = calibration.apply_temperature(proba, temperature)
         readable = [e for e in entries if e["error"] is None]

@@ -2,9 +2,9 @@
 checkpoint; score a checkpoint on a split. Used by the ``train`` CLI and notebooks 03-05.
 
 A checkpoint made for the same ``TrainConfig.key()``, data fingerprint, split, image size and colour
-mode, model/training code version (``engine.CODE_VERSION``), preprocessing version
+mode, model/training code version (``recipe.CODE_VERSION``), preprocessing version
 (``imageio.PREPROCESS_VERSION``) and execution (resolved device type and precision,
-``engine.execution_key``, e.g. ``cpu/fp32``) is reused instead of training again, so re-running a
+``runtime.execution_key``, e.g. ``cpu/fp32``) is reused instead of training again, so re-running a
 notebook costs seconds; any difference in these (kept in the checkpoint's ``extra``) trains again.
 """
 
@@ -27,7 +27,7 @@ from muffin_lib.config import CLASSES, DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, WorkD
 from muffin_lib.data import imageio
 from muffin_lib.data.splits import VAL_FRACTION
 from muffin_lib.errors import MuffinError
-from muffin_lib.training import calibration, engine, metrics, runtime
+from muffin_lib.training import calibration, checkpoints, loop, metrics, recipe, runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class TrainRun:
     history: list[dict]
     checkpoint_path: Path
     normalization: dict
-    config: engine.TrainConfig
+    config: recipe.TrainConfig
     device: str
     resumed: bool  # True when the checkpoint was reused instead of training
     val_scores: dict = field(default_factory=dict)  # loss, accuracy, zero_one_loss, errors, n
@@ -63,7 +63,7 @@ class TrainRun:
 
 
 def _predictions(model, images, labels, relpaths, normalization, device, class_names=CLASSES) -> tuple[dict, dict, np.ndarray]:
-    proba = engine.predict_proba(model, images, normalization, device=device)
+    proba = loop.predict_proba(model, images, normalization, device=device)
     predicted = proba.argmax(axis=1)
     labels = np.asarray(labels)
     errors = int((predicted != labels).sum())
@@ -86,7 +86,7 @@ def _predictions(model, images, labels, relpaths, normalization, device, class_n
     return scores, predictions, proba
 
 
-def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | None:
+def _reusable(path: Path, config: recipe.TrainConfig, extra: dict) -> dict | None:
     """The checkpoint at ``path`` when it was made by this config on these data and split, by this code and
     preprocessing version, on this device type and precision (``REUSE_KEYS`` of ``extra``), else None."""
     if not path.is_file():
@@ -104,7 +104,7 @@ def _reusable(path: Path, config: engine.TrainConfig, extra: dict) -> dict | Non
     return checkpoint
 
 
-def _fit_split(data_dir, work_dir, config: engine.TrainConfig, val_fraction: float, progress: bool):
+def _fit_split(data_dir, work_dir, config: recipe.TrainConfig, val_fraction: float, progress: bool):
     """The training cache ``config`` needs and the shared fit/validation split plan over it."""
     from muffin_lib.data.cache import load_images
     from muffin_lib.data.splits import plan_for_cache
@@ -113,7 +113,7 @@ def _fit_split(data_dir, work_dir, config: engine.TrainConfig, val_fraction: flo
     return cache, plan_for_cache(cache, work_dir, val_fraction=val_fraction, seed=SPLIT_SEED)
 
 
-def _checkpoint_extra(cache, plan, config: engine.TrainConfig, device: str) -> dict:
+def _checkpoint_extra(cache, plan, config: recipe.TrainConfig, device: str) -> dict:
     """What a checkpoint of ``config`` trained on ``cache``'s fit split records (``REUSE_KEYS`` decide reuse)."""
     return {
         "data_fingerprint": cache.fingerprint,
@@ -124,14 +124,14 @@ def _checkpoint_extra(cache, plan, config: engine.TrainConfig, device: str) -> d
         "color_mode": config.color_mode,
         "n_train": len(plan.train_idx),
         "n_val": len(plan.val_idx),
-        "code_version": engine.CODE_VERSION,
+        "code_version": recipe.CODE_VERSION,
         "preprocess_version": imageio.PREPROCESS_VERSION,
-        "execution": engine.execution_key(config.amp, device, config),
+        "execution": runtime.execution_key(config.amp, device, config),
         "precision": runtime.precision_reason(config.amp, device, config),  # why: for logs and the summary
     }
 
 
-def trained_checkpoint(data_dir, work_dir, config: engine.TrainConfig, paths, *, val_fraction: float = VAL_FRACTION,
+def trained_checkpoint(data_dir, work_dir, config: recipe.TrainConfig, paths, *, val_fraction: float = VAL_FRACTION,
                        device: str = "auto") -> Path | None:
     """The first of the checkpoint ``paths`` that :func:`train_model` would reuse for ``config`` (the same config
     key, data, split, code and preprocessing version and execution), or None: whether that model exists already."""
@@ -153,10 +153,10 @@ def check_writable(path: Path) -> None:
 def _save_or_rescue(path: Path, workdir: WorkDir, result, class_names, extra: dict) -> None:
     """Save the checkpoint; if that fails after training, save it in work_dir instead and say where."""
     try:
-        engine.save_checkpoint(path, result, class_names=class_names, extra=extra)
+        checkpoints.save_checkpoint(path, result, class_names=class_names, extra=extra)
     except OSError as error:
         rescued = workdir.checkpoints_dir / f"{path.stem}-rescued-{int(time.time())}.pt"
-        engine.save_checkpoint(rescued, result, class_names=class_names, extra=extra)
+        checkpoints.save_checkpoint(rescued, result, class_names=class_names, extra=extra)
         raise MuffinError(f"could not write the checkpoint {path} ({error}); the trained model is saved "
                           f"as {rescued}") from None
 
@@ -164,7 +164,7 @@ def _save_or_rescue(path: Path, workdir: WorkDir, result, class_names, extra: di
 def train_model(
     data_dir,
     work_dir,
-    config: engine.TrainConfig,
+    config: recipe.TrainConfig,
     *,
     val_fraction: float = VAL_FRACTION,
     device: str = "auto",
@@ -190,17 +190,13 @@ def train_model(
 
     checkpoint = _reusable(path, config, extra) if resume else None
     if checkpoint is not None:
-        model, checkpoint = engine.load_checkpoint(path, device=device)
+        model, checkpoint = checkpoints.load_checkpoint(path, device=device)
         history, normalization = checkpoint["history"], checkpoint["normalization"]
         used_device = str(runtime.resolve_device(device))
         log.info("reusing checkpoint %s (same config %s and data); delete it to train again", path, config.key())
     else:
-        result = engine.fit(
-            config,
-            cache.images[train_idx],
-            cache.labels[train_idx],
-            val_images,
-            val_labels,
+        result = loop.fit(
+            config, (cache.images[train_idx], cache.labels[train_idx]), (val_images, val_labels),
             device=device,
             progress=progress,
             log=log_to,
@@ -248,7 +244,7 @@ def evaluate_on_split(
     only past ``test_looks.gate`` (recorded first; a new look refused unless ``allow_new_look``)."""
     from muffin_lib.data.cache import load_images
 
-    model, stored = engine.load_checkpoint(checkpoint, device=device)
+    model, stored = checkpoints.load_checkpoint(checkpoint, device=device)
     cache = load_images(data_dir, work_dir, split, stored["image_size"], stored["color_mode"], progress=progress)
     class_names = list(stored.get("class_names", CLASSES))  # checkpoints made before class names: the default two
     if list(cache.class_names) != class_names:
@@ -312,8 +308,8 @@ def parse_bool(text: str) -> bool:
 def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) -> None:
     """One ``--flag`` for a TrainConfig field: its type, choices and default read off the field itself."""
     flags = ["--" + item.name.replace("_", "-")] + (["--early-stopping"] if item.name == "early_stopping_patience" else [])
-    default, choices = item.default, engine.setting_choices().get(item.name)
-    help_text = f"{engine.SETTING_HELP.get(item.name, item.name)} (default: {'off' if default is None else default})"
+    default, choices = item.default, recipe.setting_choices().get(item.name)
+    help_text = f"{recipe.SETTING_HELP.get(item.name, item.name)} (default: {'off' if default is None else default})"
     if isinstance(default, bool):  # --compile alone means true, as before; --compile false too
         parser.add_argument(*flags, dest=item.name, type=parse_bool, nargs="?", const=True, default=default,
                             metavar="true|false", help=help_text)
@@ -327,7 +323,7 @@ def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every TrainConfig field as a flag (the recipe's defaults shown), then where data and results go."""
-    for item in dataclasses.fields(engine.TrainConfig):
+    for item in dataclasses.fields(recipe.TrainConfig):
         _add_setting_flag(parser, item)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
@@ -355,15 +351,15 @@ def format_history(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
+def config_from_args(args: argparse.Namespace) -> recipe.TrainConfig:
     """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag. A model starts from
-    its own recipe (``engine.recipe_for``: ``--model transfer`` is pretrained, with its lr and epochs) where a
+    its own recipe (``recipe.recipe_for``: ``--model transfer`` is pretrained, with its lr and epochs) where a
     flag is left at the from-scratch default."""
-    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(engine.TrainConfig)}
-    scratch, recipe = engine.TrainConfig().to_dict(), engine.recipe_for(values["model"]).to_dict()
-    values = {name: recipe.get(name, value) if value == scratch[name] else value for name, value in values.items()}
+    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(recipe.TrainConfig)}
+    scratch, own = recipe.TrainConfig().to_dict(), recipe.recipe_for(values["model"]).to_dict()
+    values = {name: own.get(name, value) if value == scratch[name] else value for name, value in values.items()}
     try:
-        return engine.TrainConfig(**values)
+        return recipe.TrainConfig(**values)
     except MuffinError as error:
         name, _, rest = str(error).partition(": ")
         raise MuffinError(f"--{name.replace('_', '-')}: {rest}" if name in values else str(error)) from None

@@ -116,10 +116,10 @@ def model_results(run, summary: dict, findings: list[str], synthetic: bool, name
 
 
 def off_recipe(config) -> str | None:
-    """How ``config`` differs from its recipe in size and schedule (``engine.TrainConfig``, or
+    """How ``config`` differs from its recipe in size and schedule (``recipe.TrainConfig``, or
     ``TRANSFER_RECIPE`` for the transfer model), for the summary beside the model's name; None when it does not."""
     from muffin_lib.selection.budget import settings_label
-    from muffin_lib.training.engine import TRANSFER_RECIPE, recipe_for
+    from muffin_lib.training.recipe import TRANSFER_RECIPE, recipe_for
 
     recipe = recipe_for(config.model)
     if (config.image_size, config.epochs) == (recipe.image_size, recipe.epochs):
