@@ -96,11 +96,11 @@ def main() -> None:
                    "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                    "--steps", str(args.steps), "--threads", str(args.threads)]
             cmd += ["--channels-last"] if args.channels_last else []
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            results[name].append(json.loads(out))
+            run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results[name].append(json.loads(run.stdout.strip().splitlines()[-1]))
     print(f"{args.model} {args.image_size}px batch {args.batch_size}, {args.repeats} interleaved runs each:")
-    print(f"{'(medians; best img/s in brackets)':45s} {'img/s':>14s} {'user ms/img':>11s} {'sys ms/img':>10s} "
-          f"{'page faults/step':>16s}")
+    print(f"{'(medians; best img/s in brackets)':45s} {'img/s':>14s} {'user ms/img':>11s} "
+          f"{'sys ms/img':>10s} {'page faults/step':>16s}")
     for name, runs in results.items():
         def median(key, runs=runs):
             return statistics.median(r[key] for r in runs)

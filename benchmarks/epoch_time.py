@@ -38,14 +38,16 @@ def main() -> None:
     device = runtime.resolve_device(args.device)
     if device.type == "cpu":
         runtime.tune_cpu_allocator()
-    cache = load_images(args.data_dir, args.work_dir, "train", args.image_size, args.color_mode, progress=False)
+    cache = load_images(args.data_dir, args.work_dir, "train", args.image_size, args.color_mode,
+                        progress=False)
     plan = plan_for_cache(cache, args.work_dir)
-    train_images = cache.images[torch.as_tensor(plan.train_idx)]
-    train_labels = cache.labels[torch.as_tensor(plan.train_idx)]
-    val_images, val_labels = cache.images[torch.as_tensor(plan.val_idx)], cache.labels[torch.as_tensor(plan.val_idx)]
+    train_idx, val_idx = torch.as_tensor(plan.train_idx), torch.as_tensor(plan.val_idx)
+    train_images, train_labels = cache.images[train_idx], cache.labels[train_idx]
+    val_images, val_labels = cache.images[val_idx], cache.labels[val_idx]
     n_train = len(train_labels)
-    print(f"{n_train} training + {len(val_labels)} validation images, {args.image_size} px {args.color_mode}, "
-          f"device {device}, {torch.get_num_threads()} threads, allocator {runtime.allocator_state()}")
+    print(f"{n_train} training + {len(val_labels)} validation images, {args.image_size} px "
+          f"{args.color_mode}, device {device}, {torch.get_num_threads()} threads, "
+          f"allocator {runtime.allocator_state()}")
     for name in args.models.split(","):
         config = recipe.TrainConfig(model=name, image_size=args.image_size, color_mode=args.color_mode)
         runtime.seed_everything(0)
@@ -61,7 +63,8 @@ def main() -> None:
         started = time.perf_counter()
         for idx in batches[2 : 2 + args.steps]:
             step(train_images[idx].to(device), train_labels[idx].to(device))
-        loss = step(train_images[batches[0]].to(device), train_labels[batches[0]].to(device))[0].item()  # sync
+        idx = batches[0]
+        loss = step(train_images[idx].to(device), train_labels[idx].to(device))[0].item()  # .item() syncs
         per_image = (time.perf_counter() - started) / ((args.steps + 1) * config.batch_size)
         started = time.perf_counter()
         loop.evaluate(model, val_images, val_labels, normalization, device=device, batch_size=128)

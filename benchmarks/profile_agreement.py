@@ -35,7 +35,8 @@ def cv_losses(work_dir: Path, lr: float = 3e-3, batch_size: int = 64) -> dict:
     for record in TrialStore(WorkDir(work_dir).trials_db).records(scope="cv"):
         config = record["config"]
         if config["lr"] == lr and config["batch_size"] == batch_size:
-            key = (config["model"], config["image_size"], config["epochs"], record["metrics"].get("execution"))
+            execution = record["metrics"].get("execution")
+            key = (config["model"], config["image_size"], config["epochs"], execution)
             out[key][record["fold"]] = record
     return out
 
@@ -43,15 +44,16 @@ def cv_losses(work_dir: Path, lr: float = 3e-3, batch_size: int = 64) -> dict:
 def table(work_dir: Path, title: str) -> dict:
     found = cv_losses(work_dir)
     print(f"\n### {title}: `{work_dir}`\n")
-    print("| model | settings | precision | folds | CV risk [corrected 95% CI] | per fold |\n|---|---|---|---|---|---|")
+    print("| model | settings | precision | folds | CV risk [corrected 95% CI] | per fold |\n"
+          "|---|---|---|---|---|---|")
     risks = {}
     for (model, size, epochs, execution), folds in sorted(found.items()):
         losses = [folds[k]["metrics"]["zero_one_loss"] for k in sorted(folds)]
         ratio = folds[0]["n_test"] / folds[0]["n_train"] if 0 in folds else 0.25
         complete = sorted(folds) == list(range(K))
         summary = summarize_losses(losses, test_train_ratio=ratio) if len(losses) > 1 else None
-        cell = (f"{summary['mean']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]" if summary and complete
-                else f"incomplete ({len(losses)}/{K})")
+        cell = (f"{summary['mean']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]"
+                if summary and complete else f"incomplete ({len(losses)}/{K})")
         print(f"| {model} | {settings_label(size, epochs)} | {execution} | {len(losses)} | {cell} | "
               f"{', '.join(f'{x:.3f}' for x in losses)} |")
         if complete:
@@ -71,8 +73,8 @@ def paired(risks: dict, pairs: list[tuple], label: str) -> None:
     print(f"\n{label} (corrected resampled t-test on the same folds, Holm over the pairs):\n")
     print("| a | b | mean diff a - b [95% CI] | p | p_holm |\n|---|---|---|---|---|")
     for (a, b, test), p_holm in zip(rows, adjusted, strict=True):
-        print(f"| {a[0]} {a[1]} | {b[0]} {b[1]} | {test['mean_diff']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}] "
-              f"| {test['p_value']:.3f} | {p_holm:.3f} |")
+        print(f"| {a[0]} {a[1]} | {b[0]} {b[1]} | {test['mean_diff']:+.3f} "
+              f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}] | {test['p_value']:.3f} | {p_holm:.3f} |")
 
 
 def grid_choice(work_dir: Path, epochs: int, model: str = "simple_cnn") -> str:
@@ -82,11 +84,13 @@ def grid_choice(work_dir: Path, epochs: int, model: str = "simple_cnn") -> str:
         config = record["config"]
         if config["model"] == model and config["epochs"] == epochs:
             found[(config["lr"], config["batch_size"])][record["fold"]] = record["metrics"]["zero_one_loss"]
-    complete = {key: sum(folds.values()) / K for key, folds in found.items() if sorted(folds) == list(range(K))}
+    complete = {key: sum(folds.values()) / K for key, folds in found.items()
+                if sorted(folds) == list(range(K))}
     if len(complete) < 2:
         return f"no grid yet ({len(complete)} complete configuration(s) at {epochs} epochs)"
     (lr, batch), risk = min(complete.items(), key=lambda item: item[1])
-    others = ", ".join(f"lr {k[0]:g}/batch {k[1]} {v:.3f}" for k, v in sorted(complete.items()) if k != (lr, batch))
+    others = ", ".join(f"lr {k[0]:g}/batch {k[1]} {v:.3f}"
+                       for k, v in sorted(complete.items()) if k != (lr, batch))
     return f"lr {lr:g}, batch {batch} (CV {risk:.3f}; last rung also: {others})"
 
 
@@ -99,14 +103,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("full", type=Path)
     parser.add_argument("quick", type=Path)
-    parser.add_argument("--fp32", type=Path, default=None, help="a work dir with the quick CV trained in fp32")
+    parser.add_argument("--fp32", type=Path, default=None,
+                        help="a work dir with the quick CV trained in fp32")
     args = parser.parse_args()
     full, quick = table(args.full, "full"), table(args.quick, "quick")
     print(f"\nrank by CV risk: full {ranking(full) or 'incomplete'}; quick {ranking(quick) or 'incomplete'}")
     common = sorted({m for m, _ in full} & {m for m, _ in quick})
     if common:
-        diffs = [sum(quick[next(k for k in quick if k[0] == m)][0]) / K - sum(full[next(k for k in full if k[0] == m)][0]) / K
-                 for m in common]
+        diffs = [sum(quick[next(k for k in quick if k[0] == m)][0]) / K
+                 - sum(full[next(k for k in full if k[0] == m)][0]) / K for m in common]
         print(f"mean risk difference quick - full over {common}: {sum(diffs) / len(diffs):+.3f} "
               f"(per model {', '.join(f'{m} {d:+.3f}' for m, d in zip(common, diffs, strict=True))})")
     print(f"grid choice (simple_cnn): full {grid_choice(args.full, 15)}; quick {grid_choice(args.quick, 8)}")

@@ -49,15 +49,17 @@ CANDIDATES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--work-dir", required=True, help="the study's work dir: its split plan and trial store")
+    parser.add_argument("--work-dir", required=True,
+                        help="the study's work dir: its split plan and trial store")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; each fold's loss is averaged "
-                        "over them before the paired test (0 is 07's seed)")
-    parser.add_argument("--stopped", default="", help="comma-separated names of candidates of the decision's family "
-                        "that were stopped early (not run here): each counts in Holm's adjustment with p = 1, the "
-                        "conservative bound; e.g. issue 16's decision: --candidates epochs45 --seeds 0,1 --stopped "
-                        "epochs30-wd0.1,ema0.995,mixup_cutmix")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="comma-separated names of CANDIDATES")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; each fold's loss is "
+                        "averaged over them before the paired test (0 is 07's seed)")
+    parser.add_argument("--stopped", default="", help="comma-separated names of candidates of the decision's "
+                        "family that were stopped early (not run here): each counts in Holm's adjustment "
+                        "with p = 1, the conservative bound; e.g. issue 16's decision: --candidates epochs45 "
+                        "--seeds 0,1 --stopped epochs30-wd0.1,ema0.995,mixup_cutmix")
     args = parser.parse_args()
     stopped = [name for name in args.stopped.split(",") if name]
     try:
@@ -70,19 +72,22 @@ def main() -> None:
         parser.error(f"unknown candidates {unknown}; choose from {list(CANDIDATES)}")
 
     deployed = TrainConfig(model=MODEL)
-    cache = load_images(args.data_dir, args.work_dir, "train", deployed.image_size, deployed.color_mode, progress=False)
+    cache = load_images(args.data_dir, args.work_dir, "train", deployed.image_size, deployed.color_mode,
+                        progress=False)
     plan = plan_for_cache(cache, args.work_dir)
-    options = RunOptions(store=TrialStore(f"{args.work_dir}/trials.sqlite"), device=args.device, progress=False)
+    store = TrialStore(f"{args.work_dir}/trials.sqlite")
+    options = RunOptions(store=store, device=args.device, progress=False)
     print(json.dumps({"machine": runtime.describe_environment(args.device), "model": MODEL}), flush=True)
 
     def run(config):
-        return [cross_validate(config.replace(seed=seed), cache, plan.folds, groups=plan.groups, options=options)
-                for seed in seeds]
+        return [cross_validate(config.replace(seed=seed), cache, plan.folds, groups=plan.groups,
+                               options=options) for seed in seeds]
 
     baseline = run(deployed)
     rows = []
     for name in names:
-        results = [flip_tta(r) for r in baseline] if name == "flip_tta" else run(deployed.replace(**CANDIDATES[name]))
+        changes = CANDIDATES[name]
+        results = [flip_tta(r) for r in baseline] if name == "flip_tta" else run(deployed.replace(**changes))
         trained = [t for result in results for t in result.trials if t.get("seconds")]
         rows.append({
             "candidate": name, **CANDIDATES[name], **seed_averaged_comparison(results, baseline),
@@ -110,8 +115,9 @@ def flip_tta(result):
     """The same CV with each fold scored with flip test-time augmentation (the trials' own records)."""
     if not _has_flip(result):
         raise SystemExit(
-            f"the trials of {result.config.model} (seed {result.config.seed}) were stored before trials recorded "
-            "flip test-time augmentation; compare it on trials trained since (another --seeds, or a fresh work dir)"
+            f"the trials of {result.config.model} (seed {result.config.seed}) were stored before trials "
+            "recorded flip test-time augmentation; compare it on trials trained since (another --seeds, "
+            "or a fresh work dir)"
         )
     return dataclasses.replace(result, losses=[t["metrics"]["flip_tta_zero_one_loss"] for t in result.trials])
 

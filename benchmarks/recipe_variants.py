@@ -1,7 +1,8 @@
 """Validation zero-one loss of recipe variants on the twin-grouped fit/validation split, with and without
 flip test-time augmentation, averaged over seeds. Validation only: the test split is never read.
 
-    python benchmarks/recipe_variants.py --data-dir ../shared/data/muffin-chihuahua-dev --work-dir work --device cuda
+    python benchmarks/recipe_variants.py --data-dir ../shared/data/muffin-chihuahua-dev --work-dir work \
+        --device cuda
 
 Prints one JSON line per variant (the table "Longer schedules and flip test-time augmentation" in
 benchmarks/README.md came from this on an H100). On a 2-core CPU one deeper_cnn training of 45 epochs
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     args = parser.parse_args()
     recipe = TrainConfig()
-    cache = load_images(args.data_dir, args.work_dir, "train", recipe.image_size, recipe.color_mode, progress=False)
+    cache = load_images(args.data_dir, args.work_dir, "train", recipe.image_size, recipe.color_mode,
+                        progress=False)
     plan = plan_for_cache(cache, args.work_dir)
     fit_idx, val_idx = torch.as_tensor(plan.train_idx), torch.as_tensor(plan.val_idx)
     images, labels = cache.images[fit_idx], cache.labels[fit_idx]
@@ -59,14 +61,14 @@ def main() -> None:
             started = time.perf_counter()
             fitted = loop.fit(config, (images, labels), device=args.device, progress=False)
             seconds.append(time.perf_counter() - started)
-            scores = loop.evaluate(fitted.model, val_images, val_labels, fitted.normalization, device=args.device,
-                                     flip_tta=True)
+            scores = loop.evaluate(fitted.model, val_images, val_labels, fitted.normalization,
+                                   device=args.device, flip_tta=True)
             plain.append(scores["zero_one_loss"])
             tta.append(scores["flip_tta_zero_one_loss"])
-        print(json.dumps({"variant": name, "model": model, "epochs": epochs, **changes, "seeds": len(seeds),
-                          "validation": statistics.mean(plain), "validation_flip_tta": statistics.mean(tta),
-                          "per_seed": [round(v, 4) for v in plain], "seconds": round(statistics.mean(seconds), 1)}),
-              flush=True)
+        row = {"variant": name, "model": model, "epochs": epochs, **changes, "seeds": len(seeds),
+               "validation": statistics.mean(plain), "validation_flip_tta": statistics.mean(tta),
+               "per_seed": [round(v, 4) for v in plain], "seconds": round(statistics.mean(seconds), 1)}
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def spread(losses_by_seed: dict[int, list[float]]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--work-dir", required=True, help="the study's work dir: its split plan and trial store")
+    parser.add_argument("--work-dir", required=True,
+                        help="the study's work dir: its split plan and trial store")
     parser.add_argument("--model", default="deeper_cnn")
     parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
@@ -53,13 +54,16 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     config = TrainConfig(model=args.model, image_size=args.image_size, epochs=args.epochs)
-    cache = load_images(args.data_dir, args.work_dir, "train", config.image_size, config.color_mode, progress=False)
+    cache = load_images(args.data_dir, args.work_dir, "train", config.image_size, config.color_mode,
+                        progress=False)
     plan = plan_for_cache(cache, args.work_dir)
-    options = RunOptions(store=TrialStore(Path(args.work_dir) / "trials.sqlite"), device=args.device, progress=False)
+    store = TrialStore(Path(args.work_dir) / "trials.sqlite")
+    options = RunOptions(store=store, device=args.device, progress=False)
     losses = {seed: cross_validate(config.replace(seed=seed), cache, plan.folds, groups=plan.groups,
                                    options=options).losses for seed in seeds}
-    print(json.dumps({"config": config.to_dict(), "cpu": runtime.cpu_model(),
-                      "precision": runtime.precision_reason(config.amp, args.device, config), **spread(losses)}))
+    precision = runtime.precision_reason(config.amp, args.device, config)
+    print(json.dumps({"config": config.to_dict(), "cpu": runtime.cpu_model(), "precision": precision,
+                      **spread(losses)}))
 
 
 if __name__ == "__main__":

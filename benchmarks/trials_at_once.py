@@ -41,12 +41,13 @@ def main() -> None:
     args = parser.parse_args()
     workers = args.workers if args.workers == "auto" else int(args.workers)
     base = recipe.TrainConfig(epochs=args.epochs)
-    cache = load_images(args.data_dir, args.work_dir, "train", base.image_size, base.color_mode, progress=False)
+    cache = load_images(args.data_dir, args.work_dir, "train", base.image_size, base.color_mode,
+                        progress=False)
     plan = plan_for_cache(cache, args.work_dir)
     device = runtime.resolve_device(args.device)
     print(f"{runtime.cpu_model()}; {torch.get_num_threads()} torch threads; device {device}, "
-          f"amp {runtime.execution_key(base.amp, device, base)}; {len(plan.folds)} folds of {len(cache)} images at "
-          f"{base.image_size} px, {args.epochs} epochs per trial; workers {workers}", flush=True)
+          f"amp {runtime.execution_key(base.amp, device, base)}; {len(plan.folds)} folds of {len(cache)} "
+          f"images at {base.image_size} px, {args.epochs} epochs per trial; workers {workers}", flush=True)
     for name in args.models.split(","):
         config = base.replace(model=name)
         ratios = []
@@ -57,13 +58,14 @@ def main() -> None:
                 started = time.perf_counter()
                 result = cross_validate(config, cache, plan.folds, groups=plan.groups, options=options)
                 seconds[label] = time.perf_counter() - started
-                epoch_seconds = statistics.median(h["seconds"] for t in result.trials for h in t["metrics"]["history"])
+                epoch_seconds = statistics.median(h["seconds"] for t in result.trials
+                                                  for h in t["metrics"]["history"])
                 losses[label] = (" ".join(f"{t['zero_one_loss']:.3f}" for t in result.trials)
                                  + f"; median epoch {epoch_seconds:.1f} s")
             serial, parallel = seconds.values()
             ratios.append(serial / parallel)
-            print(f"{name} round {number + 1}: " + ", ".join(f"{k} {v:.0f} s ({losses[k]})" for k, v in seconds.items())
-                  + f"; speed-up {ratios[-1]:.2f}x", flush=True)
+            runs = ", ".join(f"{k} {v:.0f} s ({losses[k]})" for k, v in seconds.items())
+            print(f"{name} round {number + 1}: {runs}; speed-up {ratios[-1]:.2f}x", flush=True)
         print(f"{name}: median speed-up {statistics.median(ratios):.2f}x over {args.rounds} rounds "
               f"({', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
 

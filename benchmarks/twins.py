@@ -51,12 +51,14 @@ def _variants(image: Image.Image, rng) -> dict[str, Image.Image]:
         im.save(buffer, "JPEG", quality=quality)
         return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
+    trimmed = image.crop((int(0.03 * w), int(0.03 * h), w, h))
+    side_w, side_h = int(0.05 * w), int(0.05 * h)
     return {
         "re-encoded (JPEG q=50)": jpeg(image, 50),
         "half size": image.resize((max(8, w // 2), max(8, h // 2))),
-        "trimmed 3% + resized 0.75": image.crop((int(0.03 * w), int(0.03 * h), w, h)).resize((w * 3 // 4, h * 3 // 4)),
+        "trimmed 3% + resized 0.75": trimmed.resize((w * 3 // 4, h * 3 // 4)),
         "synthetic.twin_variant": twin_variant(image, rng),
-        "cropped 10% (5% a side)": image.crop((int(0.05 * w), int(0.05 * h), w - int(0.05 * w), h - int(0.05 * h))),
+        "cropped 10% (5% a side)": image.crop((side_w, side_h, w - side_w, h - side_h)),
     }
 
 
@@ -86,12 +88,14 @@ def main(argv=None) -> int:
             made.setdefault(name, []).append((base, twins.image_signature_of(variant)))
 
     print(f"{len(records)} images in {args.data_dir}; recall on twins made from {len(chosen)} of them\n")
-    header = f"{'rule':<26}{'pairs':>7}{'test w/ train twin':>20}{'train w/ train twin':>21}{'label conflicts':>17}"
+    header = (f"{'rule':<26}{'pairs':>7}{'test w/ train twin':>20}{'train w/ train twin':>21}"
+              f"{'label conflicts':>17}")
     print(header + "".join(f"  {name}" for name in made))
     for rule_name, rule in RULES.items():
         rows, cols = np.nonzero(rule(distance, correlation) & upper)
-        cross = {i if split[i] == "test" else j for i, j in zip(rows, cols, strict=True) if split[i] != split[j]}
-        inside = {k for i, j in zip(rows, cols, strict=True) if split[i] == split[j] == "train" for k in (i, j)}
+        found = list(zip(rows, cols, strict=True))
+        cross = {i if split[i] == "test" else j for i, j in found if split[i] != split[j]}
+        inside = {k for i, j in found if split[i] == split[j] == "train" for k in (i, j)}
         conflicts = int((labels[rows] != labels[cols]).sum())
         recalls = []
         for pairs in made.values():

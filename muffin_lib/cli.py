@@ -1,9 +1,5 @@
-"""``python -m muffin_lib <command>``: a thin face on the library, one sub-command per step.
-
-Each command lives beside the code it drives: module ``M`` provides ``add_<name>_arguments(parser)``
-and ``<name>_command(args) -> int``. Modules are imported only when their command runs, so ``--help``
-stays fast.
-"""
+"""``python -m muffin_lib <command>``: each command's module provides ``add_<name>_arguments(parser)`` and
+``<name>_command(args) -> int``, imported only when that command runs."""
 
 from __future__ import annotations
 
@@ -17,7 +13,8 @@ from muffin_lib.errors import MuffinError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("muffin_lib.data.fetch", "download the Kaggle dataset (or make the synthetic demo set)"),
-    "audit": ("muffin_lib.data.scan", "scan and validate a dataset folder; report counts, sizes, duplicates, rejects"),
+    "audit": ("muffin_lib.data.scan",
+              "scan and validate a dataset folder; report counts, sizes, duplicates, rejects"),
     "split": ("muffin_lib.data.splits", "show the twin-grouped validation split and CV folds a run will use"),
     "train": ("muffin_lib.training.train", "train one model on the train split and save a checkpoint"),
     "predict": ("muffin_lib.training.predict", "classify image files or folders with a checkpoint"),
@@ -25,26 +22,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv": ("muffin_lib.selection.cli", "grid search scored by K-fold cross-validation (resumable)"),
     "run": ("muffin_lib.study.runner", "execute the notebook series with papermill and summarise it"),
 }
-
-
 DISTRIBUTION = "muffin-lab"  # the name pip knows, and the installed script's
 
 
 def version() -> str:
-    """The package's version (``muffin_lib.__version__``, the one checkpoints and test looks record)."""
     from muffin_lib import __version__
 
     return __version__
 
 
 def prog_name() -> str:
-    """What usage lines call the program: the installed script by its name, else ``python -m muffin_lib``."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return DISTRIBUTION if os.path.splitext(name)[0] == DISTRIBUTION else "python -m muffin_lib"
 
 
 class _VersionAction(argparse.Action):
-    """``--version``: looks the version up only when asked."""
+    """``--version``, which looks the version up only when asked."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
@@ -55,12 +48,9 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported (all of them when it is None, e.g. for --help;
-    none when it is "", e.g. for --version)."""
-    parser = argparse.ArgumentParser(
-        prog=prog_name(),
-        description="muffin-lab: one sub-command per step of the study; COMMAND --help for its options.",
-    )
+    """The parser; only ``command``'s module is imported (all of them when it is None, none when "")."""
+    description = "muffin-lab: one sub-command per step of the study; COMMAND --help for its options."
+    parser = argparse.ArgumentParser(prog=prog_name(), description=description)
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -78,13 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     command = next((arg for arg in argv if arg in COMMANDS), None)
     if command is None and "--version" in argv:
         command = ""  # nothing to import: --version prints and exits before a command is needed
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    args = build_parser(command).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
     command = getattr(importlib.import_module(args._module), f"{args.command}_command")
     try:
         return int(command(args) or 0)

@@ -10,11 +10,7 @@ from pathlib import Path
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    Readers see the old file or the new one, never a partial one; the temporary file is removed when
-    ``write`` fails.
-    """
+    """``write(temp)`` a temporary file beside ``path``, then rename it over ``path`` (removed on failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,8 +29,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def jsonable(value):
-    """A JSON-friendly copy: numpy/torch scalars and arrays, paths, tuples and sets become plain values;
-    NaN and infinities become null (JSON has no NaN). The one JSON cleaner of the project."""
+    """A JSON-friendly copy: numpy/torch values, paths, tuples and sets made plain; NaN becomes null."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):

@@ -1,5 +1,4 @@
-"""Process pools for the PIL-only jobs (scan, cache, near-duplicate signatures): one home for how many
-workers and which start method."""
+"""Process pools for the PIL-only jobs (scan, cache, near-duplicate signatures)."""
 
 from __future__ import annotations
 
@@ -25,14 +24,11 @@ def default_workers() -> int:
 
 @contextlib.contextmanager
 def process_pool(workers: int):
-    """A process pool for the PIL-only jobs in ``imageio``.
-
-    Linux forks (fast, and scripts without an ``if __name__ == "__main__"`` guard keep working); the
-    children never touch torch, so torch or Jupyter threads in the parent do not matter to them.
-    Elsewhere the platform default (spawn) is used.
-    """
+    """Linux forks (fast, and works without a ``__main__`` guard; the children never touch torch, so the
+    parent's threads do not matter); elsewhere the platform default (spawn)."""
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*multi-threaded, use of fork", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*multi-threaded, use of fork",
+                                category=DeprecationWarning)
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             yield pool

@@ -1,13 +1,6 @@
-"""Progress bars that fit where the code runs.
-
-Widgets in JupyterLab and Colab (tqdm.auto, needs ipywidgets), plain text under papermill, nbmake and
-the terminal, nothing in quiet mode. ``MUFFIN_PROGRESS`` = ``auto`` | ``text`` | ``off`` overrides;
-the runner and the test suite set ``text`` because executed notebooks should hold readable text.
-
-Under ``run`` a notebook's output goes to its executed copy, not the terminal: with ``MUFFIN_PROGRESS_FILE``
-set, every open bar also writes its line (step, count, ETA) to that file, and the runner's ``watch_progress``
-shows it in the terminal while the notebook runs.
-"""
+"""Progress bars that fit where the code runs: widgets in Jupyter, plain text elsewhere (``MUFFIN_PROGRESS`` =
+``auto`` | ``text`` | ``off``); with ``MUFFIN_PROGRESS_FILE`` set, open bars also write their line there for
+the runner's :func:`watch_progress`, since a notebook's own output goes to its executed copy."""
 
 from __future__ import annotations
 
@@ -38,14 +31,9 @@ def _report(bar, line: str | None) -> None:
         write_text_atomic(path, " | ".join(_open_bars.values()))
 
 
-def progress_mode() -> str:
-    mode = os.environ.get("MUFFIN_PROGRESS", "auto").lower()
-    return mode if mode in ("auto", "text", "off") else "auto"
-
-
 def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
     """A tqdm bar; ``enabled=False`` (quiet mode) or ``MUFFIN_PROGRESS=off`` gives a silent one."""
-    mode = progress_mode()
+    mode = os.environ.get("MUFFIN_PROGRESS", "auto").lower()
     if not enabled or mode == "off":
         kwargs["disable"] = True
     if mode == "text":
@@ -68,7 +56,6 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kw
 
 def _reporting(base):
     """``base`` (a tqdm class) that also reports its line to the progress file at most once a second."""
-
     class Reporting(base):
         _reported_at = 0.0
 
@@ -92,8 +79,7 @@ def _reporting(base):
 
 def _line(bar) -> str:
     """A bar's state in a few words: "deeper_cnn 3/8 epoch [01:10<01:45]"."""
-    fmt = bar.format_dict
-    elapsed = bar.format_interval(fmt["elapsed"])
+    fmt, elapsed = bar.format_dict, bar.format_interval(bar.format_dict["elapsed"])
     rate, total = fmt.get("rate"), fmt.get("total")
     remaining = bar.format_interval((total - fmt["n"]) / rate) if rate and total else "?"
     count = f"{fmt['n']}/{total}" if total else f"{fmt['n']}"
@@ -105,9 +91,8 @@ def watch_progress(path: Path, show: Callable[[str], None], interval: float = 1.
     """While the block runs, pass each new line of the progress file ``path`` to ``show`` (from a thread);
     sets ``MUFFIN_PROGRESS_FILE`` for the kernels started inside it."""
     path.unlink(missing_ok=True)
-    saved = os.environ.get(PROGRESS_FILE_ENV)
+    saved, stop = os.environ.get(PROGRESS_FILE_ENV), threading.Event()
     os.environ[PROGRESS_FILE_ENV] = str(path)
-    stop = threading.Event()
 
     def poll() -> None:
         last = ""

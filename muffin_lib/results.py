@@ -1,5 +1,4 @@
-"""The results files of the series: ``work_dir/results/<notebook>.json``, written by each notebook and
-read by later notebooks, ``selection.evaluation`` and the runner's summary."""
+"""The results files of the series, ``work_dir/results/<notebook>.json``, written by each notebook."""
 
 from __future__ import annotations
 
@@ -14,7 +13,8 @@ def require_results(work_dir: str | Path, notebook: str) -> dict:
     """The results another notebook saved, or a MuffinError saying to run it first."""
     path = results_path(work_dir, notebook)
     if not path.is_file():
-        raise MuffinError(f"no results {path}: run notebooks/{notebook}.ipynb first (same work_dir), then this one.")
+        raise MuffinError(f"no results {path}: run notebooks/{notebook}.ipynb first (same work_dir), "
+                          "then this one.")
     return json.loads(path.read_text())
 
 
@@ -29,5 +29,6 @@ def load_all_results(work_dir: str | Path) -> dict[str, dict]:
         try:
             results[path.stem] = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise MuffinError(f"{path} is not valid JSON ({error}); delete it and re-run {path.stem}.ipynb") from None
+            raise MuffinError(f"{path} is not valid JSON ({error}); delete it and re-run "
+                              f"{path.stem}.ipynb") from None
     return results

@@ -1,15 +1,6 @@
-"""The record of every look at a dataset's test split, and the gate every test score passes first.
-
-The test split is scored once, after every choice (notebook 09, ``selection.evaluation.evaluate_candidates``).
-Whatever scores a test split (09, ``evaluate_on_split``, ``predict`` on its files or folders) first calls
-:func:`gate`, which records the look *before* any prediction, in the user's cache directory keyed by the
-split's content fingerprint (``config.user_cache_dir()/test_looks/``), so a new ``work_dir`` does not start
-a clean slate. A look records when (UTC), who, the candidates (name -> checkpoint, sha256 of the file,
-config key; an ensemble: its members' identities), the split and the code version. Scoring checkpoints that
-were all scored on this split before is not a new look (its ``repeats`` grow); a checkpoint never scored on
-it is refused once the split has a look, unless forced, and a forced look counts in every test number shown
-("look N of this test split"). Shared top level: imports no layer; callers pass the fingerprint.
-"""
+"""The record of every look at a dataset's test split (in the user's cache, keyed by the split's content
+fingerprint, so a new work_dir is no clean slate), and :func:`gate`, which every test score passes first: a
+checkpoint never scored on a split that has a look is refused unless forced, and a forced look is counted."""
 
 from __future__ import annotations
 
@@ -27,7 +18,8 @@ from muffin_lib.text import plural
 
 WHO = ("09_final_test", "evaluate_on_split", "predict")
 FORCE = {
-    "09_final_test": "set the notebook 09 parameter allow_new_test_look = True (runner: -p allow_new_test_look True)",
+    "09_final_test": "set the notebook 09 parameter allow_new_test_look = True "
+                     "(runner: -p allow_new_test_look True)",
     "predict": "pass --allow-new-test-look to predict",
     "evaluate_on_split": "pass allow_new_look=True to evaluate_on_split",
 }
@@ -40,8 +32,8 @@ def code_version() -> str:
 
     if (PACKAGE_PARENT / ".git").exists():
         try:
-            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_PARENT, capture_output=True,
-                                 text=True, timeout=10, check=False)
+            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_PARENT,
+                                 capture_output=True, text=True, timeout=10, check=False)
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -58,32 +50,25 @@ def file_sha256(path) -> str:
 
 
 def identify(candidates: dict[str, object], config_keys: dict[str, str] | None = None) -> dict[str, dict]:
-    """name -> {checkpoint, sha256, config_key}: what a candidate set is, whatever its files are called. A candidate
-    given as a dict (member name -> checkpoint: an ensemble of those checkpoints) is identified by its members:
-    ``members`` holds their identities and ``sha256`` is the sha256 of their sorted (name, sha256) pairs (None
-    when a member file is missing, as for a missing checkpoint)."""
+    """name -> {checkpoint, sha256, config_key}; an ensemble (a dict of member checkpoints) by its ``members``
+    and the sha256 of their sorted (name, sha256) pairs (None when a member file is missing)."""
     keys = config_keys or {}
     found = {}
     for name, checkpoint in sorted(candidates.items()):
         if isinstance(checkpoint, dict):
             members = identify(checkpoint, keys)
-            pairs = _signature(members)
+            pairs = sorted([member, ident.get("sha256")] for member, ident in members.items())
             digest = (None if any(sha is None for _, sha in pairs)
                       else hashlib.sha256(json.dumps(pairs).encode()).hexdigest())
             found[str(name)] = {"checkpoint": None, "sha256": digest, "config_key": None, "members": members}
             continue
         path = Path(checkpoint)
-        found[str(name)] = {"checkpoint": str(path.resolve()), "sha256": file_sha256(path) if path.is_file() else None,
-                            "config_key": keys.get(name)}
+        sha = file_sha256(path) if path.is_file() else None
+        found[str(name)] = {"checkpoint": str(path.resolve()), "sha256": sha, "config_key": keys.get(name)}
     return found
 
 
-def _signature(identities: dict[str, dict]) -> list[list]:
-    return sorted([name, ident.get("sha256")] for name, ident in identities.items())
-
-
 def record_file(data_fingerprint: str) -> Path:
-    """Where the looks at the test split with this content fingerprint are kept."""
     return user_cache_dir() / "test_looks" / f"{data_fingerprint[:32]}.json"
 
 
@@ -95,8 +80,8 @@ def looks(data_fingerprint: str) -> list[dict]:
     try:
         return list(json.loads(path.read_text())["looks"])
     except (ValueError, KeyError, TypeError) as error:
-        raise MuffinError(f"{path} is not a test-look record ({error}); restore it from a backup, or delete it "
-                          "knowing that the looks it recorded are forgotten") from error
+        raise MuffinError(f"{path} is not a test-look record ({error}); restore it from a backup, or delete "
+                          "it knowing that the looks it recorded are forgotten") from error
 
 
 def _checkpoints(identities: dict[str, dict]) -> set:
@@ -107,16 +92,10 @@ def _checkpoints(identities: dict[str, dict]) -> set:
     return found
 
 
-def _names(look: dict) -> str:
-    return ", ".join(look["candidates"]) or "no candidate"
-
-
 def gate(who: str, candidates: dict[str, object], data_dir, *, data_fingerprint: str,
          config_keys: dict[str, str] | None = None, allow_new_look: bool = False) -> dict:
-    """Call before scoring ``candidates`` (name -> checkpoint) on the test split of ``data_dir``: refuse (one
-    MuffinError line) a set with a checkpoint never scored on this split once it has a look, unless
-    ``allow_new_look``; record the look; return it with ``n_looks`` (this split's looks, this one included),
-    ``new``, ``forced`` and ``record`` (the file)."""
+    """Record a look before scoring ``candidates`` (name -> checkpoint) on the test split, refusing a new
+    one once the split has a look unless ``allow_new_look``; returns the look with ``n_looks`` and ``new``."""
     if who not in WHO:
         raise ValueError(f"who must be one of {WHO}, got {who!r}")
     earlier = looks(data_fingerprint)
@@ -125,13 +104,15 @@ def gate(who: str, candidates: dict[str, object], data_dir, *, data_fingerprint:
     scored = _checkpoints(identities)
     new = None in scored or not scored <= seen
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path = record_file(data_fingerprint)
     if new and earlier and not allow_new_look:
         last = earlier[-1]
+        names = ", ".join(last["candidates"]) or "no candidate"
         raise MuffinError(
-            f"this test split was already scored ({plural(len(earlier), 'look')}, the last on {last['at']} by "
-            f"{last['who']} "
-            f"with {_names(last)}; record {record_file(data_fingerprint)}): scoring {', '.join(sorted(candidates))} "
-            f"would be a new look chosen after seeing test numbers; to do it anyway, {FORCE[who]}"
+            f"this test split was already scored ({plural(len(earlier), 'look')}, the last on {last['at']} "
+            f"by {last['who']} with {names}; record {path}): scoring "
+            f"{', '.join(sorted(candidates))} would be a new look chosen after seeing test numbers; to do it "
+            f"anyway, {FORCE[who]}"
         )
     if new:
         look = {"at": now, "who": who, "candidates": identities, "data_fingerprint": data_fingerprint,
@@ -141,8 +122,8 @@ def gate(who: str, candidates: dict[str, object], data_dir, *, data_fingerprint:
     else:
         look = earlier[-1]
         look.setdefault("repeats", []).append({"at": now, "who": who, "candidates": sorted(candidates)})
-    path = record_file(data_fingerprint)
-    write_text_atomic(path, json.dumps(jsonable({"version": RECORD_VERSION, "looks": earlier}), indent=2) + "\n")
+    record = jsonable({"version": RECORD_VERSION, "looks": earlier})
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return {**look, "n_looks": len(earlier), "new": new, "record": os.fspath(path)}
 
 

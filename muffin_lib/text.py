@@ -4,6 +4,5 @@ from __future__ import annotations
 
 
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``count`` and ``noun``, the noun in the plural unless the count is 1 (``noun + "s"`` unless
-    ``plural_form`` says otherwise), e.g. ``plural(1, "epoch")`` -> "1 epoch", ``plural(0, "file")`` -> "0 files"."""
+    """``plural(1, "epoch")`` -> "1 epoch", ``plural(0, "file")`` -> "0 files" (or ``plural_form``)."""
     return f"{count} {noun if count == 1 else plural_form or noun + 's'}"

@@ -47,8 +47,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cv_data(synthetic_data_dir, tmp_path_factory):
-    """(cache, folds): the synthetic training split cached at 32 px greyscale and its 2-fold twin-grouped plan,
-    for the tests of how trials run (serial, worker processes, Ray)."""
+    """(cache, folds): the synthetic training split cached at 32 px greyscale and its 2-fold twin-grouped
+    plan, for the tests of how trials run (serial, worker processes, Ray)."""
     from muffin_lib.data.cache import load_images
     from muffin_lib.data.splits import plan_for_cache
 
@@ -59,8 +59,8 @@ def tiny_cv_data(synthetic_data_dir, tmp_path_factory):
 
 @pytest.fixture
 def cv_result():
-    """Builds a CVResult of ``config`` with these per-fold losses (400 training / 100 held-out images per fold),
-    as cross_validate would return it, for tests of what is computed from CV results."""
+    """Builds a CVResult of ``config`` with these per-fold losses (400 training / 100 held-out images per
+    fold), as cross_validate would return it, for tests of what is computed from CV results."""
     from muffin_lib.selection.cv import CVResult
     from muffin_lib.selection.stats import summarize_losses
 

@@ -1,4 +1,5 @@
-"""Help and messages a user can act on (issue 30, item 8): every flag's help states its default, ``--version``,
+"""Help and messages a user can act on (issue 30, item 8): every flag's help states its default,
+``--version``,
 ``audit --data-dir``, the program named as it was invoked, and counts that read right."""
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from muffin_lib.text import plural
 # `run`'s parser lives in study/runner.py, whose owner keeps these two as they are (no default to state:
 # every notebook runs, no parameter is set).
 EXEMPT = {("run", "--only"), ("run", "--parameter")}
-NO_DEFAULT = (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._VersionAction,
-              argparse._SubParsersAction, cli._VersionAction)
+NO_DEFAULT = (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFalseAction,
+              argparse._VersionAction, argparse._SubParsersAction, cli._VersionAction)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -46,7 +47,8 @@ def test_every_option_of_every_command_states_its_default():
     assert set(commands) == set(cli.COMMANDS)
     for name, parser in commands.items():
         for action in _options_needing_a_default(parser):
-            flag = max(action.option_strings, key=len) if action.option_strings else action.metavar or action.dest
+            flag = (max(action.option_strings, key=len) if action.option_strings
+                    else action.metavar or action.dest)
             if (name, flag) not in EXEMPT and "default" not in _expanded_help(parser, action):
                 missing.append(f"{name} {flag}")
     assert missing == [], f"help without its default: {missing}"
@@ -98,7 +100,8 @@ def test_version_falls_back_to_pyproject_when_not_installed(monkeypatch):
 def test_version_needs_no_command_module(monkeypatch, capsys):
     imported = []
     real_import = cli.importlib.import_module
-    monkeypatch.setattr(cli.importlib, "import_module", lambda name: imported.append(name) or real_import(name))
+    monkeypatch.setattr(cli.importlib, "import_module",
+                        lambda name: imported.append(name) or real_import(name))
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert imported == [] and capsys.readouterr().out.startswith("muffin-lab ")
@@ -142,7 +145,8 @@ def test_audit_takes_data_dir_as_a_flag_like_every_other_command(small_data, cap
     assert positional["n_images"] == 12
     assert _audit_json(["--data-dir", str(small_data)], capsys) == positional
     # both forms naming the same folder are fine
-    assert _audit_json([str(small_data), "--data-dir", str(small_data / ".." / small_data.name)], capsys) == positional
+    assert _audit_json([str(small_data), "--data-dir", str(small_data / ".." / small_data.name)],
+                       capsys) == positional
 
 
 def test_audit_refuses_two_different_data_dirs(small_data, tmp_path, capsys):
@@ -161,7 +165,8 @@ def test_audit_without_a_folder_audits_the_default():
 
 
 def test_counts_read_right():
-    assert plural(1, "epoch") == "1 epoch" and plural(2, "epoch") == "2 epochs" and plural(0, "file") == "0 files"
+    assert plural(1, "epoch") == "1 epoch" and plural(2, "epoch") == "2 epochs"
+    assert plural(0, "file") == "0 files"
     assert plural(1, "extra copy", "extra copies") == "1 extra copy"
     assert plural(3, "extra copy", "extra copies") == "3 extra copies"
 
@@ -175,5 +180,5 @@ def test_no_library_message_says_a_count_of_plural_things_as_a_parenthesised_s()
     package = Path(cli.__file__).resolve().parent
     found = [f"{path.relative_to(package)}:{n}" for path in package.rglob("*.py")
              for n, line in enumerate(path.read_text().splitlines(), 1)
-             if re.search(r"\}( [\w-]+){1,3}\(s\)", line) and path.name not in ("engine.py", "runner.py", "train.py")]
+             if re.search(r"\}( [\w-]+){1,3}\(s\)", line) and path.name not in ("runner.py", "train.py")]
     assert found == []

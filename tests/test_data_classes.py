@@ -60,7 +60,8 @@ def test_the_default_dataset_keeps_its_names_and_labels(synthetic_data_dir):
 
 def test_synthetic_default_is_unchanged_by_the_classes_option(tmp_path):
     a = synthetic.make_synthetic_dataset(tmp_path / "a", n_train=20, n_test=10, image_size=24)
-    b = synthetic.make_synthetic_dataset(tmp_path / "b", n_train=20, n_test=10, image_size=24, classes=("muffin", "chihuahua"))
+    b = synthetic.make_synthetic_dataset(tmp_path / "b", n_train=20, n_test=10, image_size=24,
+                                         classes=("muffin", "chihuahua"))
     files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.jpg"))
     assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*.jpg"))
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)

@@ -1,4 +1,4 @@
-"""extract + fetch: safe zips, atomic installs, Kaggle paths up to the network boundary, synthetic fallback."""
+"""extract + fetch: safe zips, atomic installs, Kaggle paths up to the network, the synthetic fallback."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _jpeg_bytes() -> bytes:
     return JPEG
 
 
-LAYOUT = [f"{split}/{name}/img_{i}.jpg" for split in config.SPLITS for name in config.CLASSES for i in range(2)]
+LAYOUT = [f"{split}/{name}/img_{i}.jpg" for split in config.SPLITS for name in config.CLASSES
+          for i in range(2)]
 
 
 def _make_zip(path: Path, prefix: str = "", extra: dict[str, bytes] | None = None) -> Path:
@@ -136,7 +137,9 @@ def test_offline_without_credentials_gives_one_actionable_message(tmp_path, no_c
     assert not (tmp_path / "data").exists()
 
 
-def test_kaggle_package_failure_with_bad_credentials_is_caught(tmp_path, no_credentials, offline, monkeypatch, capsys):
+def test_kaggle_package_failure_with_bad_credentials_is_caught(
+    tmp_path, no_credentials, offline, monkeypatch, capsys
+):
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -162,7 +165,7 @@ SECRET = "not-a-real-key-1234"
 
 @pytest.fixture
 def kaggle_answers(monkeypatch):
-    """``kaggle_answers(401)``: every Kaggle request is answered with that status; ``kaggle_answers(error)``: raises it."""
+    """``kaggle_answers(401)``: every Kaggle request gets that status; ``kaggle_answers(error)`` raises it."""
     from requests.adapters import HTTPAdapter
 
     seen = []
@@ -204,31 +207,36 @@ def _cli_fetch_kaggle(data_dir, capsys) -> list[str]:
     return [line for line in lines if line.startswith("  - ")]
 
 
-TOKEN_FIX = (f"create a token at {fetch.KAGGLE_TOKEN_PAGE} (API -> Create New Token) and save the kaggle.json it "
-             "gives as {json} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN); on "
-             "Colab add them as notebook secrets (key icon)")
+TOKEN_FIX = (f"create a token at {fetch.KAGGLE_TOKEN_PAGE} (API -> Create New Token) and save the "
+             "kaggle.json it gives as {json} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY (or "
+             "KAGGLE_API_TOKEN); on Colab add them as notebook secrets (key icon)")
 
 
 def test_no_credentials_says_where_to_put_them(tmp_path, no_credentials, kaggle_answers, capsys):
     kaggle_answers(401)  # Kaggle wants a login: kagglehub's anonymous request is refused
     fix = TOKEN_FIX.format(json=no_credentials / ".kaggle" / "kaggle.json")
     assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
-        f"  - kagglehub: Kaggle asked for a login (HTTP 401 Unauthorized) and no Kaggle credentials were found: {fix}",
+        "  - kagglehub: Kaggle asked for a login (HTTP 401 Unauthorized) and no Kaggle credentials were "
+        f"found: {fix}",
         f"  - kaggle package: no Kaggle credentials found: {fix}",
     ]
 
 
-def test_wrong_credentials_401_say_which_ones_and_how_to_renew_them(tmp_path, env_credentials, kaggle_answers, capsys):
+def test_wrong_credentials_401_say_which_ones_and_how_to_renew_them(
+    tmp_path, env_credentials, kaggle_answers, capsys
+):
     seen = kaggle_answers(401)
     assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
         f"  - kagglehub and kaggle package: Kaggle rejected the credentials in {env_credentials} (HTTP 401 "
-        "Unauthorized): the username or key is wrong, or the token expired or was revoked; create a new token at "
-        f"{fetch.KAGGLE_TOKEN_PAGE} (API -> Create New Token) and replace the one in {env_credentials}"
+        "Unauthorized): the username or key is wrong, or the token expired or was revoked; create a new "
+        f"token at {fetch.KAGGLE_TOKEN_PAGE} (API -> Create New Token) and replace the one in "
+        f"{env_credentials}"
     ]
     assert len(seen) == 2 and all(url.startswith("https://api.kaggle.com/") for url in seen)  # one try each
 
 
-def test_wrong_kaggle_json_is_named_by_its_path(tmp_path, no_credentials, kaggle_answers, capsys, monkeypatch):
+def test_wrong_kaggle_json_is_named_by_its_path(tmp_path, no_credentials, kaggle_answers, capsys,
+                                                 monkeypatch):
     kaggle_json = tmp_path / "kaggle-config" / "kaggle.json"
     kaggle_json.parent.mkdir()
     kaggle_json.write_text(json.dumps({"username": "someone", "key": SECRET}))
@@ -241,56 +249,65 @@ def test_wrong_kaggle_json_is_named_by_its_path(tmp_path, no_credentials, kaggle
     monkeypatch.setattr(KaggleApi, "config", str(kaggle_json))
     kaggle_answers(401)
     [line] = _cli_fetch_kaggle(tmp_path / "data", capsys)
-    assert line.startswith(f"  - kagglehub and kaggle package: Kaggle rejected the credentials in {kaggle_json} (HTTP 401")
+    assert line.startswith("  - kagglehub and kaggle package: Kaggle rejected the credentials in "
+                           f"{kaggle_json} (HTTP 401")
 
 
-def test_forbidden_403_says_accept_the_rules_on_the_dataset_page(tmp_path, env_credentials, kaggle_answers, capsys):
+def test_forbidden_403_says_accept_the_rules_on_the_dataset_page(
+    tmp_path, env_credentials, kaggle_answers, capsys
+):
     kaggle_answers(403)
     assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
         f"  - kagglehub and kaggle package: Kaggle refused the account in {env_credentials} access to "
-        f"{config.KAGGLE_DATASET} (HTTP 403 Forbidden): sign in at {fetch.KAGGLE_URL} as that account, accept the "
-        "dataset's rules or terms if the page asks you to, and try again"
+        f"{config.KAGGLE_DATASET} (HTTP 403 Forbidden): sign in at {fetch.KAGGLE_URL} as that account, "
+        "accept the dataset's rules or terms if the page asks you to, and try again"
     ]
 
 
-def test_forbidden_403_without_credentials_asks_for_an_account(tmp_path, no_credentials, kaggle_answers, capsys):
+def test_forbidden_403_without_credentials_asks_for_an_account(
+    tmp_path, no_credentials, kaggle_answers, capsys
+):
     kaggle_answers(403)
     first, second = _cli_fetch_kaggle(tmp_path / "data", capsys)
-    assert first.startswith(f"  - kagglehub: Kaggle refused anonymous access to {config.KAGGLE_DATASET} (HTTP 403 "
-                            f"Forbidden): sign in at {fetch.KAGGLE_URL} and accept the dataset's rules there")
+    assert first.startswith(f"  - kagglehub: Kaggle refused anonymous access to {config.KAGGLE_DATASET} "
+                            f"(HTTP 403 Forbidden): sign in at {fetch.KAGGLE_URL} and accept the dataset's "
+                            "rules there")
     assert second.startswith("  - kaggle package: no Kaggle credentials found: create a token at")
 
 
 def test_not_found_404_says_check_the_slug(tmp_path, env_credentials, kaggle_answers, capsys):
     kaggle_answers(404)
     assert _cli_fetch_kaggle(tmp_path / "data", capsys) == [
-        f"  - kagglehub and kaggle package: Kaggle has no dataset {config.KAGGLE_DATASET} (HTTP 404 Not Found): "
-        f"check the slug (config.KAGGLE_DATASET) by opening {fetch.KAGGLE_URL} in a browser; if the dataset was "
-        "renamed, removed or made private, download a copy by hand and use --zip, or point --data-dir at a folder "
-        "that holds one"
+        f"  - kagglehub and kaggle package: Kaggle has no dataset {config.KAGGLE_DATASET} (HTTP 404 Not "
+        f"Found): check the slug (config.KAGGLE_DATASET) by opening {fetch.KAGGLE_URL} in a browser; if the "
+        "dataset was renamed, removed or made private, download a copy by hand and use --zip, or point "
+        "--data-dir at a folder that holds one"
     ]
 
 
 @pytest.mark.parametrize("error", [
-    requests.ConnectionError("HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded with url: "
-                             "/v1/datasets.DatasetApiService/GetDataset (Caused by NameResolutionError(\"Failed to "
-                             "resolve 'api.kaggle.com' ([Errno -3] Temporary failure in name resolution)\"))"),
+    requests.ConnectionError("HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded "
+                             "with url: /v1/datasets.DatasetApiService/GetDataset (Caused by "
+                             "NameResolutionError(\"Failed to resolve 'api.kaggle.com' ([Errno -3] Temporary "
+                             "failure in name resolution)\"))"),
     requests.ConnectTimeout("Connection to api.kaggle.com timed out"),
     requests.ReadTimeout("Read timed out"),
 ], ids=["dns", "connect-timeout", "read-timeout"])
-def test_no_network_says_check_it_or_use_a_local_copy(tmp_path, env_credentials, kaggle_answers, capsys, error):
+def test_no_network_says_check_it_or_use_a_local_copy(tmp_path, env_credentials, kaggle_answers, capsys,
+                                                       error):
     kaggle_answers(error)
     [line] = _cli_fetch_kaggle(tmp_path / "data", capsys)
-    assert line.startswith(f"  - kagglehub and kaggle package: no connection to Kaggle ({type(error).__name__}: ")
+    assert line.startswith(f"  - kagglehub and kaggle package: no connection to Kaggle "
+                           f"({type(error).__name__}: ")
     assert line.endswith(
-        "): check that this machine is online (Wi-Fi, proxy, firewall) and try again, or use a copy you already "
-        "have: --zip PATH/TO/archive.zip, or --data-dir (data_dir in the notebooks) pointing at a folder that holds "
-        "train/ and test/"
+        "): check that this machine is online (Wi-Fi, proxy, firewall) and try again, or use a copy you "
+        "already have: --zip PATH/TO/archive.zip, or --data-dir (data_dir in the notebooks) pointing at a "
+        "folder that holds train/ and test/"
     )
 
 
 def test_notebook_00_falls_back_to_synthetic_and_shows_why(tmp_path, env_credentials, kaggle_answers, capsys):
-    """Notebook 00 calls fetch_dataset(data_dir, source="auto"): the cause is in the synthetic banner it prints."""
+    """Notebook 00 calls fetch_dataset(data_dir, source="auto"): the synthetic banner it prints says why."""
     kaggle_answers(403)
     result = fetch.fetch_dataset(tmp_path / "data", "auto")
     out = capsys.readouterr().out
@@ -306,7 +323,8 @@ def test_a_key_in_an_error_is_never_shown(env_credentials, no_credentials, monke
     assert SECRET not in message and "***" in message
     monkeypatch.delenv("KAGGLE_KEY")
     (no_credentials / ".kaggle").mkdir()
-    (no_credentials / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "someone", "key": SECRET}))
+    kaggle_json = json.dumps({"username": "someone", "key": SECRET})
+    (no_credentials / ".kaggle" / "kaggle.json").write_text(kaggle_json)
     message = fetch.explain_kaggle_error(RuntimeError(f"bad key {SECRET}"), str(no_credentials / ".kaggle"))
     assert SECRET not in message and "***" in message
 
@@ -319,7 +337,8 @@ def test_kagglehub_folder_is_copied_into_the_layout(tmp_path, no_credentials, mo
         (download / "muffin-vs-chihuahua" / name).parent.mkdir(parents=True, exist_ok=True)
         (download / "muffin-vs-chihuahua" / name).write_bytes(_jpeg_bytes())
     calls = []
-    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **kw: calls.append(handle) or str(download))
+    monkeypatch.setattr(kagglehub, "dataset_download",
+                        lambda handle, **kw: calls.append(handle) or str(download))
 
     result = fetch.fetch_dataset(tmp_path / "data", "auto", quiet=True)
     assert calls == [config.KAGGLE_DATASET]
@@ -345,7 +364,9 @@ def test_kaggle_package_zip_is_used_when_kagglehub_fails(tmp_path, no_credential
     assert _leftovers(tmp_path) == []
 
 
-def test_auto_offline_falls_back_to_synthetic_with_banner_and_is_idempotent(tmp_path, no_credentials, offline, capsys):
+def test_auto_offline_falls_back_to_synthetic_with_banner_and_is_idempotent(
+    tmp_path, no_credentials, offline, capsys
+):
     data = tmp_path / "data"
     result = fetch.fetch_dataset(data, "auto")
     out = capsys.readouterr().out
@@ -380,7 +401,8 @@ def test_cli_fetch_zip_refuses_evil_archive(tmp_path, capsys):
     archive = _make_zip(tmp_path / "evil.zip", extra={"../evil.jpg": b"x"})
     assert cli.main(["fetch", "--zip", str(archive), "--data-dir", str(tmp_path / "data")]) == 2
     assert "../evil.jpg" in capsys.readouterr().err
-    assert cli.main(["fetch", "--zip", str(_make_zip(tmp_path / "ok.zip")), "--data-dir", str(tmp_path / "d")]) == 0
+    archive = _make_zip(tmp_path / "ok.zip")
+    assert cli.main(["fetch", "--zip", str(archive), "--data-dir", str(tmp_path / "d")]) == 0
     assert is_complete(tmp_path / "d")
 
 

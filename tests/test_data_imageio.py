@@ -92,7 +92,8 @@ def test_preprocess_accepts_a_pil_image_and_matches_the_file(tmp_path):
 
 def test_large_jpeg_is_downscaled_fast(tmp_path):
     gradient = np.broadcast_to(np.linspace(0, 255, 6000, dtype=np.uint8), (4000, 6000))
-    path = _save(tmp_path / "huge.jpg", Image.fromarray(np.ascontiguousarray(gradient)).convert("RGB"), quality=60)
+    image = Image.fromarray(np.ascontiguousarray(gradient)).convert("RGB")
+    path = _save(tmp_path / "huge.jpg", image, quality=60)
     assert tuple(preprocess_image(path, 64, "rgb").shape) == (3, 64, 64)
 
 
@@ -103,7 +104,8 @@ def test_undecodable_files_raise_unreadable_image_naming_file_and_reason(tmp_pat
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("my shopping list\n")
-    expected = {"truncated.jpg": "truncated", "empty.jpg": "empty", "notes.jpg": "text", "missing.jpg": "no such"}
+    expected = {"truncated.jpg": "truncated", "empty.jpg": "empty", "notes.jpg": "text",
+                "missing.jpg": "no such"}
     for name, reason in expected.items():
         with pytest.raises(UnreadableImage) as info:
             preprocess_image(tmp_path / name, 32, "rgb")

@@ -24,7 +24,8 @@ def test_audit_of_the_dev_set(shared_data, tmp_path):
 
 
 def test_every_original_decodes_and_preprocesses_in_both_colour_modes(shared_data):
-    files = sorted(p for p in (shared_data / "originals-sample").rglob("*") if p.suffix.lower() in config.IMAGE_EXTENSIONS)
+    files = sorted(p for p in (shared_data / "originals-sample").rglob("*")
+                   if p.suffix.lower() in config.IMAGE_EXTENSIONS)
     assert len(files) == 122
     modes = set()
     for path in files:

@@ -1,4 +1,4 @@
-"""Near-duplicate twins: detection, transitive groups, the audit block, twin-grouped splits, twin-free scores."""
+"""Near-duplicate twins: detection, transitive groups, the audit block, grouped splits, twin-free scores."""
 
 from __future__ import annotations
 
@@ -220,4 +220,5 @@ def test_dev_data_twins_match_a_careful_check(shared_data, tmp_path):
     assert 75 <= near["test_with_train_twin"] <= 110
     assert near["conflicting_labels"] == []
     found = twins.TwinGroups(near["groups"])
-    assert found.group_of("train/muffin/img_0_261.jpg") == found.group_of("test/muffin/img_4_747.jpg") is not None
+    pair = ("train/muffin/img_0_261.jpg", "test/muffin/img_4_747.jpg")
+    assert found.group_of(pair[0]) == found.group_of(pair[1]) is not None

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "muffin_lib"
-MAX_LINES = 460
+MAX_LINES = 400
 
 
 def _module_name(path: Path) -> str:
@@ -20,7 +20,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("muffin_lib"):
-            for alias in node.names:  # "from muffin_lib.training import engine" imports a module
+            for alias in node.names:  # "from muffin_lib.training import loop" imports a module
                 candidate = f"{node.module}.{alias.name}"
                 found.add(candidate if candidate in modules else node.module)
         elif isinstance(node, ast.Import):
@@ -84,13 +84,15 @@ def test_packages_import_only_upstream():
         for target in targets
         if _layer(target) > _layer(name)
     ]
-    assert wrong == [], "imports against the data flow (data -> training -> selection -> study): " + "; ".join(wrong)
+    flow = "data -> training -> selection -> study"
+    assert wrong == [], f"imports against the data flow ({flow}): " + "; ".join(wrong)
 
 
 def test_every_layer_says_what_it_owns():
     for layer in LAYERS:
         init = PACKAGE / layer / "__init__.py"
-        assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"muffin_lib/{layer} needs a docstring"
+        has_docstring = init.exists() and ast.get_docstring(ast.parse(init.read_text()))
+        assert has_docstring, f"muffin_lib/{layer} needs a docstring"
 
 
 def _private(name: str) -> bool:
@@ -106,10 +108,12 @@ def test_no_module_uses_another_modules_private_names():
         modules = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("muffin_lib"):
-                wrong += [f"{path.name}: from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+                wrong += [f"{path.name}: from {node.module} import {a.name}"
+                          for a in node.names if _private(a.name)]
                 modules.update(a.asname or a.name for a in node.names)
             elif isinstance(node, ast.Import):
-                modules.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("muffin_lib"))
+                modules.update(a.asname or a.name.split(".")[0] for a in node.names
+                               if a.name.startswith("muffin_lib"))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
                     and node.value.id in modules):

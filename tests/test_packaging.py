@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _requirements(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith(("#", "-"))]
+    lines = path.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-"))]
 
 
 def _name(requirement: str) -> str:
@@ -36,8 +37,9 @@ def test_the_wheel_holds_every_sub_package(tmp_path):
     import zipfile
 
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True)
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path),
+               str(ROOT)]
+    subprocess.run(command, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("muffin_lab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "muffin_lib").rglob("__init__.py")}

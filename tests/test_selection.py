@@ -20,6 +20,7 @@ from muffin_lib.data.cache import load_images
 from muffin_lib.data.splits import plan_for_cache
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection import (
+    NestedFolds,
     RunOptions,
     compare_configs,
     cross_validate,
@@ -32,8 +33,9 @@ from muffin_lib.selection.trial_store import TrialStore, fold_plan_key, trial_ke
 from muffin_lib.training import augment, loop, recipe, tensors
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, lr=3e-3, augment="flip_rotate")
-CPU = RunOptions(device="cpu", progress=False)  # tests run quietly on the CPU; .replace(store=...) adds a store
+TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16,
+                          lr=3e-3, augment="flip_rotate")
+CPU = RunOptions(device="cpu", progress=False)  # quietly on the CPU; .replace(store=...) adds a store
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ class FitCounter:
         self._fit = loop.fit
 
     def __call__(self, config, train, val=None, **kwargs):
-        self.calls.append({"config": config, "train": train[0].clone(), "val": None if val is None else val[0]})
+        self.calls.append({"config": config, "train": train[0].clone(),
+                           "val": None if val is None else val[0]})
         if self.interrupt_on is not None and len(self.calls) == self.interrupt_on:
             raise KeyboardInterrupt
         result = self._fit(config, train, val, **kwargs)
@@ -131,7 +134,8 @@ def test_held_out_fold_is_never_augmented_or_used_for_training(cache, folds, mon
     result = cross_validate(TINY, cache, folds, options=CPU)
 
     assert len(counter.calls) == len(folds) == len(evaluated) == len(augmented)
-    for (train_idx, test_idx), call, batches, scored in zip(folds, counter.calls, augmented, evaluated, strict=True):
+    for (train_idx, test_idx), call, batches, scored in zip(folds, counter.calls, augmented, evaluated,
+                                                             strict=True):
         train_images, held_out = cache.images[train_idx], cache.images[test_idx]
         assert torch.equal(call["train"], train_images) and call["val"] is None
         assert torch.equal(scored, held_out)
@@ -232,7 +236,8 @@ def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, ca
     assert result.best.key() == result.best_result.config.key()
     assert all(r.plan_key == fold_plan_key(folds) for r in result.results)  # one fold plan for all
     heatmap = result.heatmap("lr", "image_size")
-    assert heatmap.shape == (2, 2) and heatmap.loc[1e-3, 40] == table.query("lr == 1e-3 and image_size == 40")["mean"].item()
+    assert heatmap.shape == (2, 2)
+    assert heatmap.loc[1e-3, 40] == table.query("lr == 1e-3 and image_size == 40")["mean"].item()
 
     a, b = result.results[0], result.results[1]
     comparison = compare_configs(a.config, b.config, a, b)
@@ -247,12 +252,13 @@ def test_grid_table_best_heatmap_and_comparison(synthetic_data_dir, work_dir, ca
         grid_search(TINY, {"image_size": [40]}, cache, folds)
 
 
-def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cache, folds, tmp_path, monkeypatch):
+def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cache, folds, tmp_path,
+                                                                            monkeypatch):
     store = TrialStore(tmp_path / "trials.sqlite")
     counter = FitCounter()
     monkeypatch.setattr(loop, "fit", counter)
     base = TINY.replace(epochs=2)
-    result = grid_search(base, {"lr": [1e-2, 3e-3, 1e-3]}, cache, folds, rung_epochs=(1,), keep=1 / 3,
+    result = grid_search(base, {"lr": [1e-2, 3e-3, 1e-3]}, cache, folds, rung_epochs=(1,),
                          options=CPU.replace(store=store))
     k = len(folds)
     assert len(counter.calls) == 3 * k + 1 * k  # every configuration at 1 epoch, the best third at 2
@@ -267,7 +273,8 @@ def test_successive_halving_keeps_the_best_share_and_scores_whole_schedules(cach
         grid_search(base, {"lr": [1e-3]}, cache, folds, rung_epochs=(2,))
 
 
-def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(cache, folds, tmp_path, monkeypatch):
+def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(cache, folds, tmp_path,
+                                                                                 monkeypatch):
     # Notebook 06's grid and notebook 07's cross-validation of the same configuration on the same folds
     # are the same trials: 07 finds them in the store.
     store = TrialStore(tmp_path / "trials.sqlite")
@@ -280,7 +287,8 @@ def test_a_trial_shared_by_the_grid_and_the_per_architecture_cv_is_trained_once(
     assert again.losses == grid.results[1].losses
 
 
-def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(cache, folds, tmp_path, monkeypatch):
+def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(cache, folds, tmp_path,
+                                                                                monkeypatch):
     # Notebook 07's written-out fold loop: loop.fit + loop.evaluate per task, stored with store_fold.
     # cross_validate must then reuse them (no training), and their losses must be what cross_validate
     # itself would have trained.
@@ -289,8 +297,9 @@ def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(
     by_library = cross_validate(TINY, cache, folds, options=CPU)
     store = TrialStore(tmp_path / "trials.sqlite")
     for task in cv_tasks(TINY, cache, folds, scope="cv", device="cpu"):
-        fitted = loop.fit(task.config.replace(seed=task.seed), (cache.images[task.train_idx], cache.labels[task.train_idx]),
-                            device="cpu", progress=False, num_classes=len(cache.class_names))
+        fit_part = (cache.images[task.train_idx], cache.labels[task.train_idx])
+        fitted = loop.fit(task.config.replace(seed=task.seed), fit_part, device="cpu", progress=False,
+                          num_classes=len(cache.class_names))
         held_out = loop.evaluate(fitted.model, cache.images[task.test_idx], cache.labels[task.test_idx],
                                    fitted.normalization, device=fitted.device, flip_tta=True)
         store_fold(store, task, fitted, held_out, seconds=1.0)
@@ -306,13 +315,15 @@ def test_folds_trained_by_hand_are_the_library_trials_and_are_not_trained_again(
     # a model trained with another seed than its fold's is refused, not stored under the fold's key
     monkeypatch.undo()
     task = cv_tasks(TINY, cache, folds, scope="cv", device="cpu")[0]
-    fitted = loop.fit(TINY, (cache.images[task.train_idx], cache.labels[task.train_idx]), device="cpu", progress=False)
+    fit_part = (cache.images[task.train_idx], cache.labels[task.train_idx])
+    fitted = loop.fit(TINY, fit_part, device="cpu", progress=False)
     with pytest.raises(MuffinError, match="seed"):
-        store_fold(TrialStore(tmp_path / "other.sqlite"), task, fitted, {"n": 1, "zero_one_loss": 0.0, "loss": 0.0}, seconds=1.0)
+        scores = {"n": 1, "zero_one_loss": 0.0, "loss": 0.0}
+        store_fold(TrialStore(tmp_path / "other.sqlite"), task, fitted, scores, seconds=1.0)
     # and scores without the flip comparison are refused: the record would differ from cross_validate's
-    own = loop.fit(task.config.replace(seed=task.seed), (cache.images[task.train_idx], cache.labels[task.train_idx]),
-                     device="cpu", progress=False)
-    plain = loop.evaluate(own.model, cache.images[task.test_idx], cache.labels[task.test_idx], own.normalization)
+    own = loop.fit(task.config.replace(seed=task.seed), fit_part, device="cpu", progress=False)
+    plain = loop.evaluate(own.model, cache.images[task.test_idx], cache.labels[task.test_idx],
+                          own.normalization)
     with pytest.raises(MuffinError, match="flip_tta=True"):
         store_fold(TrialStore(tmp_path / "other.sqlite"), task, own, plain, seconds=1.0)
 
@@ -329,9 +340,8 @@ def test_trial_key_changes_with_config_data_and_folds(cache, folds):
 
 def test_nested_cv_is_stored_and_resumed(cache, test_cache, tmp_path, monkeypatch):
     store = TrialStore(tmp_path / "trials.sqlite")
-    nested = nested_cv(
-        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, options=CPU.replace(store=store)
-    )
+    nested = nested_cv(TINY, {"lr": [3e-3, 1e-3]}, cache, NestedFolds(2, 2, seed=0),
+                       options=CPU.replace(store=store))
     assert len(nested.outer_losses) == 2 and nested.summary["n"] == 2
     assert [row["outer_fold"] for row in nested.chosen] == [0, 1]
     assert all(row["lr"] in (3e-3, 1e-3) for row in nested.chosen)
@@ -342,15 +352,15 @@ def test_nested_cv_is_stored_and_resumed(cache, test_cache, tmp_path, monkeypatc
 
     counter = FitCounter()
     monkeypatch.setattr(loop, "fit", counter)
-    again = nested_cv(
-        TINY, {"lr": [3e-3, 1e-3]}, cache, outer_folds=2, inner_folds=2, seed=0, options=CPU.replace(store=store)
-    )
-    assert counter.calls == [] and again.outer_losses == nested.outer_losses  # every trial came from the store
+    again = nested_cv(TINY, {"lr": [3e-3, 1e-3]}, cache, NestedFolds(2, 2, seed=0),
+                      options=CPU.replace(store=store))
+    assert counter.calls == [] and again.outer_losses == nested.outer_losses  # all from the store
 
 
 def test_cv_cli_reports_a_clear_error_for_a_corrupt_store(synthetic_data_dir, tmp_path, capsys):
     (tmp_path / "trials.sqlite").write_bytes(b"definitely not sqlite " * 64)
-    code = cli_main(["cv", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path), "--image-size", "32"])
+    code = cli_main(["cv", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path),
+                     "--image-size", "32"])
     error = capsys.readouterr().err
     assert code == 2 and "trials.sqlite" in error and "Move it away" in error
 
@@ -392,7 +402,8 @@ def test_cv_cli_resumes_after_kill_9(synthetic_data_dir, tmp_path):
     assert len(trials) == 12 and len({(t["config_key"], t["fold"]) for t in trials}) == 12
     assert sum(t["status"] == "stored" for t in trials) == stored_at_kill  # not trained again
     assert all(0.0 <= t["zero_one_loss"] <= 1.0 for t in trials)
-    assert len(outcome["table"]) == 4 and {"mean", "std", "se", "ci_low", "ci_high"} <= set(outcome["table"][0])
+    assert len(outcome["table"]) == 4
+    assert {"mean", "std", "se", "ci_low", "ci_high"} <= set(outcome["table"][0])
     assert outcome["best"]["lr"] in (3e-3, 1e-3)
     assert len(TrialStore(db)) == 12
 
@@ -400,7 +411,8 @@ def test_cv_cli_resumes_after_kill_9(synthetic_data_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_cross_validation_on_real_images(shared_data, tmp_path):
-    cache = load_images(shared_data / "muffin-chihuahua-dev", tmp_path, "train", 32, "grayscale", progress=False)
+    cache = load_images(shared_data / "muffin-chihuahua-dev", tmp_path, "train", 32, "grayscale",
+                        progress=False)
     plan = plan_for_cache(cache, tmp_path, n_splits=3, seed=0)
     result = cross_validate(TINY.replace(epochs=3, batch_size=32), cache, plan.folds, options=CPU)
     # Better than always answering the majority class (0.46 error) on real photos.
@@ -408,15 +420,16 @@ def test_cross_validation_on_real_images(shared_data, tmp_path):
 
 
 def test_nested_cv_reuses_the_grid_trial_that_is_its_outer_refit(cache, tmp_path):
-    # On the study's folds, refitting the inner winner on an outer-training part is exactly the grid's CV trial of
-    # that configuration on that fold: it is read from the store, not trained again.
+    # On the study's folds, refitting the inner winner on an outer-training part is exactly the grid's CV
+    # trial of that configuration on that fold: it is read from the store, not trained again.
     store = TrialStore(tmp_path / "trials.sqlite")
     folds = stratified_folds(cache.labels.numpy(), 2, seed=0)
     grid = {"lr": [3e-3]}
     searched = grid_search(TINY, grid, cache, folds, options=CPU.replace(store=store))
     statuses = []
-    report = CPU.replace(store=store, on_trial=lambda record: statuses.append((record["scope"], record["status"])))
-    nested = nested_cv(TINY, grid, cache, outer_folds=folds, inner_folds=2, seed=0, options=report)
+    report = CPU.replace(store=store,
+                         on_trial=lambda record: statuses.append((record["scope"], record["status"])))
+    nested = nested_cv(TINY, grid, cache, NestedFolds(folds, 2, seed=0), options=report)
     outer = [status for scope, status in statuses if scope == "cv"]
     assert outer == ["stored", "stored"]  # both outer refits came from the grid's trials
     assert nested.outer_losses == searched.best_result.losses

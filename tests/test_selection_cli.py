@@ -1,4 +1,4 @@
-"""The ``cv`` command honours --epochs: one value, or a grid over epochs (issue 15: every trial trained 15)."""
+"""The ``cv`` command honours --epochs: one value, or a grid over epochs (issue 15)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_cv_grid_over_epochs(synthetic_data_dir, tmp_path, capsys):
     assert cli_main(_cv(synthetic_data_dir, tmp_path, "--epochs", "1,2")) == 0
     outcome = _outcome(capsys)
     assert sorted(row["epochs"] for row in outcome["table"]) == [1, 2]
-    epochs = sorted({record["config"]["epochs"] for record in TrialStore(tmp_path / "trials.sqlite").records()})
+    records = TrialStore(tmp_path / "trials.sqlite").records()
+    epochs = sorted({record["config"]["epochs"] for record in records})
     assert epochs == [1, 2]
 
 

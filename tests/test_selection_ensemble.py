@@ -1,6 +1,6 @@
-"""Notebook 09's ensemble candidate: the mean of the calibrated probabilities of the three from-scratch networks,
-scored with the others in the same look (selection.evaluation.ENSEMBLE), and identified by its members' sha256
-in the look record (muffin_lib.test_looks)."""
+"""Notebook 09's ensemble candidate: the mean of the calibrated probabilities of the three from-scratch
+networks, scored with the others in the same look (selection.evaluation.ENSEMBLE), and identified by its
+members' sha256 in the look record (muffin_lib.test_looks)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def members(synthetic_data_dir, tmp_path_factory):
     paths = {name: train.train_model(synthetic_data_dir, work_dir, BASE.replace(model=name, image_size=size),
                                      device="cpu", progress=False).checkpoint_path
              for name, size in SIZES.items()}
-    other = train.train_model(synthetic_data_dir, work_dir, BASE.replace(model="deeper_cnn", seed=1), device="cpu",
-                              progress=False, checkpoint_path=work_dir / "deeper_other.pt").checkpoint_path
+    other = train.train_model(synthetic_data_dir, work_dir, BASE.replace(model="deeper_cnn", seed=1),
+                              device="cpu", progress=False,
+                              checkpoint_path=work_dir / "deeper_other.pt").checkpoint_path
     return synthetic_data_dir, work_dir, paths, other
 
 
@@ -46,7 +47,8 @@ def _work(members, tmp_path):
 
 
 def _evaluate(data_dir, work_dir, candidates, **kwargs):
-    return evaluation.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False, **kwargs)
+    return evaluation.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False,
+                                          **kwargs)
 
 
 def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, tmp_path):
@@ -57,9 +59,10 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
     assert set(final.scores) == {*paths, name} and name in final.table.index
 
     calibrated, labels, relpaths = [], None, None
-    for member, path in paths.items():  # each member on its own test cache, independently of evaluate_candidates
+    for member, path in paths.items():  # each member on its own test cache, apart from evaluate_candidates
         model, stored = checkpoints.load_checkpoint(path, device="cpu")
-        test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"], progress=False)
+        test = load_images(data_dir, work_dir, "test", stored["image_size"], stored["color_mode"],
+                           progress=False)
         proba = loop.predict_proba(model, test.images, stored["normalization"], device="cpu")
         np.testing.assert_allclose(final.predictions[member]["probabilities"], proba, rtol=1e-5, atol=1e-6)
         calibrated.append(apply_temperature(proba, stored["extra"]["temperature"]))
@@ -70,7 +73,8 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
     np.testing.assert_allclose(ensemble["probabilities"], mean, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(ensemble["probabilities"].sum(axis=1), 1.0)
     assert ensemble["predicted"] == mean.argmax(axis=1).tolist()
-    assert final.scores[name]["all"]["zero_one_loss"] == pytest.approx(zero_one_loss(labels, mean.argmax(axis=1)))
+    expected = zero_one_loss(labels, mean.argmax(axis=1))
+    assert final.scores[name]["all"]["zero_one_loss"] == pytest.approx(expected)
     assert final.scores[name]["all"]["errors"] == int((mean.argmax(axis=1) != labels).sum())
 
     # in the McNemar pairs (Holm over all 6 pairs of 4 candidates), the findings and the results
@@ -87,7 +91,7 @@ def test_ensemble_is_the_mean_of_the_members_calibrated_probabilities(members, t
     results = report.final_results(final, check, findings, synthetic=True)
     assert name in results["models"] and name in results["scores"]
     json.dumps(results, default=str)
-    # the ensemble has no CV or validation result of its own, so best_by_cv never picks it from the checkpoints
+    # the ensemble has no CV or validation result of its own, so best_by_cv never picks it
     assert report.best_by_cv(work_dir, list(paths)) in paths
 
 
@@ -118,7 +122,8 @@ def test_look_record_identifies_the_ensemble_by_its_members(members, tmp_path):
     # without the ensemble: the same checkpoints, no new look
     assert _evaluate(data_dir, work_dir, paths, ensemble=False).n_looks == 1
 
-    # a changed member (deeper_cnn retrained with another seed, same name and path): a new set, refused unless forced
+    # a changed member (deeper_cnn retrained with another seed, same name and path): a new set, refused
+    # unless forced
     shutil.copy(other, paths["deeper_cnn"])
     with pytest.raises(MuffinError, match="already scored"):
         _evaluate(data_dir, work_dir, paths)
@@ -129,7 +134,8 @@ def test_look_record_identifies_the_ensemble_by_its_members(members, tmp_path):
     assert new["members"]["deeper_cnn"]["sha256"] == test_looks.file_sha256(other)
 
 
-def test_06s_choice_is_the_existing_model_when_03_05_trained_exactly_that_configuration(members, tmp_path, monkeypatch):
+def test_06s_choice_is_the_existing_model_when_03_05_trained_exactly_that_configuration(members, tmp_path,
+                                                                                          monkeypatch):
     # 06's grid often chooses the deployed recipe: then notebook 03's simple_cnn IS the tuned model, and 09
     # must score it once (no retraining, no identical second candidate in its paired tests).
     data_dir, work_dir, paths, _ = _work(members, tmp_path)
@@ -145,6 +151,7 @@ def test_06s_choice_is_the_existing_model_when_03_05_trained_exactly_that_config
     monkeypatch.undo()
     # another configuration is trained, on the same fit split, under its own name
     other = chosen.replace(lr=1e-3).to_dict()
-    name, path = evaluation.tuned_candidate(data_dir, work_dir, other, candidates, device="cpu", progress=False)
+    name, path = evaluation.tuned_candidate(data_dir, work_dir, other, candidates, device="cpu",
+                                            progress=False)
     assert name == evaluation.tuned_name(other) and path.endswith("tuned.pt")
     assert torch.load(path, weights_only=True)["config_key"] == TrainConfig.from_dict(other).key()

@@ -13,7 +13,8 @@ from muffin_lib.selection import RunOptions, grid_search, processes
 from muffin_lib.selection.trial_store import TrialStore
 from muffin_lib.training import recipe
 
-TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, batch_size=16, lr=3e-3)
+TINY = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, batch_size=16,
+                          lr=3e-3)
 
 
 @pytest.fixture
@@ -29,8 +30,9 @@ def one_thread():
 def test_two_workers_train_the_same_trials_as_one_after_another(tiny_cv_data, tmp_path, one_thread):
     cache, folds = tiny_cv_data
     grid = {"lr": [3e-3, 1e-3]}
-    serial_store, parallel_store = TrialStore(tmp_path / "serial.sqlite"), TrialStore(tmp_path / "parallel.sqlite")
-    serial = grid_search(TINY, grid, cache, folds, options=RunOptions(store=serial_store, device="cpu", progress=False))
+    serial_store, parallel_store = TrialStore(tmp_path / "serial.sqlite"), TrialStore(tmp_path / "par.sqlite")
+    serial = grid_search(TINY, grid, cache, folds,
+                         options=RunOptions(store=serial_store, device="cpu", progress=False))
     parallel_store.add_record(serial.trials[0])  # one stored trial: the workers train only the other three
     seen = []
     options = RunOptions(store=parallel_store, device="cpu", progress=False, workers=2, on_trial=seen.append)
@@ -52,7 +54,8 @@ def test_a_failing_trial_is_raised_and_the_finished_ones_stay_stored(tiny_cv_dat
     grid = {"lr": [3e-3, 1e6]}
     store = TrialStore(tmp_path / "t.sqlite")
     with pytest.raises(MuffinError, match="diverged"):
-        grid_search(TINY, grid, cache, folds, options=RunOptions(store=store, device="cpu", progress=False, workers=2))
+        grid_search(TINY, grid, cache, folds,
+                    options=RunOptions(store=store, device="cpu", progress=False, workers=2))
     # The lr 3e-3 trials go first (grid order) and end before a diverging one fails: they stay stored.
     stored = store.records()
     assert stored and all(record["config"]["lr"] == 3e-3 for record in stored)
@@ -96,7 +99,7 @@ def test_a_bad_workers_value_is_a_clear_error(workers):
 
 
 def test_interrupting_ends_the_workers_and_keeps_what_finished(tiny_cv_data, tmp_path, one_thread):
-    """A notebook's stop button (KeyboardInterrupt) while trials train: no worker trains on in the background."""
+    """A notebook's stop button (KeyboardInterrupt) while trials train: no worker trains on."""
     import multiprocessing
 
     cache, folds = tiny_cv_data

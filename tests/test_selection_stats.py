@@ -161,7 +161,8 @@ def test_paired_table_covers_every_pair_with_holm():
         "weak": rng.random(200) < 0.5,
     }
     table = paired_mcnemar_table(correct)
-    assert [(row["a"], row["b"]) for row in table] == [("strong", "medium"), ("strong", "weak"), ("medium", "weak")]
+    pairs = [(row["a"], row["b"]) for row in table]
+    assert pairs == [("strong", "medium"), ("strong", "weak"), ("medium", "weak")]
     assert all(row["p_holm"] >= row["p_value"] for row in table)
     assert [row["p_holm"] for row in table] == pytest.approx(holm_adjust([row["p_value"] for row in table]))
     first = table[0]

@@ -21,20 +21,10 @@ from muffin_lib.training import recipe, runtime
 
 
 def _add(store, key="k1", fold=0, scope="cv", loss=0.25):
-    return store.add(
-        config_key=key,
-        fold=fold,
-        scope=scope,
-        config={"model": "simple_cnn", "lr": 1e-3},
-        metrics={"zero_one_loss": loss, "val_accuracy": 1 - loss, "history": [{"epoch": 1, "loss": 0.7}]},
-        seed=7,
-        n_train=80,
-        n_test=20,
-        seconds=1.5,
-        device="cpu",
-        fingerprint="fp",
-        plan_key="plan",
-    )
+    metrics = {"zero_one_loss": loss, "val_accuracy": 1 - loss, "history": [{"epoch": 1, "loss": 0.7}]}
+    return store.add_record({"config_key": key, "fold": fold, "scope": scope, "metrics": metrics, "seed": 7,
+                             "config": {"model": "simple_cnn", "lr": 1e-3}, "n_train": 80, "n_test": 20,
+                             "seconds": 1.5, "device": "cpu", "fingerprint": "fp", "plan_key": "plan"})
 
 
 def test_round_trip_and_no_duplicates(tmp_path):
@@ -123,7 +113,8 @@ def test_execution_key_names_device_type_and_precision(monkeypatch):
 
 
 def test_cross_validate_trains_again_after_a_code_version_bump(synthetic_data_dir, tmp_path, monkeypatch):
-    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1,
+                                batch_size=16, amp="off")
     cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
     order = np.random.default_rng(0).permutation(len(cache.labels))
     folds = [(np.sort(order[32:]), np.sort(order[:32])), (np.sort(order[:32]), np.sort(order[32:]))]
@@ -131,7 +122,8 @@ def test_cross_validate_trains_again_after_a_code_version_bump(synthetic_data_di
 
     def run():
         seen = []
-        result = cross_validate(config, cache, folds, options=RunOptions(store=store, device="cpu", progress=False, on_trial=seen.append))
+        options = RunOptions(store=store, device="cpu", progress=False, on_trial=seen.append)
+        result = cross_validate(config, cache, folds, options=options)
         return result, [record["status"] for record in seen]
 
     first, statuses = run()
@@ -175,8 +167,8 @@ def test_kill_during_writes_leaves_only_whole_rows(tmp_path):
         from muffin_lib.selection.trial_store import TrialStore
         store = TrialStore({str(path)!r})
         for fold in range(100000):
-            store.add(config_key="k", fold=fold, scope="cv", config={{"lr": 0.1}},
-                      metrics={{"zero_one_loss": 0.5, "history": [0.1] * 500}})
+            store.add_record({{"config_key": "k", "fold": fold, "scope": "cv", "config": {{"lr": 0.1}},
+                              "metrics": {{"zero_one_loss": 0.5, "history": [0.1] * 500}}}})
         """
     )
     process = subprocess.Popen([sys.executable, "-c", writer])
@@ -202,10 +194,11 @@ def test_kill_during_writes_leaves_only_whole_rows(tmp_path):
 
 
 def test_a_trial_run_otherwise_than_its_key_is_not_stored(synthetic_data_dir, tmp_path):
-    """A worker that resolves the device otherwise than the driver (Ray without GPUs) must not store its result."""
+    """A worker that resolves the device otherwise than the driver (Ray without GPUs) must not store it."""
     from muffin_lib.selection import TrialTask, run_task
 
-    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1, batch_size=16, amp="off")
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=1,
+                                batch_size=16, amp="off")
     cache = load_images(synthetic_data_dir, tmp_path, "train", 32, "grayscale", progress=False)
     train_idx, test_idx = np.arange(0, 48), np.arange(48, 64)
     plan = fold_plan_key([(train_idx, test_idx)])
@@ -235,28 +228,32 @@ def test_cv_grid_and_nested_cv_key_their_trials_as_before(monkeypatch, tmp_path)
     (cv, nested-inner, nested-outer). Nothing is trained: run_task is replaced by a stand-in."""
     from types import SimpleNamespace
 
-    from muffin_lib.selection import execute, grid_search, nested_cv, stratified_folds
+    from muffin_lib.selection import NestedFolds, execute, grid_search, nested_cv, stratified_folds
     from muffin_lib.selection.trial import trial_record
 
     def stand_in(task, images, labels, *, device="auto", progress=False):
-        metrics = {"zero_one_loss": task.fold / 10, "loss": 0.0, "accuracy": 1.0, "n": 1, "errors": 0, "history": []}
+        metrics = {"zero_one_loss": task.fold / 10, "loss": 0.0, "accuracy": 1.0, "n": 1, "errors": 0,
+                   "history": []}
         return trial_record(task, {"metrics": metrics, "seed": task.seed, "n_train": len(task.train_idx),
                                    "n_test": len(task.test_idx), "seconds": 0.0, "device": "cpu",
                                    "execution": task.execution})
 
     monkeypatch.setattr(execute, "run_task", stand_in)
     n = 24
-    cache = SimpleNamespace(images=torch.zeros(n, 1, 32, 32, dtype=torch.uint8), labels=torch.tensor([0, 1] * (n // 2)),
-                            relpaths=[f"{i}.jpg" for i in range(n)], fingerprint="fp-abc")
+    cache = SimpleNamespace(images=torch.zeros(n, 1, 32, 32, dtype=torch.uint8),
+                            labels=torch.tensor([0, 1] * (n // 2)), relpaths=[f"{i}.jpg" for i in range(n)],
+                            fingerprint="fp-abc")
     groups = np.arange(n) // 2
     folds = stratified_folds(cache.labels.numpy(), 3, 0, groups=groups)
-    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2, amp="off")
+    config = recipe.TrainConfig(model="simple_cnn", image_size=32, color_mode="grayscale", epochs=2,
+                                amp="off")
     store = TrialStore(tmp_path / "trials.sqlite")
     options = RunOptions(store=store, device="cpu", progress=False)
     result = cross_validate(config, cache, folds, groups=groups, options=options)
     assert result.config_key == trial_key(config.key(), "fp-abc", fold_plan_key(folds), execution="cpu/fp32")
-    grid_search(config, {"lr": [1e-3, 3e-3, 1e-2]}, cache, folds, groups=groups, rung_epochs=(1,), options=options)
-    nested_cv(config, {"lr": [1e-3, 3e-3]}, cache, outer_folds=2, inner_folds=2, groups=groups, options=options)
+    grid_search(config, {"lr": [1e-3, 3e-3, 1e-2]}, cache, folds, groups=groups, rung_epochs=(1,),
+                options=options)
+    nested_cv(config, {"lr": [1e-3, 3e-3]}, cache, NestedFolds(2, 2), groups=groups, options=options)
     records = store.records()
     assert {r["scope"] for r in records} == {"cv", "nested-inner", "nested-outer"}
     for record in records:

@@ -34,7 +34,8 @@ def _project_repository(target: Path) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"]
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c",
+           "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q"], cwd=target, check=True)
     subprocess.run([*git, "add", "-A"], cwd=target, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "fork"], cwd=target, check=True)
@@ -76,7 +77,8 @@ def _colab_env(tmp_path: Path, content: Path) -> dict:
 
 
 def _has_no_muffin_lib(python: Path, env: dict, cwd: Path) -> bool:
-    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('muffin_lib'))"],
+    probe = subprocess.run([str(python), "-c",
+                            "import importlib.util as u; print(u.find_spec('muffin_lib'))"],
                            capture_output=True, text=True, env=env, cwd=cwd, check=True)
     return probe.stdout.strip() == "None"
 
@@ -101,7 +103,8 @@ def test_colab_launcher_installs_from_a_fork_and_runs_the_series(tmp_path):
         "data_dir": str(content / "data" / "muffin-vs-chihuahua"),
         "extra_parameters": {"source": "synthetic"},  # Kaggle is out of reach here
     }
-    args = [str(python), "-m", "papermill", str(LAUNCHER), str(tmp_path / "launcher-out.ipynb"), "--cwd", str(tmp_path)]
+    args = [str(python), "-m", "papermill", str(LAUNCHER), str(tmp_path / "launcher-out.ipynb"), "--cwd",
+            str(tmp_path)]
     for name, value in parameters.items():
         args += ["-y", json.dumps({name: value})]
     run = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500)
@@ -142,5 +145,6 @@ def test_a_notebooks_install_cell_installs_what_muffin_repo_names(tmp_path):
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     installed = Path(run.stdout.strip().splitlines()[-1])
-    assert installed.name == "__init__.py" and fork not in installed.parents, "installed, not run from the fork"
+    assert installed.name == "__init__.py", installed
+    assert fork not in installed.parents, "installed, not run from the fork"
     assert _torch(python, env) == torch_before, "pip must not replace the preinstalled torch"

@@ -68,7 +68,8 @@ def test_parameters_mock_and_colab_cells(path: Path):
     names = set(papermill.inspect_notebook(str(path)))
     assert names >= REQUIRED_PARAMETERS, f"missing parameters: {REQUIRED_PARAMETERS - names}"
     assigned = set(re.findall(r"^(\w+) = ", cell.source, re.M))
-    assert names == assigned, f"papermill cannot read {assigned - names}: keep comments free of ';' and brackets"
+    assert names == assigned, (f"papermill cannot read {assigned - names}: "
+                               "keep comments free of ';' and brackets")
     # papermill's defaults are what a reader sees in the cell
     assert re.search(r'^profile = "full"', cell.source, re.M)
     assert re.search(r'^data_dir = "\.\./data/muffin-vs-chihuahua"', cell.source, re.M)
@@ -101,7 +102,8 @@ def test_launcher_has_badge_parameters_and_the_notebooks_install_cell():
         papermill.inspect_notebook(str(LAUNCHER)))
     install = [c for c in nb.cells if colab.COLAB_INSTALL_TAG in c.metadata.get("tags", [])]
     assert len(install) == 1 and install[0].source == colab.colab_install_source(), SYNC_HINT
-    # The launcher alone decides where the code is (a clone of repo_url, Drive, a zip): MUFFIN_REPO says which.
+    # The launcher alone decides where the code is (a clone of repo_url, Drive, a zip): MUFFIN_REPO
+    # says which.
     source = [c for c in nb.cells if "colab-source" in c.metadata.get("tags", [])]
     assert len(source) == 1 and nb.cells.index(source[0]) < nb.cells.index(install[0])
     assert 'os.environ["MUFFIN_REPO"]' in source[0].source and "repo_url" in source[0].source
@@ -134,7 +136,8 @@ def test_training_notebooks_default_to_the_library_recipe(name):
 
     defaults = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
     recipe = TrainConfig()
-    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed"):
+    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing",
+                  "seed"):
         assert ast.literal_eval(defaults[field]["default"]) == getattr(recipe, field), f"{name}: {field}"
 
 
@@ -145,7 +148,8 @@ def test_selection_notebooks_default_to_the_library_budget(name):
     from muffin_lib.selection.budget import SELECTION
     from muffin_lib.training.recipe import TrainConfig
 
-    defaults = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb")).items()}
+    inspected = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+    defaults = {k: ast.literal_eval(v["default"]) for k, v in inspected.items()}
     expected = {
         "image_size": SELECTION.image_size,
         "epochs": SELECTION.epochs,
@@ -154,7 +158,8 @@ def test_selection_notebooks_default_to_the_library_budget(name):
         "batch_sizes": list(SELECTION.batch_sizes),
         "rung_epochs": list(SELECTION.rung_epochs),
         "inner_splits": SELECTION.inner_splits,
-        **{field: getattr(TrainConfig(), field) for field in ("color_mode", "lr", "batch_size", "augment", "label_smoothing", "seed")},
+        **{field: getattr(TrainConfig(), field) for field in ("color_mode", "lr", "batch_size", "augment",
+                                                              "label_smoothing", "seed")},
     }
     for field, value in expected.items():
         if field in defaults:
@@ -178,7 +183,8 @@ def test_train_cli_defaults_are_the_recipe():
 
     args = build_parser("train").parse_args(["train"])
     recipe = TrainConfig()
-    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing", "seed"):
+    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing",
+                  "seed"):
         assert getattr(args, field) == getattr(recipe, field), field
 
 
@@ -194,8 +200,10 @@ def _library_defaults(name: str) -> dict:
     expected = {field: getattr(recipe, field) for field in fields}
     expected.update(val_fraction=VAL_FRACTION, n_splits=N_SPLITS, pretrained=recipe.pretrained)
     if name.startswith(("06", "07")):
-        expected.update(image_size=SELECTION.image_size, epochs=SELECTION.epochs, inner_splits=SELECTION.inner_splits,
-                        learning_rates=list(SELECTION.learning_rates), batch_sizes=list(SELECTION.batch_sizes),
+        expected.update(image_size=SELECTION.image_size, epochs=SELECTION.epochs,
+                        inner_splits=SELECTION.inner_splits,
+                        learning_rates=list(SELECTION.learning_rates),
+                        batch_sizes=list(SELECTION.batch_sizes),
                         rung_epochs=list(SELECTION.rung_epochs))
     return expected
 
@@ -255,7 +263,8 @@ def test_start_outside_ipython_takes_the_plain_public_names(tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_parameter_is_used(path):
     """A parameter no cell reads would be dropped silently: each one is read as params.NAME (or
-    params["NAME"]) in a code cell, or is a TrainConfig field of a notebook that calls notebook.train_config."""
+    params["NAME"]) in a code cell, or is a TrainConfig field of a notebook that calls
+    notebook.train_config."""
     from muffin_lib.training.recipe import TrainConfig
 
     nb = _read(path)
@@ -311,3 +320,9 @@ def test_notebooks_that_do_not_train_take_no_train_config_fields(name):
     known = notebook_parameters(ROOT / "notebooks" / f"{name}.ipynb")
     assert "weight_decay" not in known and known.keys() == papermill.inspect_notebook(
         str(ROOT / "notebooks" / f"{name}.ipynb")).keys()
+
+
+def test_a_parameter_of_another_kind_is_not_type_checked():
+    notebook.check_parameter("colours", {"muffin": "red"}, {"muffin": "brown"})  # a dict: no rule, no crash
+    with pytest.raises(MuffinError, match="epochs: expected a whole number"):
+        notebook.check_parameter("epochs", "abc", 15)

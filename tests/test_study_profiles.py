@@ -56,7 +56,8 @@ def test_quick_profile_changes_only_the_selection_budget_and_marks_it(name):
     assert "was `128`" in params._repr_markdown_()  # the parameters table shows what the profile changed
     # A value the user set survives; other notebooks are untouched.
     assert notebook.apply_profile("quick", name, {**defaults, "image_size": 96})["image_size"] == 96
-    assert notebook.apply_profile("quick", "04_deeper_cnn", {"image_size": 128, "epochs": 15})["image_size"] == 128
+    other = notebook.apply_profile("quick", "04_deeper_cnn", {"image_size": 128, "epochs": 15})
+    assert other["image_size"] == 128
 
 
 @pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
@@ -96,10 +97,12 @@ def test_best_by_cv_counts_only_risks_at_the_candidates_recipe(tmp_path):
     for number, (name, val) in enumerate([("simple_cnn", 0.08), ("deeper_cnn", 0.06)], start=3):
         _write_results(tmp_path, f"0{number}_{name}", {"models": {name: {"val_zero_one_loss": val}}})
     # Quick profile: CV at 64 px says simple_cnn, but those are not the 128 px candidates' risks.
-    quick = {"simple_cnn": {"cv_risk": 0.10, "cv_deployed": False}, "deeper_cnn": {"cv_risk": 0.12, "cv_deployed": False}}
+    quick = {"simple_cnn": {"cv_risk": 0.10, "cv_deployed": False},
+             "deeper_cnn": {"cv_risk": 0.12, "cv_deployed": False}}
     _write_results(tmp_path, "07_cv_risk", {"models": quick})
     assert report_selection.best_by_cv(tmp_path, names) == "deeper_cnn"  # by validation error instead
-    full = {"simple_cnn": {"cv_risk": 0.10, "cv_deployed": True}, "deeper_cnn": {"cv_risk": 0.12, "cv_deployed": True}}
+    full = {"simple_cnn": {"cv_risk": 0.10, "cv_deployed": True},
+            "deeper_cnn": {"cv_risk": 0.12, "cv_deployed": True}}
     _write_results(tmp_path, "07_cv_risk", {"models": full})
     assert report_selection.best_by_cv(tmp_path, names) == "simple_cnn"
 
@@ -113,7 +116,8 @@ def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_
     short = off_recipe(TrainConfig(model="deeper_cnn", epochs=5))  # e.g. `run -p epochs 5`
     assert short == "128 px, 5 epochs (not the deployed 128 px / 15 epochs)"
     summary = {
-        "synthetic": False, "data_dir": "D", "work_dir": "W", "profile": "quick", "notebooks": {}, "findings": [],
+        "synthetic": False, "data_dir": "D", "work_dir": "W", "profile": "quick", "notebooks": {},
+        "findings": [],
         "models": {"deeper_cnn": {"cv_risk": 0.1, "cv_ci": [0.08, 0.12], "cv_settings": QUICK.label,
                                   "val_zero_one_loss": 0.07, "off_recipe": short},
                    "transfer": {"val_zero_one_loss": 0.1, "off_recipe": None}},

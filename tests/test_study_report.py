@@ -52,7 +52,8 @@ def test_resize_finding_and_grid_plan():
 def test_cv_table_and_finding_carry_the_corrected_interval():
     class Result:
         def __init__(self, mean):
-            self.summary = {"mean": mean, "ci_low": mean - 0.02, "ci_high": mean + 0.02, "naive_ci_low": mean - 0.01,
+            self.summary = {"mean": mean, "ci_low": mean - 0.02, "ci_high": mean + 0.02,
+                            "naive_ci_low": mean - 0.01,
                             "naive_ci_high": mean + 0.01, "interval": "corrected t (Nadeau-Bengio), 95%"}
             self.losses = [mean] * 5
             self.config = TrainConfig(image_size=64, epochs=8)  # the quick budget
@@ -62,13 +63,15 @@ def test_cv_table_and_finding_carry_the_corrected_interval():
     assert table.loc["deeper_cnn", "cv"] == 0.10 and table.loc["deeper_cnn", "cv_high"] == pytest.approx(0.12)
     text = report.cv_finding(results, 5)
     # The sentence names the settings that produced the numbers, and that they are not the deployed recipe.
-    assert text.startswith("5-fold twin-grouped CV zero-one risk at 64 px, 8 epochs (profile quick: cheaper than the "
+    assert text.startswith("5-fold twin-grouped CV zero-one risk at 64 px, 8 epochs "
+                           "(profile quick: cheaper than the "
                            "deployed 128 px / 15 epochs) (corrected t (Nadeau-Bengio), 95% interval)")
     assert text.index("deeper_cnn") < text.index("simple_cnn") and "(lowest: deeper_cnn)" in text
 
 
 def test_per_class_frame_drops_accuracy_and_keeps_integer_support():
-    frame = report.per_class_frame({"muffin": {"precision": 1.0, "recall": 0.5, "f1-score": 0.667, "support": 2.0},
+    frame = report.per_class_frame({"muffin": {"precision": 1.0, "recall": 0.5, "f1-score": 0.667,
+                                               "support": 2.0},
                                     "accuracy": 0.75})
     assert list(frame.index) == ["muffin"] and frame.loc["muffin", "support"] == 2
     assert isinstance(frame, pd.DataFrame)

@@ -43,7 +43,8 @@ def write_notebook(folder: Path, name: str, extra_params: str = "", fail: bool =
         nbformat.v4.new_code_cell(f"NAME = {name!r}\nPARAMS = {names!r}" + BODY),
     ]
     if fail:
-        nb.cells.append(nbformat.v4.new_code_cell('# the step that breaks\nraise ValueError("boom in " + NAME)'))
+        breaks = '# the step that breaks\nraise ValueError("boom in " + NAME)'
+        nb.cells.append(nbformat.v4.new_code_cell(breaks))
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
@@ -116,7 +117,8 @@ def test_failure_names_notebook_and_cell_and_stops(series: Path, tmp_path: Path)
 
     summary = json.loads((work_dir / "summary.json").read_text())
     statuses = {name: record["status"] for name, record in summary["notebooks"].items()}
-    assert statuses == {"00_first": "ok", "01_second": "failed", "02_third": "not run (an earlier notebook failed)"}
+    assert statuses == {"00_first": "ok", "01_second": "failed",
+                        "02_third": "not run (an earlier notebook failed)"}
     assert "## 01_second failed" in (work_dir / "summary.md").read_text()
 
 
@@ -125,7 +127,8 @@ def test_only_reruns_some_and_keeps_the_rest_of_the_summary(series: Path, tmp_pa
     (tmp_path / "d").mkdir()
     run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only="00,02", progress=False)
     assert order(work_dir) == ["00_first", "02_third"]
-    summary = run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only=["1"], progress=False)
+    summary = run_series(data_dir=tmp_path / "d", work_dir=work_dir, notebooks_dir=series, only=["1"],
+                         progress=False)
     assert order(work_dir) == ["00_first", "02_third", "01_second"]
     # the earlier records and results files survive a partial re-run
     assert set(summary["notebooks"]) == {"00_first", "01_second", "02_third"}
@@ -136,7 +139,8 @@ def test_bad_requests_fail_before_running_anything(series: Path, tmp_path: Path)
     work_dir = tmp_path / "work"
     with pytest.raises(MuffinError, match="-p nope: no notebook"):
         run_series(work_dir=work_dir, notebooks_dir=series, parameters={"nope": 1}, progress=False)
-    with pytest.raises(MuffinError, match="--only '07' matches no notebook; the series is: 00_first, 01_second"):
+    with pytest.raises(MuffinError,
+                       match="--only '07' matches no notebook; the series is: 00_first, 01_second"):
         find_notebooks(series, "07")
     with pytest.raises(MuffinError, match="no notebooks matching"):
         find_notebooks(tmp_path / "empty", None)
@@ -149,7 +153,8 @@ def test_cli_runs_and_reports_failures(series: Path, tmp_path: Path, capsys):
     for path in series.glob("0[12]_*.ipynb"):
         path.unlink()
     (tmp_path / "d").mkdir()
-    args = ["run", "--notebooks-dir", str(series), "--work-dir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "d")]
+    args = ["run", "--notebooks-dir", str(series), "--work-dir", str(tmp_path / "w"), "--data-dir",
+            str(tmp_path / "d")]
     assert cli.main([*args, "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
     assert "[1/1] 00_first.ipynb" in out and "  00_first  ok " in out
@@ -162,7 +167,8 @@ def test_cli_runs_and_reports_failures(series: Path, tmp_path: Path, capsys):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("5", 5), ("1e-3", 0.001), ("True", True), ("[64, 128]", [64, 128]), ("[simple_cnn, deeper_cnn]", ["simple_cnn", "deeper_cnn"]), ("rgb", "rgb"), ("/tmp/x", "/tmp/x")],
+    [("5", 5), ("1e-3", 0.001), ("True", True), ("[64, 128]", [64, 128]),
+     ("[simple_cnn, deeper_cnn]", ["simple_cnn", "deeper_cnn"]), ("rgb", "rgb"), ("/tmp/x", "/tmp/x")],
 )
 def test_parse_value(text, value):
     assert parse_value(text) == value
@@ -193,12 +199,15 @@ def test_auto_profile_is_chosen_by_hardware_on_real_data_and_smoke_on_the_synthe
     real = tmp_path / "real"
     (real / "train").mkdir(parents=True)  # no SYNTHETIC marker: taken for real photos
     summary = run_series(data_dir=real, work_dir=tmp_path / "w1", notebooks_dir=series, progress=False)
-    assert json.loads((tmp_path / "w1" / "results" / "00_first.json").read_text())["seen"]["profile"] == expected
+    result = json.loads((tmp_path / "w1" / "results" / "00_first.json").read_text())
+    assert result["seen"]["profile"] == expected
     assert summary["profile"] == f"auto ({expected})"
 
-    summary = run_series(data_dir=synthetic_data_dir, work_dir=tmp_path / "w2", notebooks_dir=series, progress=False)
+    summary = run_series(data_dir=synthetic_data_dir, work_dir=tmp_path / "w2", notebooks_dir=series,
+                         progress=False)
     for name in ("00_first", "01_second", "02_third"):
-        assert json.loads((tmp_path / "w2" / "results" / f"{name}.json").read_text())["seen"]["profile"] == "smoke"
+        result = json.loads((tmp_path / "w2" / "results" / f"{name}.json").read_text())
+        assert result["seen"]["profile"] == "smoke"
     assert summary["profile"] == "auto (smoke)" and summary["synthetic"] is True
 
 
@@ -210,11 +219,13 @@ def test_summary_table_puts_the_twin_free_test_error_first():
         "notebooks": {}, "findings": [],
         "models": {"deeper_cnn": {"test_twin_free": 0.05, "test_twin_free_ci": [0.04, 0.07],
                                   "test_zero_one_loss": 0.045, "test_ci": [0.033, 0.06],
-                                  "cv_risk": 0.08, "cv_ci": [0.06, 0.1], "val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11]}},
+                                  "cv_risk": 0.08, "cv_ci": [0.06, 0.1], "val_zero_one_loss": 0.09,
+                                  "val_ci": [0.07, 0.11]}},
     }
     text = format_summary(summary)
     assert "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] |" in text
-    assert "| deeper_cnn | 0.050 [0.040, 0.070] | 0.045 [0.033, 0.060] | 0.080 [0.060, 0.100] | 0.090 [0.070, 0.110] |" in text
+    assert ("| deeper_cnn | 0.050 [0.040, 0.070] | 0.045 [0.033, 0.060] | 0.080 [0.060, 0.100] "
+            "| 0.090 [0.070, 0.110] |") in text
 
 
 def test_summary_says_which_precision_trained_each_model_and_why():
@@ -225,20 +236,23 @@ def test_summary_says_which_precision_trained_each_model_and_why():
         "synthetic": False, "data_dir": "d", "profile": "quick", "work_dir": "w", "environment": {},
         "notebooks": {}, "findings": [],
         "models": {"deeper_cnn": {"val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11], "precision": reason},
-                   "simple_cnn": {"val_zero_one_loss": 0.12, "val_ci": [0.1, 0.14], "precision": "fp32: amp off"}},
+                   "simple_cnn": {"val_zero_one_loss": 0.12, "val_ci": [0.1, 0.14],
+                                  "precision": "fp32: amp off"}},
     }
     text = format_summary(summary)
     assert f"deeper_cnn {reason}; simple_cnn fp32: amp off." in text
 
 
-def test_a_mistyped_data_dir_stops_before_any_notebook_and_says_what_train_says(series: Path, tmp_path: Path, capsys):
+def test_a_mistyped_data_dir_stops_before_any_notebook_and_says_what_train_says(series: Path,
+                                                                                tmp_path: Path, capsys):
     from muffin_lib.data.scan import scan_dataset
 
     work_dir, typo = tmp_path / "work", tmp_path / "muffn-data"
     with pytest.raises(MuffinError) as raised:
         run_series(data_dir=typo, work_dir=work_dir, notebooks_dir=series, progress=False)
     message = str(raised.value)
-    assert message.startswith(f"data folder {typo.resolve()} does not exist. Fix the path given to --data-dir")
+    assert message.startswith(f"data folder {typo.resolve()} does not exist. "
+                              "Fix the path given to --data-dir")
     assert "leave --data-dir out to use the default location" in message
     assert "00_setup downloads the Kaggle data or makes a synthetic set" in message
     with pytest.raises(MuffinError) as from_train:  # what `train` and the other data commands say
@@ -249,7 +263,8 @@ def test_a_mistyped_data_dir_stops_before_any_notebook_and_says_what_train_says(
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data folder") and len(err.strip().splitlines()) == 1
-    assert not typo.exists() and not (work_dir / "order.log").exists() and not (work_dir / "executed").exists()
+    assert not typo.exists() and not (work_dir / "order.log").exists()
+    assert not (work_dir / "executed").exists()
 
 
 def test_the_default_data_dir_may_be_missing(series: Path, tmp_path: Path, monkeypatch):
@@ -268,13 +283,16 @@ def test_run_ends_with_a_short_summary_that_names_summary_md(tmp_path: Path, mon
     numbers = {"test_twin_free": 0.05, "test_twin_free_ci": [0.04, 0.07], "test_zero_one_loss": 0.045,
                "test_ci": [0.033, 0.06], "cv_risk": 0.08, "cv_ci": [0.06, 0.1], "cv_kind": "nested",
                "cv_settings": "64 px, 8 epochs (profile quick: cheaper than the deployed 128 px / 15 epochs)",
-               "val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11], "precision": "bf16: probe 1.73x bf16 vs fp32"}
+               "val_zero_one_loss": 0.09, "val_ci": [0.07, 0.11],
+               "precision": "bf16: probe 1.73x bf16 vs fp32"}
     work_dir = tmp_path / "work"
     summary = {
-        "synthetic": True, "data_dir": str(tmp_path / "data"), "profile": "auto (quick)", "work_dir": str(work_dir),
+        "synthetic": True, "data_dir": str(tmp_path / "data"), "profile": "auto (quick)",
+        "work_dir": str(work_dir),
         "environment": {"summary": "Python 3.12, torch 2.5, 2 CPU cores"}, "results": {},
         "notebooks": {f"{i:02d}_notebook": {"status": "ok", "seconds": 10.0 * i} for i in range(10)},
-        "models": {name: dict(numbers) for name in ("simple_cnn", "deeper_cnn", "resnet_like", "transfer", "tuned")},
+        "models": {name: dict(numbers) for name in ("simple_cnn", "deeper_cnn", "resnet_like", "transfer",
+                                                    "tuned")},
         "findings": [{"notebook": "07_cv_risk", "text": "a finding of some length " * 10} for _ in range(30)],
     }
     assert len(summary_module.format_summary(summary).splitlines()) > 50  # summary.md keeps everything
@@ -284,7 +302,8 @@ def test_run_ends_with_a_short_summary_that_names_summary_md(tmp_path: Path, mon
     assert len(lines) <= 25 and max(len(line) for line in lines if str(tmp_path) not in line) <= 110
     assert lines[-1].endswith(str(work_dir / "summary.md")) and "30 findings" in lines[-1]
     assert "  09_notebook  ok      90.0 s" in lines and any("SYNTHETIC" in line for line in lines)
-    assert "  tuned                 0.050 [0.040, 0.070] 0.045 [0.033, 0.060] 0.080 [0.060, 0.100] 0.090" in "\n".join(lines)
+    row = "  tuned                 0.050 [0.040, 0.070] 0.045 [0.033, 0.060] 0.080 [0.060, 0.100] 0.090"
+    assert row in "\n".join(lines)
 
 
 def test_only_after_a_failure_leaves_no_stale_not_run_entries(series: Path, tmp_path: Path):
@@ -307,8 +326,10 @@ def test_only_after_a_failure_leaves_no_stale_not_run_entries(series: Path, tmp_
     assert "an earlier notebook failed" not in markdown
     assert "| 03_fourth | ok |" in markdown and "| 04_fifth | ok |" in markdown
     for name in ("00_first", "01_second"):
-        assert re.search(rf"\| {name} \| ok \(earlier run, \d{{4}}-\d\d-\d\d \d\d:\d\d UTC\) \|", markdown), name
-    assert "| 02_third | failed (earlier run) |" in markdown and "## 02_third failed (earlier run)" in markdown
+        assert re.search(rf"\| {name} \| ok \(earlier run, \d{{4}}-\d\d-\d\d \d\d:\d\d UTC\) \|",
+                         markdown), name
+    assert "| 02_third | failed (earlier run) |" in markdown
+    assert "## 02_third failed (earlier run)" in markdown
     assert "| 05_sixth | not run yet |" in markdown
 
 
@@ -323,7 +344,8 @@ def test_records_from_earlier_runs_are_marked_once(tmp_path: Path):
         "02_c": {"status": "not run (an earlier notebook failed)"},
     })
     for _ in range(2):  # a second --only run must not mark them again
-        summary = write_summary(work_dir, tmp_path / "data", "smoke", {"03_d": {"status": "ok", "seconds": 1.0}})
+        summary = write_summary(work_dir, tmp_path / "data", "smoke",
+                                {"03_d": {"status": "ok", "seconds": 1.0}})
     statuses = {name: record["status"] for name, record in summary["notebooks"].items()}
     assert statuses == {"00_a": "ok (earlier run, 2026-12-04 18:44 UTC)", "01_b": "failed (earlier run)",
                         "02_c": "not run yet", "03_d": "ok"}
@@ -335,7 +357,8 @@ def test_records_from_earlier_runs_are_marked_once(tmp_path: Path):
     ("n_splits", "x", "-p n_splits: expected a whole number (the default is 5), got 'x'"),
     ("learning_rates", [1e-3, -1], "-p learning_rates: each item expected a number > 0, got -1"),
 ])
-def test_a_bad_parameter_stops_the_run_before_any_notebook_starts(tmp_path, synthetic_data_dir, parameter, value,
+def test_a_bad_parameter_stops_the_run_before_any_notebook_starts(tmp_path, synthetic_data_dir, parameter,
+                                                                  value,
                                                                   message):
     from muffin_lib.study.runner import run_series
 
@@ -343,7 +366,8 @@ def test_a_bad_parameter_stops_the_run_before_any_notebook_starts(tmp_path, synt
         run_series(profile="smoke", data_dir=synthetic_data_dir, work_dir=tmp_path / "work",
                    parameters={parameter: value}, progress=False)
     assert str(caught.value) == message
-    assert not (tmp_path / "work" / "executed").exists() or not any((tmp_path / "work" / "executed").iterdir())
+    executed = tmp_path / "work" / "executed"
+    assert not executed.exists() or not any(executed.iterdir())
 
 
 def test_run_cli_names_the_parameter_as_typed(capsys, tmp_path, synthetic_data_dir):

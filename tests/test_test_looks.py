@@ -33,7 +33,8 @@ def checkpoints(synthetic_data_dir, tmp_path_factory):
 
 
 def _evaluate(data_dir, work_dir, candidates, **kwargs):
-    return evaluation.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False, **kwargs)
+    return evaluation.evaluate_candidates(candidates, data_dir, work_dir, device="cpu", progress=False,
+                                          **kwargs)
 
 
 def _looks(data_dir) -> list[dict]:
@@ -55,7 +56,8 @@ def test_one_look_recorded_rerun_allowed_a_new_checkpoint_refused_unless_forced(
     [look] = _looks(data_dir)
     assert look["who"] == "09_final_test" and list(look["candidates"]) == ["simple_cnn"]
     assert look["candidates"]["simple_cnn"]["sha256"] == test_looks.file_sha256(a)
-    assert look["data_fingerprint"] and look["code_version"] and look["at"].endswith("+00:00") and not look["forced"]
+    assert look["data_fingerprint"] and look["code_version"]
+    assert look["at"].endswith("+00:00") and not look["forced"]
 
     again = _evaluate(data_dir, work_dir, {"simple_cnn": a})  # an interrupted 09 re-run: not a new look
     assert again.n_looks == 1 and len(_looks(data_dir)) == 1 and len(_looks(data_dir)[0]["repeats"]) == 1
@@ -95,11 +97,13 @@ def test_a_second_work_dir_on_the_same_data_does_not_start_a_clean_slate(checkpo
 def test_predict_on_test_files_is_gated_like_a_folder_with_or_without_a_work_dir(checkpoints, capsys):
     data_dir, _, a, b = checkpoints
     files = sorted(str(p) for p in (data_dir / "test").rglob("*.jpg"))
-    assert cli.main(["predict", str(a), *files, "--device", "cpu"]) == 0  # no --work-dir: recorded all the same
+    # no --work-dir: recorded all the same
+    assert cli.main(["predict", str(a), *files, "--device", "cpu"]) == 0
     [look] = _looks(data_dir)
     assert look["who"] == "predict" and look["data_dir"] == str(data_dir.resolve())
     capsys.readouterr()
-    assert cli.main(["predict", str(a), str(data_dir / "test" / "muffin"), "--device", "cpu"]) == 0  # seen: free
+    # seen: free
+    assert cli.main(["predict", str(a), str(data_dir / "test" / "muffin"), "--device", "cpu"]) == 0
     assert len(_looks(data_dir)) == 1
     assert cli.main(["predict", str(b), *files[:3], "--device", "cpu"]) == 2  # a new checkpoint: refused
     assert "--allow-new-test-look" in capsys.readouterr().err
@@ -117,19 +121,22 @@ def test_predict_on_photos_outside_a_test_split_is_free(checkpoints, tmp_path):
     assert _looks(data_dir) == []
 
 
-def test_evaluate_on_split_records_before_it_scores_and_refuses_a_new_look(checkpoints, tmp_path, monkeypatch):
+def test_evaluate_on_split_records_before_it_scores_and_refuses_a_new_look(checkpoints, tmp_path,
+                                                                           monkeypatch):
     data_dir, train_work, a, b = checkpoints
     work_dir = _copy(train_work, tmp_path)
     train.evaluate_on_split(a, data_dir, work_dir, "train", device="cpu", progress=False)
     assert _looks(data_dir) == []  # only the test split counts
     real = train._predictions
-    monkeypatch.setattr(train, "_predictions", lambda *a, **k: pytest.fail("scored before the look was recorded")
+    monkeypatch.setattr(train, "_predictions",
+                        lambda *a, **k: pytest.fail("scored before the look was recorded")
                         if not _looks(data_dir) else real(*a, **k))
     result = train.evaluate_on_split(a, data_dir, work_dir, "test", device="cpu", progress=False)
     assert result["n_test_looks"] == 1 and _looks(data_dir)[0]["who"] == "evaluate_on_split"
     with pytest.raises(MuffinError, match="allow_new_look=True"):
         train.evaluate_on_split(b, data_dir, work_dir, "test", device="cpu", progress=False)
-    forced = train.evaluate_on_split(b, data_dir, work_dir, "test", device="cpu", progress=False, allow_new_look=True)
+    forced = train.evaluate_on_split(b, data_dir, work_dir, "test", device="cpu", progress=False,
+                                     allow_new_look=True)
     assert forced["n_test_looks"] == 2
 
 
@@ -144,7 +151,8 @@ def test_the_gate_directly_an_ensemble_is_its_members(tmp_path):
     b.write_bytes(b"b weights")
     ensemble = test_looks.identify({"e": {"a": a, "b": b}})["e"]
     assert ensemble["checkpoint"] is None and sorted(ensemble["members"]) == ["a", "b"] and ensemble["sha256"]
-    look = test_looks.gate("09_final_test", {"a": a, "b": b, "e": {"a": a, "b": b}}, tmp_path, data_fingerprint="abc")
+    look = test_looks.gate("09_final_test", {"a": a, "b": b, "e": {"a": a, "b": b}}, tmp_path,
+                           data_fingerprint="abc")
     assert look["new"] and look["n_looks"] == 1
     assert not test_looks.gate("predict", {"a": a}, tmp_path, data_fingerprint="abc")["new"]  # scored already
     assert test_looks.gate("predict", {"n": b}, tmp_path, data_fingerprint="another split")["n_looks"] == 1
@@ -153,7 +161,8 @@ def test_the_gate_directly_an_ensemble_is_its_members(tmp_path):
         test_looks.gate("predict", {"b": b}, tmp_path, data_fingerprint="abc")
     with pytest.raises(MuffinError):
         test_looks.gate("09_final_test", {"a": a, "e": {"a": a, "b": b}}, tmp_path, data_fingerprint="abc")
-    assert test_looks.gate("predict", {"b": b}, tmp_path, data_fingerprint="abc", allow_new_look=True)["n_looks"] == 2
+    assert test_looks.gate("predict", {"b": b}, tmp_path, data_fingerprint="abc",
+                           allow_new_look=True)["n_looks"] == 2
 
 
 def test_code_version_never_fails(monkeypatch, tmp_path):

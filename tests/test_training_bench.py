@@ -15,7 +15,8 @@ def test_bench_cli_prints_the_json_line(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert any("SYNTHETIC" in line for line in lines)
     result = json.loads(lines[-1])
-    for key in ("baseline_img_per_s", "muffin_img_per_s", "speedup", "device", "model", "image_size", "gflops"):
+    for key in ("baseline_img_per_s", "muffin_img_per_s", "speedup", "device", "model", "image_size",
+                "gflops"):
         assert key in result
     assert result["device"] == "cpu" and result["synthetic"] and result["n_images"] == 12
     rounds = result["rounds"]
@@ -29,7 +30,8 @@ def test_bench_cli_prints_the_json_line(capsys):
 
 def test_flop_count_of_simple_cnn():
     # forward: 3 convs + 2 linear layers at 32 px; backward roughly twice that
-    forward = 2 * (32 * 32 * 16 * 9 + 16 * 16 * 32 * 16 * 9 + 8 * 8 * 64 * 32 * 9 + 4 * 4 * 64 * 512 + 512 * 2)
+    forward = 2 * (32 * 32 * 16 * 9 + 16 * 16 * 32 * 16 * 9 + 8 * 8 * 64 * 32 * 9 + 4 * 4 * 64 * 512
+                   + 512 * 2)
     flops = bench.training_flops_per_image("simple_cnn", 1, 32)
     assert 2.5 * forward < flops < 3.1 * forward
 
@@ -60,4 +62,5 @@ def test_bench_amp_off_times_fp32_only(capsys, monkeypatch):
             "--device", "cpu", "--seconds", "0.2", "--rounds", "1", "--amp", "off"]
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["precision"] == "fp32" and "amp_speedup" not in result and "fp32_img_per_s" not in result["rounds"][0]
+    assert result["precision"] == "fp32" and "amp_speedup" not in result
+    assert "fp32_img_per_s" not in result["rounds"][0]

@@ -45,7 +45,8 @@ def test_a_cpu_without_bf16_instructions_never_probes_and_stays_fp32(cpu):
 
 @pytest.mark.parametrize("flags", [ZEN4, XEON_AMX])
 def test_bf16_where_the_probe_finds_it_faster_and_right(cpu, flags):
-    probes = cpu(flags, bf16_probe.Bf16Verdict(True, "bf16: probe 1.90x bf16 vs fp32, parity ok", 1.9, 0.0, 0.05))
+    verdict = bf16_probe.Bf16Verdict(True, "bf16: probe 1.90x bf16 vs fp32, parity ok", 1.9, 0.0, 0.05)
+    probes = cpu(flags, verdict)
     assert runtime.execution_key("auto", "cpu", CONFIG) == "cpu/bf16"
     reason = runtime.precision_reason("auto", "cpu", CONFIG)
     assert reason.startswith("bf16: probe 1.90x") and ("avx512_bf16" in reason)
@@ -69,7 +70,8 @@ def test_a_mismatch_keeps_fp32_and_says_why(cpu, monkeypatch):
 
     def wrong_bf16(model, x, y, bf16):  # a broken bf16 kernel: gradients off by their own size
         loss, grad = real(model, x, y, bf16)
-        return (loss, grad + grad.norm() * torch.randn_like(grad) / grad.numel() ** 0.5) if bf16 else (loss, grad)
+        noisy = grad + grad.norm() * torch.randn_like(grad) / grad.numel() ** 0.5
+        return (loss, noisy) if bf16 else (loss, grad)
     monkeypatch.setattr(bf16_probe, "_loss_and_grad", wrong_bf16)
     small = CONFIG.replace(model="simple_cnn", image_size=32)
     assert runtime.resolve_amp("auto", torch.device("cpu"), small) is None
@@ -91,3 +93,17 @@ def test_the_real_probe_measures_agreement_and_speed():
     verdict = bf16_probe.measure("simple_cnn", 3, 32)
     assert verdict.loss_error < bf16_probe.LOSS_TOLERANCE and verdict.grad_error < bf16_probe.GRAD_TOLERANCE
     assert verdict.speedup > 0 and verdict.reason.startswith("bf16" if verdict.use else "fp32")
+
+
+def test_a_pretrained_network_is_probed_from_its_pretrained_weights(cpu, monkeypatch):
+    verdict = bf16_probe.Bf16Verdict(True, "bf16: probe 1.50x bf16 vs fp32, parity ok", 1.5, 0.0, 0.05)
+    probes = cpu(XEON_AMX, verdict)
+    runtime.resolve_amp("auto", torch.device("cpu"), recipe.TRANSFER_RECIPE)
+    runtime.resolve_amp("auto", torch.device("cpu"), recipe.TRANSFER_RECIPE.replace(pretrained=False))
+    assert [p[-1] for p in probes] == [True, False]  # two workloads, two verdicts
+    built = []
+    monkeypatch.setattr(bf16_probe, "build_model", lambda *a, **k: built.append(k["pretrained"]) or
+                        torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                            torch.nn.Flatten()))
+    REAL_MEASURE("transfer", 3, 32, pretrained=True)
+    assert built == [True]

@@ -1,4 +1,5 @@
-"""Training, checkpoints, predict, explain and reports on datasets whose classes are not muffin and chihuahua."""
+"""Training, checkpoints, predict, explain and reports on datasets whose classes are not muffin and
+chihuahua."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_a_three_class_model_is_trained_saved_and_reported_with_its_names(three)
     _, stored = checkpoints.load_checkpoint(run.checkpoint_path, device="cpu")
     assert stored["class_names"] == list(THREE) and stored["num_classes"] == 3
     shown = run.val_predictions
-    assert shown["class_names"] == list(THREE) and np.asarray(shown["probabilities"]).shape == (run.val_scores["n"], 3)
+    assert shown["class_names"] == list(THREE)
+    assert np.asarray(shown["probabilities"]).shape == (run.val_scores["n"], 3)
     assert np.allclose(np.asarray(shown["probabilities"]).max(axis=1), shown["confidence"])
 
     summary = report.validation_summary(shown)
@@ -68,7 +70,8 @@ def test_predict_names_the_three_classes(three, capsys):
     assert cli.main(["predict", str(run.checkpoint_path), str(data / "test" / "cat"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "classes: bagel, cat, donut" in out and "zero-one loss" in out
-    assert cli.main(["predict", str(run.checkpoint_path), str(data / "test" / "cat"), "--device", "cpu", "--json"]) == 0
+    argv = ["predict", str(run.checkpoint_path), str(data / "test" / "cat"), "--device", "cpu", "--json"]
+    assert cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["class_names"] == list(THREE)
 
 
@@ -108,7 +111,8 @@ def test_renamed_class_folders_give_the_same_numbers(shared_data, tmp_path):
     per_class = {"train": 60, "test": 20}
     original = _linked_subset(dev, tmp_path / "original", {}, per_class)
     # the same alphabetical order, so label i is the same class in both
-    renamed = _linked_subset(dev, tmp_path / "renamed", {"chihuahua": "canine", "muffin": "pastry"}, per_class)
+    renamed = _linked_subset(dev, tmp_path / "renamed", {"chihuahua": "canine", "muffin": "pastry"},
+                             per_class)
     config = TrainConfig(model="simple_cnn", image_size=32, epochs=2, batch_size=16, amp="off")
     runs = {name: train.train_model(root, tmp_path / f"work-{name}", config, device="cpu", progress=False)
             for name, root in (("original", original), ("renamed", renamed))}
@@ -122,7 +126,8 @@ def test_renamed_class_folders_give_the_same_numbers(shared_data, tmp_path):
     assert tests["renamed"]["class_names"] == ["canine", "pastry"]
     assert tests["original"]["zero_one_loss"] == tests["renamed"]["zero_one_loss"]
     to_new = {"chihuahua": "canine", "muffin": "pastry"}
-    assert [to_new[e["label"]] for e in tests["original"]["predictions"]] == [e["label"] for e in tests["renamed"]["predictions"]]
+    original = [to_new[e["label"]] for e in tests["original"]["predictions"]]
+    assert original == [e["label"] for e in tests["renamed"]["predictions"]]
 
 
 @pytest.mark.slow
@@ -153,11 +158,13 @@ def test_selection_trials_build_one_output_per_class_of_the_cache_not_of_the_lab
 
     labels = torch.tensor([0, 1] * 12)
     cache = ImageCache(images=torch.randint(0, 255, (24, 3, 32, 32), dtype=torch.uint8), labels=labels,
-                       relpaths=[f"{i}.jpg" for i in range(24)], data_dir=Path("."), split="train", image_size=32,
-                       color_mode="rgb", key="k", fingerprint="f", synthetic=True, class_names=THREE)
+                       relpaths=[f"{i}.jpg" for i in range(24)], data_dir=Path("."), split="train",
+                       image_size=32, color_mode="rgb", key="k", fingerprint="f", synthetic=True,
+                       class_names=THREE)
     built = []
     fit = loop.fit
     monkeypatch.setattr(loop, "fit", lambda *a, **k: built.append(k["num_classes"]) or fit(*a, **k))
     folds = stratified_folds(labels.numpy(), 2, 0)
-    cross_validate(CONFIG.replace(color_mode="rgb"), cache, folds, options=RunOptions(device="cpu", progress=False))
+    cross_validate(CONFIG.replace(color_mode="rgb"), cache, folds,
+                   options=RunOptions(device="cpu", progress=False))
     assert built == [3, 3]

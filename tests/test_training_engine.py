@@ -1,4 +1,4 @@
-"""engine: config, fit/evaluate/predict on plain tensors, reproducibility, AMP, checkpoints, input checks."""
+"""loop and recipe: config, fit/evaluate/predict on tensors, reproducibility, AMP, checkpoints, inputs."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def _bright_vs_dark(n: int = 64, channels: int = 1, seed: int = 0) -> tuple[torc
 
 
 def _config(**changes) -> TrainConfig:
-    base = {"model": "simple_cnn", "image_size": SIZE, "color_mode": "grayscale", "epochs": 2, "batch_size": 16,
-            "lr": 1e-3, "augment": "flip_rotate", "label_smoothing": 0.0}
+    base = {"model": "simple_cnn", "image_size": SIZE, "color_mode": "grayscale", "epochs": 2,
+            "batch_size": 16, "lr": 1e-3, "augment": "flip_rotate", "label_smoothing": 0.0}
     return TrainConfig(**{**base, **changes})
 
 
@@ -47,7 +47,8 @@ def test_config_key_dict_and_replace():
 
 def test_fit_learns_and_reports_history():
     images, labels = _bright_vs_dark(96)
-    result = loop.fit(_config(epochs=3, lr=3e-3), (images, labels), (images[:32], labels[:32]), device="cpu", progress=False)
+    result = loop.fit(_config(epochs=3, lr=3e-3), (images, labels), (images[:32], labels[:32]), device="cpu",
+                      progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_zero_one_loss", "lr",
             "seconds", "images_per_s"}
@@ -64,24 +65,26 @@ def test_flip_tta_scores_the_mean_probability_of_each_image_and_its_mirror():
     images, labels = _bright_vs_dark(64)
     result = loop.fit(_config(epochs=1), (images, labels), device="cpu", progress=False)
     held_out, held_labels = _bright_vs_dark(40, seed=1)
-    scores = loop.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu", flip_tta=True)
+    scores = loop.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu",
+                           flip_tta=True)
     plain = loop.evaluate(result.model, held_out, held_labels, result.normalization, device="cpu")
     assert {k: scores[k] for k in plain} == plain  # the plain scores do not move
-    by_hand = loop.predict_proba(result.model, held_out, result.normalization, device="cpu") + loop.predict_proba(
-        result.model, held_out.flip(-1), result.normalization, device="cpu"
-    )
+    by_hand = (loop.predict_proba(result.model, held_out, result.normalization, device="cpu")
+               + loop.predict_proba(result.model, held_out.flip(-1), result.normalization, device="cpu"))
     expected = int((by_hand.argmax(1) != held_labels.numpy()).sum())
     assert scores["flip_tta_errors"] == expected and scores["flip_tta_zero_one_loss"] == expected / 40
     # Images that are their own mirror: the flip changes nothing.
     symmetric = torch.cat([held_out[..., : SIZE // 2], held_out[..., : SIZE // 2].flip(-1)], dim=-1)
-    same = loop.evaluate(result.model, symmetric, held_labels, result.normalization, device="cpu", flip_tta=True)
+    same = loop.evaluate(result.model, symmetric, held_labels, result.normalization, device="cpu",
+                         flip_tta=True)
     assert same["flip_tta_errors"] == same["errors"]
 
 
 def test_normalization_comes_from_the_training_images_only():
     images, labels = _bright_vs_dark(32)
     val_images = torch.full((8, 1, SIZE, SIZE), 255, dtype=torch.uint8)
-    result = loop.fit(_config(epochs=1), (images, labels), (val_images, labels[:8]), device="cpu", progress=False)
+    result = loop.fit(_config(epochs=1), (images, labels), (val_images, labels[:8]), device="cpu",
+                      progress=False)
     pixels = images.double() / 255
     assert result.normalization["mean"] == pytest.approx([pixels.mean().item()])
     assert result.normalization["std"] == pytest.approx([pixels.std(unbiased=False).item()])
@@ -90,7 +93,8 @@ def test_normalization_comes_from_the_training_images_only():
 def test_same_seed_same_losses_on_cpu():
     images, labels = _bright_vs_dark(48)
     config = _config(model="deeper_cnn", augment="flip_rotate_crop")
-    runs = [loop.fit(config, (images, labels), (images[:16], labels[:16]), device="cpu", progress=False) for _ in range(2)]
+    runs = [loop.fit(config, (images, labels), (images[:16], labels[:16]), device="cpu", progress=False)
+            for _ in range(2)]
     losses = [[(h["train_loss"], h["val_loss"]) for h in run.history] for run in runs]
     assert losses[0] == losses[1]
     other = loop.fit(config.replace(seed=1), (images, labels), device="cpu", progress=False)
@@ -116,7 +120,8 @@ def test_evaluation_never_augments(monkeypatch):
 
     augment_batch = augment.augment_batch
     monkeypatch.setattr(augment, "augment_batch", counting)
-    result = loop.fit(_config(epochs=2), (images, labels), (images[:24], labels[:24]), device="cpu", progress=False)
+    result = loop.fit(_config(epochs=2), (images, labels), (images[:24], labels[:24]), device="cpu",
+                      progress=False)
     assert sum(calls) == 2 * 40  # training batches only, not the 2 x 24 validation images
     calls.clear()
     loop.evaluate(result.model, images, labels, result.normalization, device="cpu")
@@ -147,9 +152,8 @@ def test_early_stopping_restores_the_best_epoch():
 def test_on_epoch_can_stop_training():
     images, labels = _bright_vs_dark(32)
     seen = []
-    result = loop.fit(
-        _config(epochs=5), (images, labels), device="cpu", progress=False, on_epoch=lambda r: seen.append(r) or True
-    )
+    result = loop.fit(_config(epochs=5), (images, labels), device="cpu", progress=False,
+                      on_epoch=lambda r: seen.append(r) or True)
     assert len(result.history) == 1 and result.stopped_early and seen[0]["epoch"] == 1
 
 
@@ -174,7 +178,8 @@ def test_checkpoint_round_trip(tmp_path):
     path = checkpoints.save_checkpoint(tmp_path / "ck" / "model.pt", result, extra={"fingerprint": "abc"})
     model, checkpoint = checkpoints.load_checkpoint(path, device="cpu")
     assert checkpoint["model_name"] == "resnet_like" and checkpoint["color_mode"] == "rgb"
-    assert checkpoint["class_names"] == ["chihuahua", "muffin"] and checkpoint["extra"] == {"fingerprint": "abc"}
+    assert checkpoint["class_names"] == ["chihuahua", "muffin"]
+    assert checkpoint["extra"] == {"fingerprint": "abc"}
     assert checkpoint["config_key"] == config.key() and len(checkpoint["history"]) == 1
     assert TrainConfig.from_dict(checkpoint["config"]) == config
     before = loop.predict_proba(result.model, images, result.normalization, device="cpu")
@@ -215,7 +220,7 @@ def test_input_validation():
             loop.fit(config, (x, y), device="cpu", progress=False)
     with pytest.raises(MuffinError, match=r"validation data must be a pair \(images, labels\)"):
         loop.fit(config, (images, labels), (images,), device="cpu", progress=False)
-    result = loop.fit(config, (images.numpy(), labels.tolist()), device="cpu", progress=False)  # numpy/lists work
+    result = loop.fit(config, (images.numpy(), labels.tolist()), device="cpu", progress=False)  # numpy, lists
     with pytest.raises(MuffinError, match="expects 32x32"):
         loop.predict_proba(result.model, images[:, :, :20, :20], result.normalization, device="cpu")
 
@@ -228,7 +233,8 @@ def test_fit_evaluate_predict_on_cuda(device):
 
     assert runtime.resolve_device(device) == torch.device("cuda", torch.cuda.current_device())
     images, labels = _bright_vs_dark(96)
-    result = loop.fit(_config(epochs=3, lr=3e-3), (images, labels), (images[:32], labels[:32]), device=device, progress=False)
+    result = loop.fit(_config(epochs=3, lr=3e-3), (images, labels), (images[:32], labels[:32]), device=device,
+                      progress=False)
     assert result.device.startswith("cuda") and result.amp == "bf16"
     assert result.history[-1]["val_zero_one_loss"] <= 0.1
     scores = loop.evaluate(result.model, images[:32], labels[:32], result.normalization, device=device)
@@ -251,7 +257,8 @@ def test_resolve_device():
 
     assert runtime.resolve_device("cpu") == torch.device("cpu")
     assert runtime.resolve_device(torch.device("cpu")) == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    mps_or_cpu = "mps" if torch.backends.mps.is_available() else "cpu"
+    expected = "cuda" if torch.cuda.is_available() else mps_or_cpu
     assert runtime.resolve_device("auto").type == expected
     if not torch.backends.mps.is_available():
         with pytest.raises(MuffinError, match="MPS is not available"):
@@ -299,7 +306,8 @@ def test_describe_environment():
         assert key in info
 
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(("capability", "expected"),
+                         [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_auto_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
     # A Colab T4 (7.5) "supports" bf16 by emulation, far slower than its fp16 tensor cores.
     from muffin_lib.training import runtime

@@ -80,8 +80,10 @@ def test_fits_fast_path_agrees_with_its_fp32_result(tiny_cv_data, switch, change
                                 batch_size=16, amp="off", channels_last=False)
 
     def final(config):
-        result = loop.fit(config, (data.images[train_idx], data.labels[train_idx]), (data.images[val_idx], data.labels[val_idx]), device="cpu", progress=False,
-                            num_classes=len(data.class_names))
+        fit_part = (data.images[train_idx], data.labels[train_idx])
+        val_part = (data.images[val_idx], data.labels[val_idx])
+        result = loop.fit(config, fit_part, val_part, device="cpu", progress=False,
+                          num_classes=len(data.class_names))
         return result, result.history[-1]
 
     fp32, fp32_last = final(config)

@@ -42,7 +42,8 @@ def test_every_parameter_gets_a_gradient(name):
 def test_resnet_like_registers_its_residual_blocks():
     model = models.build_model("resnet_like", in_channels=1, image_size=64)
     names = [n for n, _ in model.named_parameters()]
-    assert any(n.startswith("blocks.0.") for n in names) and any(n.startswith("blocks.1.downsample") for n in names)
+    assert any(n.startswith("blocks.0.") for n in names)
+    assert any(n.startswith("blocks.1.downsample") for n in names)
 
 
 def test_bad_arguments_are_clear_errors():

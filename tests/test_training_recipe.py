@@ -14,8 +14,8 @@ SIZE = 32
 
 
 def _config(**changes) -> TrainConfig:
-    base = {"model": "simple_cnn", "image_size": SIZE, "color_mode": "grayscale", "epochs": 2, "batch_size": 16,
-            "lr": 1e-3, "augment": "flip_rotate", "label_smoothing": 0.1}
+    base = {"model": "simple_cnn", "image_size": SIZE, "color_mode": "grayscale", "epochs": 2,
+            "batch_size": 16, "lr": 1e-3, "augment": "flip_rotate", "label_smoothing": 0.1}
     return TrainConfig(**{**base, **changes})
 
 
@@ -25,13 +25,15 @@ def _config(**changes) -> TrainConfig:
 def test_keys_of_existing_configs_do_not_move():
     # Trial stores and checkpoints on disk are found by these keys.
     assert TrainConfig().key() == "8de977572b32"
-    assert TRANSFER_RECIPE.key() == "0a8cbc8b1ed5"  # was 6a8b2ecd09d6 for the ResNet-18 (ARCHITECTURE_VERSIONS)
+    # was 6a8b2ecd09d6 for the ResNet-18 (ARCHITECTURE_VERSIONS)
+    assert TRANSFER_RECIPE.key() == "0a8cbc8b1ed5"
     assert TrainConfig(model="deeper_cnn", epochs=30, seed=2).key() == "099788c94454"
     assert _config(label_smoothing=0.0).key() == "599724095518"  # test_training_engine's _config()
 
 
 def test_recipe_variants_are_valid_configs():
-    variants = runpy.run_path(str(ROOT / "benchmarks" / "recipe_variants.py"), run_name="not_main")["VARIANTS"]
+    variants = runpy.run_path(str(ROOT / "benchmarks" / "recipe_variants.py"),
+                              run_name="not_main")["VARIANTS"]
     keys = set()
     for model, epochs, seeds, changes in variants.values():
         keys.add(TrainConfig().replace(model=model, epochs=epochs, seed=seeds[0], **changes).key())
@@ -50,9 +52,11 @@ def test_recipe_cv_candidates_are_distinct_changes_of_the_deployed_recipe():
 def test_recipe_cv_flip_tta_reads_the_trials_own_flip_scores_and_refuses_trials_without_them(cv_result):
     flip_tta = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["flip_tta"]
     result = cv_result(TrainConfig(model="deeper_cnn"), [0.08, 0.06])
-    result.trials = [{"metrics": {"zero_one_loss": v, "flip_tta_zero_one_loss": v - 0.01}} for v in result.losses]
+    result.trials = [{"metrics": {"zero_one_loss": v, "flip_tta_zero_one_loss": v - 0.01}}
+                     for v in result.losses]
     assert flip_tta(result).losses == pytest.approx([0.07, 0.05]) and result.losses == [0.08, 0.06]
-    result.trials = [{"metrics": {"zero_one_loss": v}} for v in result.losses]  # stored before trials recorded it
+    # stored before trials recorded it
+    result.trials = [{"metrics": {"zero_one_loss": v}} for v in result.losses]
     with pytest.raises(SystemExit, match="flip test-time augmentation"):
         flip_tta(result)
 
@@ -60,14 +64,17 @@ def test_recipe_cv_flip_tta_reads_the_trials_own_flip_scores_and_refuses_trials_
 def test_recipe_cv_with_one_seed_is_the_librarys_paired_test_and_with_two_averages_each_fold(cv_result):
     from muffin_lib.selection.cv import compare_configs
 
-    compare = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["seed_averaged_comparison"]
+    compare = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"),
+                             run_name="not_main")["seed_averaged_comparison"]
     deployed, candidate = TrainConfig(model="deeper_cnn"), TrainConfig(model="deeper_cnn", epochs=30)
     base0 = cv_result(deployed, [0.08, 0.07, 0.09, 0.07, 0.06])
     cand0 = cv_result(candidate, [0.07, 0.07, 0.07, 0.06, 0.05])
     one = compare([cand0], [base0])
     library = compare_configs(candidate, deployed, cand0, base0)
-    assert one["diff"] == pytest.approx(library["mean_diff"]) and one["p_value"] == pytest.approx(library["p_value"])
-    assert one["cv"] == pytest.approx(cand0.summary["mean"]) and one["cv_low"] == pytest.approx(cand0.summary["ci_low"])
+    assert one["diff"] == pytest.approx(library["mean_diff"])
+    assert one["p_value"] == pytest.approx(library["p_value"])
+    assert one["cv"] == pytest.approx(cand0.summary["mean"])
+    assert one["cv_low"] == pytest.approx(cand0.summary["ci_low"])
 
     # A second training seed on the same folds: each fold's loss is the mean of its two trainings, and a seed
     # that points the same way makes the fold differences steadier, so the test grows surer.
@@ -83,7 +90,8 @@ def test_recipe_cv_with_one_seed_is_the_librarys_paired_test_and_with_two_averag
 
 
 def test_recipe_cv_holm_family_counts_the_stopped_candidates():
-    # Issue 16's decision: 45 epochs at two-seed p 0.018 in a family of four, three of them stopped or not re-run.
+    # Issue 16's decision: 45 epochs at two-seed p 0.018 in a family of four, three of them stopped or
+    # not re-run.
     holm = runpy.run_path(str(ROOT / "benchmarks" / "recipe_cv.py"), run_name="not_main")["holm_over_family"]
     assert holm([0.018], ["epochs30-wd0.1", "ema0.995", "mixup_cutmix"]) == pytest.approx([0.072])
     assert holm([0.018, 0.31], []) == pytest.approx([0.036, 0.31])
@@ -92,7 +100,8 @@ def test_recipe_cv_holm_family_counts_the_stopped_candidates():
 def test_seed_spread_is_per_fold_over_the_seeds():
     spread = runpy.run_path(str(ROOT / "benchmarks" / "seed_spread.py"), run_name="not_main")["spread"]
     result = spread({0: [0.10, 0.08, 0.12], 1: [0.12, 0.08, 0.10], 2: [0.11, 0.09, 0.11]})
-    assert [f["losses"] for f in result["per_fold"]] == [[0.10, 0.12, 0.11], [0.08, 0.08, 0.09], [0.12, 0.10, 0.11]]
+    assert [f["losses"] for f in result["per_fold"]] == [[0.10, 0.12, 0.11], [0.08, 0.08, 0.09],
+                                                         [0.12, 0.10, 0.11]]
     assert result["median_range"] == pytest.approx(0.02) and result["max_range"] == pytest.approx(0.02)
     assert result["per_fold"][1]["sd"] == pytest.approx(0.0057735, rel=1e-4)
     assert result["cv_mean_by_seed"][0] == pytest.approx(0.10)

@@ -58,7 +58,8 @@ def mps_rules(monkeypatch):
 def _rgb_task(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % 2
-    images = (torch.randint(0, 120, (n, 3, 32, 32), generator=g) + 100 * labels.view(-1, 1, 1, 1)).clamp(0, 255)
+    noise = torch.randint(0, 120, (n, 3, 32, 32), generator=g)
+    images = (noise + 100 * labels.view(-1, 1, 1, 1)).clamp(0, 255)
     return images.to(torch.uint8), labels
 
 
@@ -85,7 +86,7 @@ def _watch_inputs(monkeypatch) -> list[dict]:
         return model
 
     real_build = models.build_model
-    monkeypatch.setattr(models, "build_model", build_and_watch)
+    monkeypatch.setattr(loop, "build_model", build_and_watch)
     return seen
 
 
@@ -93,11 +94,13 @@ def test_fit_under_the_mps_rules_trains_contiguous_in_fp32_and_says_why(mps_rule
     seen = _watch_inputs(monkeypatch)
     images, labels = _rgb_task()
     with caplog.at_level(logging.INFO, logger="muffin_lib.training.loop"):
-        result = loop.fit(_config(amp="auto", channels_last=True), (images[:16], labels[:16]), (images[16:], labels[16:]), device="cpu", progress=False)
+        result = loop.fit(_config(amp="auto", channels_last=True), (images[:16], labels[:16]),
+                          (images[16:], labels[16:]), device="cpu", progress=False)
     assert result.amp == "off"
     assert all(p.is_contiguous() for p in result.model.parameters())
     assert not tensors.uses_channels_last(result.model)
-    assert seen and any(s["training"] for s in seen) and any(not s["training"] for s in seen)  # train and validation
+    # train and validation
+    assert seen and any(s["training"] for s in seen) and any(not s["training"] for s in seen)
     assert all(s["contiguous"] and not s["channels_last"] for s in seen)
     assert all(s["dtype"] == torch.float32 and not s["autocast"] for s in seen)
     log = caplog.text
@@ -108,12 +111,13 @@ def test_fit_under_the_mps_rules_trains_contiguous_in_fp32_and_says_why(mps_rule
 
 def test_fit_on_the_cpu_trains_channels_last(monkeypatch, caplog):
     # The same run under the CPU's own rules, for contrast: channels-last weights and normalised batches (the
-    # augmented training batches come out of grid_sample contiguous; the weights decide the convolutions' layout).
+    # augmented training batches come out of grid_sample contiguous; the weights decide the
+    # convolutions' layout).
     seen = _watch_inputs(monkeypatch)
     images, labels = _rgb_task()
     with caplog.at_level(logging.INFO, logger="muffin_lib.training.loop"):
-        result = loop.fit(_config(amp="off"), (images[:16], labels[:16]), (images[16:], labels[16:]), device="cpu",
-                            progress=False)
+        result = loop.fit(_config(amp="off"), (images[:16], labels[:16]), (images[16:], labels[16:]),
+                          device="cpu", progress=False)
     assert tensors.uses_channels_last(result.model)
     validation = [s for s in seen if not s["training"]]
     assert validation and all(s["channels_last"] for s in validation)

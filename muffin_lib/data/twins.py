@@ -1,25 +1,6 @@
-"""Near-duplicate photos ("twins"): the same picture saved twice, re-encoded, resized or trimmed.
-
-A model that memorised one twin is scored on the other when they fall on both sides of a split, so
-twins bias every held-out number low. This module finds them and groups them transitively; the split
-plan keeps every group on one side, and test scores are also reported on the twin-free part of the test
-split (``TwinGroups.twin_free_mask``, the one definition: test images with no twin in train, one image per
-twin group, so that its images are independent).
-
-Method, chosen by measuring on the dev data (4,733 Kaggle train photos; see the README):
-
-* every image is decoded once (JPEG draft mode), made upright and greyscale, and summarised by its
-  64-bit perceptual hash (``imagehash.phash``) and a 32 x 32 thumbnail;
-* two images are twins when the Hamming distance of their hashes is at most
-  ``PHASH_MAX_DISTANCE`` *and* the Pearson correlation of their thumbnails is at least
-  ``MIN_CORRELATION``, or when the thumbnails alone correlate at ``SURE_CORRELATION`` or more (recolourings
-  the hash misses). Either signal alone makes false pairs: line drawings of similar dogs share hashes,
-  plain white backgrounds share thumbnails;
-* groups are the connected components of the twin graph (scipy), so A~B and B~C put A, B, C together.
-
-Measured on the dev data: re-encoding (JPEG q=50) and halving the size are always found, a 3-4 % trim
-plus resize 95 % of the time; a 10 % crop only about half the time. The result is cached per data
-content in ``work_dir/cache`` (a second audit reads it in milliseconds).
+"""Near-duplicate photos ("twins"), grouped transitively: a twin on each side of a split lets a model be
+scored on a photo it memorised. Twins have close perceptual hashes *and* correlated 32 x 32 thumbnails, or
+almost identical thumbnails (thresholds measured on the dev data, see the README); cached per data content.
 """
 
 from __future__ import annotations
@@ -32,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from muffin_lib.config import WorkDir
+from muffin_lib.data.imageio import UnreadableImage, load_image, map_images
 from muffin_lib.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -45,10 +27,7 @@ _BLOCK = 1024  # rows of the correlation matrix computed at once (1024 x N float
 
 
 def image_signature(path: str) -> tuple[bytes, bytes] | None:
-    """Worker job: :func:`image_signature_of` the image at ``path`` (JPEGs decoded in draft mode), None if
-    it cannot be read."""
-    from muffin_lib.data.imageio import UnreadableImage, load_image
-
+    """Worker job: :func:`image_signature_of` the image at ``path`` (JPEG drafted), None if unreadable."""
     try:
         image = load_image(path, draft_mode="L", draft_size=4 * THUMBNAIL_SIZE)
     except UnreadableImage:
@@ -68,9 +47,8 @@ def image_signature_of(image) -> tuple[bytes, bytes]:
 
 
 def features(hashes, thumbnails) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(bits, ones, unit)``: the hashes as N x 64 float 0/1, their bit counts, and the thumbnails centred
-    and scaled to unit length, so that ``ones_i + ones_j - 2 bits_i.bits_j`` is the Hamming distance and
-    ``unit_i.unit_j`` the Pearson correlation."""
+    """``(bits, ones, unit)``: hash bits, their counts and unit-length centred thumbnails, so that
+    ``ones_i + ones_j - 2 bits_i.bits_j`` is the Hamming distance and ``unit_i.unit_j`` the correlation."""
     n = len(hashes)
     pixels = np.asarray(thumbnails, dtype=np.float32).reshape(n, -1)
     centred = pixels - pixels.mean(axis=1, keepdims=True)
@@ -82,14 +60,12 @@ def features(hashes, thumbnails) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def is_twin(distance, correlation):
     """The rule: hashes close *and* thumbnails correlated, or thumbnails alone almost identical."""
-    return ((distance <= PHASH_MAX_DISTANCE) & (correlation >= MIN_CORRELATION)) | (correlation >= SURE_CORRELATION)
+    close = (distance <= PHASH_MAX_DISTANCE) & (correlation >= MIN_CORRELATION)
+    return close | (correlation >= SURE_CORRELATION)
 
 
 def twin_pairs(hashes: np.ndarray, thumbnails: np.ndarray) -> list[tuple[int, int]]:
-    """Index pairs (i < j) that are twins under the rule above.
-
-    ``hashes``: N x 8 uint8 (packed 64-bit perceptual hashes); ``thumbnails``: N x D pixel values.
-    """
+    """Index pairs (i < j) of twins; ``hashes``: N x 8 uint8 packed phashes, ``thumbnails``: N x D pixels."""
     n = len(hashes)
     if n < 2:
         return []
@@ -100,8 +76,7 @@ def twin_pairs(hashes: np.ndarray, thumbnails: np.ndarray) -> list[tuple[int, in
         correlation = unit[block] @ unit.T
         # Hamming distance of 0/1 vectors: |a| + |b| - 2 a.b
         distance = ones[block, None] + ones[None, :] - 2.0 * (bits[block] @ bits.T)
-        twin = is_twin(distance, correlation)
-        rows, cols = np.nonzero(twin)
+        rows, cols = np.nonzero(is_twin(distance, correlation))
         rows = rows + start
         keep = rows < cols
         pairs.extend(zip(rows[keep].tolist(), cols[keep].tolist(), strict=True))
@@ -117,10 +92,14 @@ def group_pairs(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
 
     rows, cols = np.asarray(pairs, dtype=np.int64).T
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
+    return multi_member_groups(connected_components(graph, directed=False)[1])
+
+
+def multi_member_groups(ids) -> list[list[int]]:
+    """The indices sharing an id, for ids held by more than one, ordered by their first index."""
     members: dict[int, list[int]] = {}
-    for index, label in enumerate(component.tolist()):
-        members.setdefault(label, []).append(index)
+    for index, group in enumerate(np.asarray(ids).tolist()):
+        members.setdefault(group, []).append(index)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
 
 
@@ -140,19 +119,13 @@ class TwinGroups:
 
     def group_ids(self, relpaths: list[str]) -> np.ndarray:
         """One id per path for grouped splitting: twins share an id, every other image has its own."""
-        ids = np.empty(len(relpaths), dtype=np.int64)
-        offset = len(self.groups)
-        for i, path in enumerate(relpaths):
-            number = self._group_of.get(path)
-            ids[i] = number if number is not None else offset + i
-        return ids
+        n = len(self.groups)
+        return np.array([self._group_of.get(path, n + i) for i, path in enumerate(relpaths)], dtype=np.int64)
 
     def has_twin_in(self, relpath: str, split: str) -> bool:
         """True when another member of this image's group lies in ``split`` (``train`` or ``test``)."""
-        number = self._group_of.get(relpath)
-        if number is None:
-            return False
-        return any(p != relpath and p.split("/", 1)[0] == split for p in self.groups[number])
+        group = self.groups[self._group_of[relpath]] if relpath in self._group_of else []
+        return any(p != relpath and p.split("/", 1)[0] == split for p in group)
 
     def is_twin_free(self, relpath: str) -> bool:
         """Whether test image ``relpath`` belongs to the twin-free part: see :meth:`twin_free_mask`."""
@@ -165,35 +138,23 @@ class TwinGroups:
         return relpath == min(p for p in group if p.split("/", 1)[0] == "test")
 
     def twin_free_mask(self, test_relpaths: list[str]) -> np.ndarray:
-        """True for the test images in the twin-free part of the test split; the one home of its definition.
-
-        The twin-free part is the test images with no twin in the train split, *one image per twin group*:
-        of test images that are twins of each other (and have none in train), only the first in record order
-        (sorted relative path) is kept, so the part holds independent images, as its Wilson intervals and
-        McNemar tests assume. Whether an image is kept depends on its path alone, not on which other paths
-        are passed. Images with a train twin, and the later members of a test-only group, are False.
-        """
+        """True for the twin-free part of the test split (the one definition): no twin in train, and of a
+        test-only group only the first by relative path, so its images are independent (as tests assume)."""
         return np.array([self.is_twin_free(p) for p in test_relpaths], dtype=bool)
 
     def summary(self) -> dict:
         """The ``near_duplicates`` block of ``audit --json``."""
-        test_with_train_twin = sorted(
-            p for group in self.groups for p in group if p.startswith("test/") and self.has_twin_in(p, "train")
-        )
+        test_with_train_twin = sorted(p for group in self.groups for p in group
+                                      if p.startswith("test/") and self.has_twin_in(p, "train"))
         conflicting = [g for g in self.groups if len({self.labels.get(p) for p in g}) > 1]
         return {
-            "method": (
-                f"phash Hamming distance <= {PHASH_MAX_DISTANCE} and 32x32 greyscale thumbnail correlation >= "
-                f"{MIN_CORRELATION}, or correlation >= {SURE_CORRELATION}; grouped transitively"
-            ),
-            "n_groups": len(self.groups),
-            "n_images_in_groups": sum(len(g) for g in self.groups),
-            "n_pairs": len(self.pairs),
-            "test_with_train_twin": len(test_with_train_twin),
+            "method": f"phash Hamming distance <= {PHASH_MAX_DISTANCE} and 32x32 greyscale thumbnail "
+            f"correlation >= {MIN_CORRELATION}, or correlation >= {SURE_CORRELATION}; grouped transitively",
+            "n_groups": len(self.groups), "n_images_in_groups": sum(len(g) for g in self.groups),
+            "n_pairs": len(self.pairs), "test_with_train_twin": len(test_with_train_twin),
             "test_with_train_twin_paths": test_with_train_twin,
             "n_groups_within_train": sum(all(p.startswith("train/") for p in g) for g in self.groups),
-            "conflicting_labels": conflicting,
-            "groups": self.groups,
+            "conflicting_labels": conflicting, "groups": self.groups,
         }
 
     def to_json(self) -> dict:
@@ -205,31 +166,11 @@ class TwinGroups:
 
 
 def _content_key(records) -> str:
-    digest = hashlib.sha256(
-        f"twins v{TWINS_VERSION} d{PHASH_MAX_DISTANCE} r{MIN_CORRELATION} s{SURE_CORRELATION}\n".encode()
-    )
+    rule = f"twins v{TWINS_VERSION} d{PHASH_MAX_DISTANCE} r{MIN_CORRELATION} s{SURE_CORRELATION}\n"
+    digest = hashlib.sha256(rule.encode())
     for record in sorted(records, key=lambda r: r.relpath):
         digest.update(f"{record.relpath}\t{record.label}\t{record.sha256}\n".encode())
     return digest.hexdigest()
-
-
-def _signatures(paths: list[str], progress: bool) -> list[tuple[bytes, bytes] | None]:
-    from muffin_lib.pool import default_workers, process_pool
-    from muffin_lib.progress import progress_bar
-
-    workers = default_workers()
-    results: list[tuple[bytes, bytes] | None] = []
-    with progress_bar(total=len(paths), enabled=progress, desc="looking for near-duplicates", unit="img") as bar:
-        if workers > 1 and len(paths) >= 128:
-            with process_pool(workers) as pool:
-                for signature in pool.map(image_signature, paths, chunksize=64):
-                    results.append(signature)
-                    bar.update()
-        else:
-            for path in paths:
-                results.append(image_signature(path))
-                bar.update()
-    return results
 
 
 def find_twins(records, work_dir=None, *, progress: bool = True) -> TwinGroups:
@@ -244,18 +185,17 @@ def find_twins(records, work_dir=None, *, progress: bool = True) -> TwinGroups:
                 return TwinGroups.from_json(stored)
         except (OSError, ValueError, KeyError):
             log.warning("near-duplicate cache %s is unreadable; recomputing it", path)
-    signatures = _signatures([str(r.path) for r in records], progress)
+    paths = [str(r.path) for r in records]
+    desc = "looking for near-duplicates"
+    signatures = list(map_images(image_signature, paths, desc=desc, progress=progress, pool_from=128))
     usable = [i for i, s in enumerate(signatures) if s is not None]
-    hashes = np.frombuffer(b"".join(signatures[i][0] for i in usable), dtype=np.uint8).reshape(len(usable), -1)
-    thumbnails = np.frombuffer(b"".join(signatures[i][1] for i in usable), dtype=np.uint8).reshape(len(usable), -1)
+    hashes, thumbnails = (np.frombuffer(b"".join(signatures[i][part] for i in usable), dtype=np.uint8)
+                          .reshape(len(usable), -1) for part in (0, 1))
     index_pairs = [(usable[a], usable[b]) for a, b in twin_pairs(hashes, thumbnails)]
     groups = [[records[i].relpath for i in group] for group in group_pairs(len(records), index_pairs)]
     grouped = {p for g in groups for p in g}
-    result = TwinGroups(
-        groups,
-        {r.relpath: r.label for r in records if r.relpath in grouped},
-        [(records[a].relpath, records[b].relpath) for a, b in index_pairs],
-    )
+    result = TwinGroups(groups, {r.relpath: r.label for r in records if r.relpath in grouped},
+                        [(records[a].relpath, records[b].relpath) for a, b in index_pairs])
     if path is not None:
         write_text_atomic(path, json.dumps({"key": key, **result.to_json()}))
     return result

@@ -1,19 +1,10 @@
-"""The study's model-selection budgets: the one home of what notebooks 06-07 and the ``cv`` CLI run.
+"""The study's model-selection budgets: what notebooks 06-07 and the ``cv`` CLI run.
 
-``FULL`` (profile ``full``) selects and estimates at the recipe the study ships: the image size and epochs
-of ``recipe.TrainConfig``, so notebook 07's CV risk of each architecture is the risk of exactly the models
-notebooks 03-05 train, and the last rung of 06's grid runs that recipe too. Successive halving keeps the
-grid affordable: every configuration first trains a complete 3-epoch schedule on every fold, the best
-third (2 of 6) then the full schedule. Nested CV repeats 06's procedure inside each outer fold with the same
-halving and the same K (5 inner folds), so it estimates the procedure 06 really runs. On a GPU this is
-minutes; on a 2-core CPU it is hours (run it in the background: the trial store resumes it).
-
-``QUICK`` (profile ``quick``, the default on a CPU) is the laptop budget: the same recipe at 64 px and 8
-epochs for 06-07, 2 inner folds for nested CV, so the whole series fits about an hour on 2 cores. Its CV
-risks describe 64 px / 8-epoch models, not the shipped ones; every table and summary line it produces says
-so (``SelectionBudget.label``), and ``benchmarks/README.md`` measures how well it agrees with ``FULL``.
-The other training settings (colour, optimiser, augmentation, label smoothing, peak lr, batch size) are the
-recipe of ``recipe.TrainConfig`` in both.
+``FULL`` (profile ``full``) selects and estimates at the shipped recipe (its image size and epochs), so 07's
+CV risks are those of the models 03-05 train; successive halving (every configuration first at 3 epochs,
+the best third then the full schedule) keeps the grid affordable, and nested CV repeats it with 5 inner
+folds. ``QUICK`` (profile ``quick``: 64 px, 8 epochs, 2 inner folds) fits about an hour on a 2-core CPU;
+its tables say so (``SelectionBudget.label``). The other training settings are the recipe's in both.
 """
 
 from __future__ import annotations
@@ -21,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from muffin_lib.data.splits import N_SPLITS
-from muffin_lib.errors import MuffinError
 from muffin_lib.text import plural
 from muffin_lib.training.recipe import TrainConfig
 
@@ -46,8 +36,7 @@ class SelectionBudget:
 
     @property
     def label(self) -> str:
-        """What every table header and summary line of this budget says, e.g. "128 px, 15 epochs (profile
-        full: the deployed recipe)"."""
+        """What every table header and summary line of this budget says."""
         what = "the deployed recipe" if self.deployed else (
             f"cheaper than the deployed {_RECIPE.image_size} px / {plural(_RECIPE.epochs, 'epoch')}"
         )
@@ -66,7 +55,7 @@ def budget_for(image_size: int, epochs: int) -> SelectionBudget | None:
 
 
 def settings_label(image_size: int, epochs: int) -> str:
-    """The label of whatever ran: a named budget's, or the plain settings with how they compare to the recipe."""
+    """The label of whatever ran: a named budget's, or the settings and how they compare to the recipe."""
     named = budget_for(image_size, epochs)
     if named is not None:
         return named.label
@@ -74,10 +63,3 @@ def settings_label(image_size: int, epochs: int) -> str:
         return f"{image_size} px, {plural(epochs, 'epoch')} (the deployed recipe)"
     return (f"{image_size} px, {plural(epochs, 'epoch')} "
             f"(not the deployed {_RECIPE.image_size} px / {plural(_RECIPE.epochs, 'epoch')})")
-
-
-def get_budget(profile: str) -> SelectionBudget:
-    try:
-        return BUDGETS[profile]
-    except KeyError:
-        raise MuffinError(f"no selection budget for profile {profile!r}; choose one of {sorted(BUDGETS)}") from None

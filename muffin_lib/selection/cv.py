@@ -11,12 +11,9 @@ import numpy as np
 from muffin_lib.errors import MuffinError
 from muffin_lib.selection.execute import TrialCaches, run_tasks
 from muffin_lib.selection.options import RunOptions
-from muffin_lib.selection.stats import corrected_resampled_ttest, holm_adjust, summarize_losses
+from muffin_lib.selection.stats import add_holm, corrected_resampled_ttest, summarize_losses
 from muffin_lib.selection.trial import Folds, TrialTask, cache_classes, config_setting, fold_seed
 from muffin_lib.selection.trial_store import fold_plan_key, trial_key
-
-# --------------------------------------------------------------------------------------------------
-# Cross-validation
 
 
 @dataclass
@@ -33,18 +30,6 @@ class CVResult:
     n_test: float
     seconds: float
 
-    def to_dict(self) -> dict:
-        return {
-            "config": self.config.to_dict(),
-            "config_key": self.config_key,
-            "plan_key": self.plan_key,
-            "losses": self.losses,
-            "summary": self.summary,
-            "n_train": self.n_train,
-            "n_test": self.n_test,
-            "seconds": self.seconds,
-        }
-
 
 def check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``folds`` as int64 index arrays, or a MuffinError for an empty, overlapping or out-of-range fold."""
@@ -54,7 +39,8 @@ def check_folds(folds: Folds, n_samples: int) -> list[tuple[np.ndarray, np.ndarr
         if train_idx.size == 0 or test_idx.size == 0:
             raise MuffinError(f"fold {number} has an empty training or held-out part; use fewer folds")
         if np.intersect1d(train_idx, test_idx).size:
-            raise MuffinError(f"fold {number}: training and held-out indices overlap; the fold plan is broken")
+            raise MuffinError(f"fold {number}: training and held-out indices overlap; the fold plan is "
+                              "broken")
         if max(train_idx.max(), test_idx.max()) >= n_samples or min(train_idx.min(), test_idx.min()) < 0:
             raise MuffinError(
                 f"fold {number} indexes beyond the {n_samples} cached images: the folds were made for "
@@ -71,26 +57,14 @@ def cv_tasks(config, cache, folds, *, scope: str, device: str, groups=None) -> l
     configuration, the cache's content fingerprint, the fold plan and the execution on ``device``."""
     from muffin_lib.training import runtime
 
-    fingerprint = getattr(cache, "fingerprint", None)
-    plan = fold_plan_key(folds)
+    fingerprint, plan = getattr(cache, "fingerprint", None), fold_plan_key(folds)
     execution = runtime.execution_key(config.amp, device, config)
     key = trial_key(config.key(), fingerprint, plan, execution=execution)
     return [
-        TrialTask(
-            config=config,
-            setting=config_setting(config),
-            fold=number,
-            train_idx=train_idx,
-            test_idx=test_idx,
-            config_key=key,
-            scope=scope,
-            plan_key=plan,
-            fingerprint=fingerprint,
-            seed=fold_seed(config.seed, number),
-            execution=execution,
-            groups=None if groups is None else np.asarray(groups)[train_idx],
-            num_classes=cache_classes(cache),
-        )
+        TrialTask(config=config, setting=config_setting(config), fold=number, train_idx=train_idx,
+                  test_idx=test_idx, config_key=key, scope=scope, plan_key=plan, fingerprint=fingerprint,
+                  seed=fold_seed(config.seed, number), execution=execution, num_classes=cache_classes(cache),
+                  groups=None if groups is None else np.asarray(groups)[train_idx])
         for number, (train_idx, test_idx) in enumerate(folds)
     ]
 
@@ -105,36 +79,26 @@ def cv_result(config, tasks: list[TrialTask], records: dict) -> CVResult:
     """The :class:`CVResult` of ``config`` from the records (by task identity) of its ``tasks``."""
     trials = [records[task.identity] for task in tasks]
     losses = [float(trial["zero_one_loss"]) for trial in trials]
-    return CVResult(
-        config=config,
-        config_key=tasks[0].config_key,
-        plan_key=tasks[0].plan_key,
-        losses=losses,
-        summary=summarize_losses(losses, test_train_ratio=fold_size_ratio(trials)),
-        trials=trials,
-        n_train=float(np.mean([t["n_train"] for t in trials])),
-        n_test=float(np.mean([t["n_test"] for t in trials])),
-        seconds=float(sum(t.get("seconds") or 0.0 for t in trials)),
-    )
+    return CVResult(config=config, config_key=tasks[0].config_key, plan_key=tasks[0].plan_key, losses=losses,
+                    summary=summarize_losses(losses, test_train_ratio=fold_size_ratio(trials)), trials=trials,
+                    n_train=float(np.mean([t["n_train"] for t in trials])),
+                    n_test=float(np.mean([t["n_test"] for t in trials])),
+                    seconds=float(sum(t.get("seconds") or 0.0 for t in trials)))
 
 
 def cross_validate(config, cache, folds: Folds, *, groups=None, scope: str = "cv",
                    options: RunOptions | None = None) -> CVResult:
-    """K-fold CV of one configuration: zero-one loss on each held-out fold, after the last epoch.
-
-    ``folds`` index ``cache`` (e.g. ``SplitPlan.folds``). ``groups`` (``SplitPlan.groups``: one twin-group id
-    per cached image) keeps twins on one side of an early-stopping split. ``options`` (:class:`RunOptions`)
-    say where trials are stored and how they run; trials already in its store are not re-run.
-    """
-    return cross_validate_each({"config": config}, cache, folds, groups=groups, scope=scope, options=options)["config"]
+    """K-fold CV of one configuration: zero-one loss on each held-out fold of ``folds`` (indices into
+    ``cache``), after the last epoch. ``groups`` (one twin-group id per cached image) keeps twins on one
+    side of an early-stopping split; trials already in ``options.store`` are not re-run."""
+    each = cross_validate_each({"config": config}, cache, folds, groups=groups, scope=scope, options=options)
+    return each["config"]
 
 
 def cross_validate_each(configs: Mapping[str, object], cache, folds: Folds, *, groups=None, scope: str = "cv",
                         options: RunOptions | None = None) -> dict[str, CVResult]:
-    """:func:`cross_validate` of each configuration of ``configs`` (name -> config), on the same folds, with
-    every fold of every configuration queued at once: with ``options.workers`` (or Ray) the trials of
-    different configurations train side by side, so the workers are not left idle at the end of each one's
-    K folds. Returns the CVResult of each name."""
+    """:func:`cross_validate` of each of ``configs`` (name -> config) on the same folds, with every fold of
+    every configuration queued at once, so parallel workers are not left idle between configurations."""
     fields = [config.to_dict() for config in configs.values()]
     varied = [name for name in fields[0] if len({repr(f[name]) for f in fields}) > 1] if fields else []
     options = (options or RunOptions()).reporting(varied)  # each trial's line names what tells them apart
@@ -148,19 +112,8 @@ def cross_validate_each(configs: Mapping[str, object], cache, folds: Folds, *, g
     return {name: cv_result(config, tasks[name], records) for name, config in configs.items()}
 
 
-# --------------------------------------------------------------------------------------------------
-# Comparison
-
-
-def compare_configs(
-    config_a,
-    config_b,
-    cv_a: CVResult,
-    cv_b: CVResult,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    confidence: float = 0.95,
-) -> dict:
+def compare_configs(config_a, config_b, cv_a: CVResult, cv_b: CVResult, n_train: int | None = None,
+                    n_test: int | None = None, confidence: float = 0.95) -> dict:
     """Corrected resampled t-test (Nadeau & Bengio) of two configurations scored on identical folds.
 
     ``mean_diff`` is loss(a) - loss(b): negative means ``config_a`` is better. ``n_train`` / ``n_test``
@@ -174,30 +127,17 @@ def compare_configs(
     for config, result, name in ((config_a, cv_a, "a"), (config_b, cv_b, "b")):
         if config.key() != result.config.key():
             raise MuffinError(f"cv_{name} holds the results of another configuration than config_{name}")
-    test = corrected_resampled_ttest(
-        cv_a.losses,
-        cv_b.losses,
-        n_train=int(round(n_train if n_train is not None else cv_a.n_train)),
-        n_test=int(round(n_test if n_test is not None else cv_a.n_test)),
-        confidence=confidence,
-    )
+    test = corrected_resampled_ttest(cv_a.losses, cv_b.losses, confidence=confidence,
+                                     n_train=int(round(n_train if n_train is not None else cv_a.n_train)),
+                                     n_test=int(round(n_test if n_test is not None else cv_a.n_test)))
     return {"mean_a": cv_a.summary["mean"], "mean_b": cv_b.summary["mean"], **test}
 
 
 def compare_all(configs: dict, results: dict[str, CVResult], confidence: float = 0.95,
                 alpha: float = 0.05) -> list[dict]:
-    """:func:`compare_configs` for every pair of ``configs`` (name -> config), in insertion order:
-    dicts with ``a``, ``b``, the corrected t-test fields, ``p_holm`` (Holm's adjustment over all the pairs
-    compared here, ``stats.holm_adjust``: the same correction as notebook 09's McNemar tests) and
-    ``significant`` (``p_holm < alpha``; the unadjusted ``p_value`` decides nothing)."""
-    names = list(configs)
-    rows = [
-        {"a": a, "b": b, **compare_configs(configs[a], configs[b], results[a], results[b], confidence=confidence)}
-        for a, b in itertools.combinations(names, 2)
-    ]
-    for row, p_holm in zip(rows, holm_adjust([row["p_value"] for row in rows]), strict=True):
-        row["p_holm"] = p_holm
-        row["significant"] = p_holm < alpha
-    return rows
-
-
+    """:func:`compare_configs` for every pair of ``configs`` (name -> config), in insertion order, with
+    ``a``, ``b``, and Holm's ``p_holm`` over all these pairs and ``significant`` (``p_holm < alpha``)."""
+    rows = [{"a": a, "b": b, **compare_configs(configs[a], configs[b], results[a], results[b],
+                                               confidence=confidence)}
+            for a, b in itertools.combinations(list(configs), 2)]
+    return add_holm(rows, alpha)

@@ -1,12 +1,5 @@
-"""``RunOptions``: how and where the trials of ``cross_validate``, ``grid_search`` and ``nested_cv`` run.
-
-What is estimated (configuration, grid, cache, folds, twin groups, scope) stays in each function's own
-arguments; the options say only where trials are stored, on which device and backend, how they report and
-where the caches of other image settings come from. One object, built once and passed to every call::
-
-    run = RunOptions(store=TrialStore(work_dir / "trials.sqlite"), device="cuda")
-    cross_validate(config, cache, folds, groups=plan.groups, options=run)
-"""
+"""``RunOptions``: where and how the trials of ``cross_validate``, ``grid_search`` and ``nested_cv`` run; what
+is estimated (configuration, grid, cache, folds, twin groups, scope) stays in each function's arguments."""
 
 from __future__ import annotations
 
@@ -27,26 +20,24 @@ BACKENDS = ("serial", "ray")
 
 def check_workers(workers) -> int | str:
     """``workers`` itself when it is a number >= 1 or "auto" (``RunOptions.workers``), else a clear error."""
-    if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
+    number = isinstance(workers, int) and not isinstance(workers, bool)
+    if workers != "auto" and not (number and workers >= 1):
         raise MuffinError(f"workers must be a number >= 1 or 'auto', got {workers!r}")
     return workers
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Run settings shared by cross_validate, grid_search and nested_cv (none of them changes a trial key
-    except ``device``, whose resolved type and precision are part of it).
+    """Run settings shared by cross_validate, grid_search and nested_cv; only ``device`` (its resolved type
+    and precision) is part of a trial's key.
 
-    * ``store``: the :class:`~muffin_lib.selection.trial_store.TrialStore` trials are read from and written
-      to as each ends (None: nothing is stored, nothing is resumed);
-    * ``device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``;
-    * ``backend``: ``serial`` (on this machine) or ``ray`` (Ray Tune, in parallel), with ``ray_options``
-      passed on to ``ray_backend.run_tasks`` (address, num_cpus, cpus_per_trial, gpus_per_trial);
-    * ``workers`` (serial backend): how many trials train at once in worker processes on this machine,
-      a number or "auto" (``processes.resolve_workers``: by device, cores and free memory); 1 (the default)
-      trains one after another in this process, with its progress bars;
-    * ``progress``: progress bars and training logs, and a line per trial when ``on_trial`` is None;
-    * ``on_trial(record)``: called for every trial (``record["status"]`` is ``trained`` or ``stored``);
+    * ``store``: the :class:`~muffin_lib.selection.trial_store.TrialStore` trials are read from and written to
+      as each ends (None: nothing stored or resumed); ``device``: ``auto`` | ``cpu`` | ``cuda[:N]`` | ``mps``;
+    * ``backend``: ``serial`` or ``ray`` (Ray Tune), with ``ray_options`` (the fields of ``RaySettings``);
+    * ``workers`` (serial): trials trained at once in worker processes, a number or "auto"
+      (``processes.resolve_workers``); 1 trains them one after another here, with progress bars;
+    * ``progress``: bars and training logs, and a line per trial when ``on_trial`` is None;
+    * ``on_trial(record)``: called for every trial (``record["status"]``: ``trained`` or ``stored``);
     * ``cache_for(image_size, color_mode) -> ImageCache``, or ``data_dir`` and ``work_dir``: where the caches
       of a grid over ``image_size`` / ``color_mode`` come from.
     """
@@ -72,8 +63,8 @@ class RunOptions:
         return dataclasses.replace(self, **changes)
 
     def reporting(self, varied: Sequence[str] = ()) -> RunOptions:
-        """These options with ``on_trial`` set: the given one, else (with ``progress``) a printed line per trial
-        naming the ``varied`` grid parameters (``trial.print_trial``)."""
+        """These options with ``on_trial`` set: the given one, else (with ``progress``) a printed line per
+        trial naming the ``varied`` grid parameters."""
         if self.on_trial is not None or not self.progress:
             return self
         from muffin_lib.selection.trial import print_trial

@@ -1,5 +1,5 @@
-"""One trial: a fresh model trained on one fold's training part and scored once on its held-out part, how a
-finished trial becomes a trial-store record, and the line that reports it."""
+"""One trial: a fresh model trained on one fold's training part and scored once on its held-out part, the
+trial-store record it becomes, and the line that reports it."""
 
 from __future__ import annotations
 
@@ -24,17 +24,9 @@ Folds = Sequence[tuple[np.ndarray, np.ndarray]]
 OnTrial = Callable[[dict], None]
 
 
-# --------------------------------------------------------------------------------------------------
-# One trial
-
-
 @dataclass
 class TrialTask:
-    """One (configuration, fold) to train and score; ``setting`` names the cache its images come from.
-
-    ``groups``: the twin-group id of each image of ``train_idx`` (aligned with it; e.g.
-    ``SplitPlan.groups[train_idx]``), so that an early-stopping split keeps near-duplicates on one side;
-    None when unknown (the split is then only stratified, with a warning)."""
+    """One (configuration, fold) to train and score; ``setting`` names the cache its images come from."""
 
     config: object  # recipe.TrainConfig
     setting: tuple[int, str]
@@ -48,7 +40,7 @@ class TrialTask:
     seed: int
     execution: str  # runtime.execution_key of the run, e.g. "cpu/fp32"; part of config_key
     groups: np.ndarray | None = None  # twin-group id per image of train_idx (None: unknown)
-    num_classes: int | None = None  # the model's outputs: the cache's class count (None: read from the labels)
+    num_classes: int | None = None  # the model's outputs: the cache's class count (None: from the labels)
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -61,18 +53,15 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def take_rows(values, indices: np.ndarray) -> torch.Tensor:
-    """The rows ``indices`` of a tensor or array, as a tensor (a copy, so it also works on the read-only
-    buffers of Ray's object store)."""
+    """The rows ``indices`` of a tensor or array, as a tensor (a copy: Ray's object store is read-only)."""
     if isinstance(values, torch.Tensor):
         return values[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
     return torch.from_numpy(np.asarray(values)[np.asarray(indices, dtype=np.int64)])
 
 
-def _early_stopping_split(train_idx: np.ndarray, labels, seed: int, groups=None) -> tuple[np.ndarray, np.ndarray]:
+def _early_stopping_split(train_idx: np.ndarray, labels, seed: int, groups=None) -> tuple:
     """(fit, stop): a seeded, stratified ``EARLY_STOPPING_FRACTION`` of ``train_idx`` held back for early
-    stopping. With ``groups`` (one twin-group id per entry of ``train_idx``) every group stays on one side
-    (``splits.grouped_part``, the validation carve-out's StratifiedGroupKFold); without them the split is
-    only stratified and a warning says so."""
+    stopping, every twin group of ``groups`` (one id per entry of ``train_idx``) on one side."""
     from sklearn.model_selection import train_test_split
 
     train_idx = np.asarray(train_idx)
@@ -82,170 +71,98 @@ def _early_stopping_split(train_idx: np.ndarray, labels, seed: int, groups=None)
 
         groups = np.asarray(groups)
         if groups.shape != train_idx.shape:
-            raise MuffinError(f"need one twin-group id per training image ({train_idx.size}), got {groups.size}")
+            raise MuffinError(f"need one twin-group id per training image ({train_idx.size}), got "
+                              f"{groups.size}")
         fit_pos, stop_pos = grouped_part(train_labels, groups, EARLY_STOPPING_FRACTION, seed)
         return np.sort(train_idx[fit_pos]), np.sort(train_idx[stop_pos])
-    log.warning("no twin groups for the early-stopping split: near-duplicates may straddle fit and stop images; "
-                "pass the split plan's groups (SplitPlan.groups) to keep them on one side")
-    fit_idx, stop_idx = train_test_split(
-        np.asarray(train_idx),
-        test_size=EARLY_STOPPING_FRACTION,
-        stratify=train_labels,
-        random_state=seed,
-    )
+    log.warning("no twin groups for the early-stopping split: near-duplicates may straddle fit and stop "
+                "images; pass the split plan's groups (SplitPlan.groups) to keep them on one side")
+    fit_idx, stop_idx = train_test_split(np.asarray(train_idx), test_size=EARLY_STOPPING_FRACTION,
+                                         stratify=train_labels, random_state=seed)
     return np.sort(fit_idx), np.sort(stop_idx)
 
 
-def run_trial(
-    config,
-    train_images,
-    train_labels,
-    test_images,
-    test_labels,
-    *,
-    seed: int,
-    device: str = "auto",
-    progress: bool = False,
-    groups=None,
-    num_classes: int | None = None,
-    on_epoch: Callable[[dict], bool | None] | None = None,
-) -> dict:
-    """Fit a fresh model on the training part and evaluate it once on the held-out part.
-
-    ``groups``: one twin-group id per training image; with early stopping, the images held back for it
-    never share a group with the fitted ones (None: a stratified split, with a warning). ``num_classes``: the
-    model's outputs, the class count of the cache the parts come from (:func:`cache_classes`); None reads it
-    from the labels (the largest label + 1, at least 2). ``on_epoch``: passed on to
-    ``loop.fit`` (a worker process of ``processes`` rebalances its threads there).
-
-    Returns the stored fields: ``metrics`` (zero_one_loss, loss, accuracy, errors, n, history, and the same
-    fold scored with flip test-time augmentation: flip_tta_errors, flip_tta_zero_one_loss),
-    ``seed``, ``n_train``, ``n_test``, ``seconds``, ``device`` and ``execution`` (the device type and
-    precision the fit really used, ``runtime.execution_key``).
-    """
+def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress: bool = False,
+             on_epoch: Callable[[dict], bool | None] | None = None) -> dict:
+    """Fit a fresh model on ``task``'s training rows of the cache arrays, score it once on its held-out
+    rows (plain and with flip test-time augmentation) and return the store record."""
     from muffin_lib.training import loop
 
-    trial_config = config.replace(seed=int(seed))
-    fit_images, fit_labels = train_images, train_labels
-    stop_images = stop_labels = None
-    if getattr(config, "early_stopping_patience", None):
-        fit_idx, stop_idx = _early_stopping_split(np.arange(len(train_labels)), train_labels, seed, groups)
-        fit_images, fit_labels = take_rows(train_images, fit_idx), take_rows(train_labels, fit_idx)
-        stop_images, stop_labels = take_rows(train_images, stop_idx), take_rows(train_labels, stop_idx)
+    train_images, train_labels = take_rows(images, task.train_idx), take_rows(labels, task.train_idx)
+    test_images, test_labels = take_rows(images, task.test_idx), take_rows(labels, task.test_idx)
+    fit, stop = (train_images, train_labels), None
+    if getattr(task.config, "early_stopping_patience", None):
+        positions = np.arange(len(train_labels))
+        fit_idx, stop_idx = _early_stopping_split(positions, train_labels, task.seed, task.groups)
+        fit = take_rows(train_images, fit_idx), take_rows(train_labels, fit_idx)
+        stop = take_rows(train_images, stop_idx), take_rows(train_labels, stop_idx)
+    num_classes = task.num_classes
     if num_classes is None:  # no cache said it: one output per class the labels show, at least two
-        seen = [int(np.asarray(labels).max()) + 1 for labels in (train_labels, test_labels) if len(labels)]
+        seen = [int(np.asarray(part).max()) + 1 for part in (train_labels, test_labels) if len(part)]
         num_classes = max([2, *seen])
     started = time.perf_counter()
-    fitted = loop.fit(
-        trial_config, (fit_images, fit_labels), (stop_images, stop_labels),
-        device=device,
-        progress=progress,
-        num_classes=num_classes,
-        on_epoch=on_epoch,
-    )
-    scores = loop.evaluate(
-        fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device, flip_tta=True
-    )
-    return trial_outcome(fitted, scores, seed=seed, n_fit=len(fit_labels), seconds=time.perf_counter() - started)
+    fitted = loop.fit(task.config.replace(seed=int(task.seed)), fit, stop, device=device, progress=progress,
+                      num_classes=num_classes, on_epoch=on_epoch)
+    scores = loop.evaluate(fitted.model, test_images, test_labels, fitted.normalization, device=fitted.device,
+                           flip_tta=True)
+    seconds = time.perf_counter() - started
+    outcome = trial_outcome(fitted, scores, seed=task.seed, n_fit=len(fit[1]), seconds=seconds)
+    return trial_record(task, outcome)
 
 
 def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float) -> dict:
-    """:func:`run_trial`'s result from a fitted model (``loop.fit``) and its scores on the held-out part
-    (``loop.evaluate``): the one home of what a trial stores, whoever trained it."""
+    """What a trial stores from its fitted model (``loop.fit``) and held-out scores (``loop.evaluate``),
+    whoever trained it."""
     from muffin_lib.training import runtime
 
     n_test = int(scores["n"])
     # Exact errors / n: the engine's float32 accuracy would store 0.40909093... for 9/22.
     errors = int(round(float(scores["zero_one_loss"]) * n_test))
-    metrics = {
-        "zero_one_loss": errors / n_test,
-        "loss": float(scores["loss"]),
-        "accuracy": 1.0 - errors / n_test,
-        "n": n_test,
-        "errors": errors,
-        "history": jsonable(fitted.history),
-    }
+    metrics = {"zero_one_loss": errors / n_test, "loss": float(scores["loss"]),
+               "accuracy": 1.0 - errors / n_test, "n": n_test, "errors": errors,
+               "history": jsonable(fitted.history)}
     if "flip_tta_errors" in scores:  # loop.evaluate(..., flip_tta=True): the same fold with flip TTA
         metrics["flip_tta_errors"] = int(scores["flip_tta_errors"])
         metrics["flip_tta_zero_one_loss"] = int(scores["flip_tta_errors"]) / n_test
-    return {
-        "metrics": metrics,
-        "seed": int(seed),
-        "n_train": int(n_fit),
-        "n_test": n_test,
-        "seconds": float(seconds),
-        "device": str(fitted.device),
-        "execution": runtime.execution_key(fitted.config.amp, fitted.device, fitted.config),
-    }
+    return {"metrics": metrics, "seed": int(seed), "n_train": int(n_fit), "n_test": n_test,
+            "seconds": float(seconds), "device": str(fitted.device),
+            "execution": runtime.execution_key(fitted.config.amp, fitted.device, fitted.config)}
 
 
 def store_fold(store, task: TrialTask, fitted, scores: dict, *, seconds: float) -> dict:
-    """Store a fold trained by hand (notebook 07's written-out fold loop: ``loop.fit`` on ``task.train_idx``
-    with ``task.seed``, then ``loop.evaluate(..., flip_tta=True)`` on ``task.test_idx``) as :func:`run_task`
-    would have, so that ``cross_validate`` reuses it instead of training it again. Returns the store record."""
+    """Store a fold trained by hand (notebook 07's fold loop) as :func:`run_task` would have, so that
+    ``cross_validate`` reuses it instead of training it again. Returns the store record."""
     if getattr(task.config, "early_stopping_patience", None):
-        raise MuffinError("a fold trained by hand has no early-stopping split; run early-stopping configurations "
-                          "through cross_validate")
+        raise MuffinError("a fold trained by hand has no early-stopping split; run early-stopping "
+                          "configurations through cross_validate")
     if int(fitted.config.seed) != int(task.seed):
-        raise MuffinError(f"fold {task.fold} was trained with seed {fitted.config.seed}, its task says {task.seed}; "
-                          "train it with task.config.replace(seed=task.seed)")
+        raise MuffinError(f"fold {task.fold} was trained with seed {fitted.config.seed}, its task says "
+                          f"{task.seed}; train it with task.config.replace(seed=task.seed)")
     if "flip_tta_errors" not in scores:
         raise MuffinError(f"fold {task.fold}'s scores lack flip_tta_errors; score the held-out fold with "
-                          "loop.evaluate(..., flip_tta=True), as cross_validate does, so that the stored trial is "
-                          "the same whoever trained it")
+                          "loop.evaluate(..., flip_tta=True), as cross_validate does, so that the stored "
+                          "trial is the same whoever trained it")
     outcome = trial_outcome(fitted, scores, seed=task.seed, n_fit=len(task.train_idx), seconds=seconds)
     record = trial_record(task, outcome)
     store.add_record(record)
     return record
 
 
-def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress: bool = False,
-             on_epoch: Callable[[dict], bool | None] | None = None) -> dict:
-    """:func:`run_trial` for a :class:`TrialTask` on its cache arrays; returns the full store record."""
-    outcome = run_trial(
-        task.config,
-        take_rows(images, task.train_idx),
-        take_rows(labels, task.train_idx),
-        take_rows(images, task.test_idx),
-        take_rows(labels, task.test_idx),
-        seed=task.seed,
-        device=device,
-        progress=progress,
-        groups=task.groups,
-        num_classes=task.num_classes,
-        on_epoch=on_epoch,
-    )
-    return trial_record(task, outcome)
-
-
 def trial_record(task: TrialTask, outcome: dict) -> dict:
-    """The trial-store record of ``task`` from :func:`run_trial`'s ``outcome``; refused when it ran otherwise
-    than its key says (another device type or precision)."""
+    """The store record of ``task`` and its ``outcome``; refused when it ran otherwise than its key says."""
     ran = outcome.get("execution", task.execution)
     if ran != task.execution:
         # E.g. a Ray worker without a GPU resolving device 'auto' to the CPU: never store that under this key.
         raise MuffinError(
-            f"trial {task.config_key} fold {task.fold} ({task.scope}) was keyed for {task.execution} but trained "
-            f"as {ran} (device {outcome.get('device')}); pass an explicit --device that every worker has "
-            "(with Ray on a GPU also --gpus-per-trial > 0) and run again"
+            f"trial {task.config_key} fold {task.fold} ({task.scope}) was keyed for {task.execution} but "
+            f"trained as {ran} (device {outcome.get('device')}); pass an explicit --device that every worker "
+            "has (with Ray on a GPU also --gpus-per-trial > 0) and run again"
         )
-    return {
-        "config_key": task.config_key,
-        "fold": int(task.fold),
-        "scope": task.scope,
-        "config": task.config.to_dict(),
-        "fingerprint": task.fingerprint,
-        "plan_key": task.plan_key,
-        "zero_one_loss": outcome["metrics"]["zero_one_loss"],
-        **outcome,
-        # The store has no column for it: it is kept in the metrics JSON (TrialStore returns it as "execution").
-        "metrics": {**outcome["metrics"], "execution": task.execution},
-        "execution": task.execution,
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Which cache a trial reads, and its progress line
+    return {"config_key": task.config_key, "fold": int(task.fold), "scope": task.scope,
+            "config": task.config.to_dict(), "fingerprint": task.fingerprint, "plan_key": task.plan_key,
+            "zero_one_loss": outcome["metrics"]["zero_one_loss"], **outcome,
+            # The store has no column for it: it is kept in the metrics JSON (returned as "execution").
+            "metrics": {**outcome["metrics"], "execution": task.execution}, "execution": task.execution}
 
 
 def cache_setting(cache) -> tuple[int, str]:
@@ -255,8 +172,7 @@ def cache_setting(cache) -> tuple[int, str]:
 
 
 def cache_classes(cache) -> int | None:
-    """The class count of an ImageCache (its ``class_names``), the outputs its trials' models need; None
-    for an object without class names."""
+    """The class count of an ImageCache (its ``class_names``), or None for an object without them."""
     names = getattr(cache, "class_names", None)
     return len(names) if names else None
 

@@ -1,18 +1,9 @@
-"""The trial store: one SQLite row per finished (configuration, fold, scope), written as each trial ends.
+"""The trial store: one SQLite row per finished (configuration, fold, scope), each inserted in its own
+transaction, so a crash leaves whole rows only and ``UNIQUE(config_key, fold, scope)`` never duplicates one.
 
-Each row is inserted in its own transaction, so a crash or ``kill -9`` leaves either the whole row or
-nothing. ``UNIQUE(config_key, fold, scope)`` means a re-run can never duplicate a trial; callers skip
-what :meth:`TrialStore.completed` already holds. The ``config_key`` of a row is :func:`trial_key`: a hash
-of the training configuration (``TrainConfig.key()``), the dataset fingerprint, the fold plan, the
-execution (resolved device type and precision, ``runtime.execution_key``, e.g. ``cuda/bf16``), the model
-and training code version ``recipe.CODE_VERSION`` and the preprocessing version
-``imageio.PREPROCESS_VERSION``. So a changed setting, dataset, split, device type, precision, architecture
-or preprocessing never matches an old row. The execution string is also kept in each row's metrics
-(``metrics["execution"]``, returned as ``record["execution"]``).
-
-Scopes: ``cv`` (plain cross-validation / grid search), ``nested-inner`` and ``nested-outer`` (nested CV;
-the inner folds of each outer fold form their own fold plan, hence their own keys), ``test`` (refit on
-the whole training split, scored once on the test split).
+A row's ``config_key`` is :func:`trial_key`, a hash of everything that changes a trial's result (config,
+dataset, fold plan, device type and precision, code and preprocessing versions), so a change never matches
+an old row. Scopes: ``cv`` (CV and grid search), ``nested-inner`` and ``nested-outer`` (nested CV), ``test``.
 """
 
 from __future__ import annotations
@@ -34,23 +25,8 @@ from muffin_lib.files import jsonable
 # Connection-level wait for a lock held by another writer (Ray driver, a second `cv` process).
 LOCK_TIMEOUT_SECONDS = 60.0
 
-_COLUMNS = (
-    "config_key",
-    "fold",
-    "scope",
-    "config_json",
-    "seed",
-    "metrics_json",
-    "zero_one_loss",
-    "n_train",
-    "n_test",
-    "seconds",
-    "device",
-    "created_at",
-    "host",
-    "fingerprint",
-    "plan_key",
-)
+_COLUMNS = ("config_key", "fold", "scope", "config_json", "seed", "metrics_json", "zero_one_loss", "n_train",
+            "n_test", "seconds", "device", "created_at", "host", "fingerprint", "plan_key")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -76,7 +52,7 @@ CREATE TABLE IF NOT EXISTS trials (
 
 
 def fold_plan_key(folds: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
-    """Hash of the fold plan itself (every train and held-out index), so any change of K, seed or data shows."""
+    """Hash of the fold plan itself (every train and held-out index): any change of K, seed or data shows."""
     digest = hashlib.sha256()
     digest.update(f"folds={len(folds)};".encode())
     for train_idx, test_idx in folds:
@@ -88,27 +64,18 @@ def fold_plan_key(folds: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
 
 
 def trial_key(config_key: str, fingerprint: str | None, plan_key: str, *, execution: str) -> str:
-    """Store key of one configuration on one dataset and fold plan, run as ``execution`` (e.g. ``cpu/fp32``,
-    from ``runtime.execution_key``) by this code and preprocessing version (see the module docstring)."""
+    """Store key of one configuration on one dataset and fold plan, run as ``execution`` (``cpu/fp32``)."""
     from muffin_lib.data import imageio
     from muffin_lib.training import recipe
 
-    payload = json.dumps(
-        {
-            "config": config_key,
-            "fingerprint": fingerprint,
-            "plan": plan_key,
-            "execution": execution,
-            "code_version": recipe.CODE_VERSION,
-            "preprocess_version": imageio.PREPROCESS_VERSION,
-        },
-        sort_keys=True,
-    )
+    payload = json.dumps({"config": config_key, "fingerprint": fingerprint, "plan": plan_key,
+                          "execution": execution, "code_version": recipe.CODE_VERSION,
+                          "preprocess_version": imageio.PREPROCESS_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _optional(value, kind):
+    return None if value is None else kind(value)
 
 
 class TrialStore:
@@ -127,10 +94,9 @@ class TrialStore:
             present = {row[1] for row in connection.execute("PRAGMA table_info(trials)")}
         missing = [name for name in _COLUMNS if name not in present]
         if missing:
-            raise MuffinError(
-                f"trial store {self.path} has a 'trials' table without the columns {missing}: it was made by "
-                f"another program or version. Move it away (e.g. mv '{self.path}' '{self.path}.old') and run again."
-            )
+            raise MuffinError(f"trial store {self.path} has a 'trials' table without the columns {missing}: "
+                              "it was made by another program or version. Move it away (e.g. mv "
+                              f"'{self.path}' '{self.path}.old') and run again.")
 
     def __repr__(self) -> str:
         return f"TrialStore({str(self.path)!r})"
@@ -157,52 +123,20 @@ class TrialStore:
             if connection is not None:
                 connection.close()
 
-    def add(
-        self,
-        *,
-        config_key: str,
-        fold: int,
-        scope: str,
-        config: dict,
-        metrics: dict,
-        seed: int | None = None,
-        n_train: int | None = None,
-        n_test: int | None = None,
-        seconds: float | None = None,
-        device: str | None = None,
-        fingerprint: str | None = None,
-        plan_key: str | None = None,
-    ) -> bool:
-        """Insert one finished trial atomically; False (and no change) when it is already stored."""
-        zero_one = metrics.get("zero_one_loss")
-        row = (
-            config_key,
-            int(fold),
-            scope,
-            json.dumps(jsonable(config), sort_keys=True),
-            None if seed is None else int(seed),
-            json.dumps(jsonable(metrics), sort_keys=True),
-            None if zero_one is None else float(zero_one),
-            None if n_train is None else int(n_train),
-            None if n_test is None else int(n_test),
-            None if seconds is None else float(seconds),
-            device,
-            _utc_now(),
-            socket.gethostname(),
-            fingerprint,
-            plan_key,
-        )
-        placeholders = ", ".join("?" for _ in _COLUMNS)
-        sql = f"INSERT OR IGNORE INTO trials ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
-        with self._connect() as connection, connection:
-            cursor = connection.execute(sql, row)
-            return cursor.rowcount == 1
-
     def add_record(self, record: dict) -> bool:
-        """:meth:`add` from a dict as returned by :meth:`records` (extra keys are ignored)."""
-        fields = ("config_key", "fold", "scope", "config", "metrics", "seed", "n_train", "n_test", "seconds")
-        fields += ("device", "fingerprint", "plan_key")
-        return self.add(**{name: record.get(name) for name in fields})
+        """Insert one finished trial (a dict as :meth:`records` returns; extra keys are ignored) atomically;
+        False (and no change) when it is already stored."""
+        get, metrics = record.get, record.get("metrics")
+        row = (get("config_key"), int(get("fold")), get("scope"),
+               json.dumps(jsonable(get("config")), sort_keys=True), _optional(get("seed"), int),
+               json.dumps(jsonable(metrics), sort_keys=True), _optional(metrics.get("zero_one_loss"), float),
+               _optional(get("n_train"), int), _optional(get("n_test"), int),
+               _optional(get("seconds"), float), get("device"),
+               datetime.now(timezone.utc).isoformat(timespec="seconds"), socket.gethostname(),
+               get("fingerprint"), get("plan_key"))
+        sql = f"INSERT OR IGNORE INTO trials ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(row))})"
+        with self._connect() as connection, connection:
+            return connection.execute(sql, row).rowcount == 1
 
     def get(self, config_key: str, fold: int, scope: str = "cv") -> dict | None:
         rows = self._select("config_key = ? AND fold = ? AND scope = ?", (config_key, int(fold), scope))
@@ -217,8 +151,7 @@ class TrialStore:
 
     def records(self, scope: str | None = None, config_key: str | None = None) -> list[dict]:
         """Stored trials in insertion order as dicts, ``config`` and ``metrics`` decoded from JSON."""
-        where, params = self._filter(scope, config_key)
-        return self._select(where, params)
+        return self._select(*self._filter(scope, config_key))
 
     def to_frame(self, scope: str | None = None, config_key: str | None = None):
         """:meth:`records` as a pandas DataFrame (one row per trial)."""
@@ -233,14 +166,10 @@ class TrialStore:
 
     @staticmethod
     def _filter(scope: str | None, config_key: str | None) -> tuple[str, tuple]:
-        clauses, params = ["1 = 1"], []
-        if scope is not None:
-            clauses.append("scope = ?")
-            params.append(scope)
-        if config_key is not None:
-            clauses.append("config_key = ?")
-            params.append(config_key)
-        return " AND ".join(clauses), tuple(params)
+        given = [(column, value) for column, value in (("scope", scope), ("config_key", config_key))
+                 if value is not None]
+        where = " AND ".join(["1 = 1", *(f"{column} = ?" for column, _ in given)])
+        return where, tuple(value for _, value in given)
 
     def _select(self, where: str, params: tuple) -> list[dict]:
         with self._connect() as connection:
@@ -249,8 +178,7 @@ class TrialStore:
         for row in rows:
             record = dict(row)
             record["config"] = json.loads(record.pop("config_json"))
-            record["metrics"] = json.loads(record.pop("metrics_json"))
-            record["execution"] = record["metrics"].get("execution") if isinstance(record["metrics"], dict) else None
+            metrics = record["metrics"] = json.loads(record.pop("metrics_json"))
+            record["execution"] = metrics.get("execution") if isinstance(metrics, dict) else None
             records.append(record)
         return records
-

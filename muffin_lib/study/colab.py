@@ -1,36 +1,29 @@
-"""The Colab links and install cell: the badge of every notebook, the one short install cell they and the
-launcher share, and ``sync_colab_cells``, which rewrites them from :data:`REPO_URL`
-(``python -m muffin_lib.study.colab``)."""
+"""The Colab badge and install cell of every notebook; ``python -m muffin_lib.study.colab`` rewrites them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-# The one place the repository is named: badges, the Colab install cells (their default when MUFFIN_REPO
-# is unset) and the launcher use it. After changing it, `python -m muffin_lib.study.colab` rewrites them.
+from muffin_lib.config import PACKAGE_PARENT
+
+# The one place the repository is named (badges, install cells, the launcher's default).
 REPO_URL = "https://github.com/muffin-lab/muffin-lab"
 REPO_BRANCH = "main"
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 def colab_url(notebook_path: str, repo_url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
-    """The colab.research.google.com address that opens ``notebook_path`` (relative to the repo root)."""
     repo = repo_url.removeprefix("https://github.com/").removesuffix(".git").strip("/")
     return f"https://colab.research.google.com/github/{repo}/blob/{branch}/{notebook_path}"
 
 
 def colab_badge(notebook_path: str, repo_url: str = REPO_URL) -> str:
-    """Markdown of the "Open in Colab" badge for ``notebook_path`` (relative to the repo root)."""
     return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook_path, repo_url)})"
 
 
 def colab_install_source(repo_url: str = REPO_URL) -> str:
-    """The install cell of every notebook and of the Colab launcher: inside Colab only, when ``muffin_lib``
-    is missing, ``pip install`` the code that ``MUFFIN_REPO`` names (a folder, installed editable so that
-    ``notebooks/`` stays beside it, or anything pip takes: ``git+URL``, a wheel), by default ``REPO_URL``.
-    The launcher sets ``MUFFIN_REPO`` (a clone of its ``repo_url``, a Drive copy or an uploaded zip).
-    requirements.txt has no upper bounds, so Colab's torch already satisfies them and is left alone."""
+    """In Colab without muffin_lib only: pip install what MUFFIN_REPO names (default REPO_URL)."""
     return (
         "import importlib.util, os, subprocess, sys  # noqa: E401, I001  (Colab: MUFFIN_REPO, "
         "colab/README.md)\n"
@@ -46,13 +39,10 @@ COLAB_INSTALL_TAG = "colab-install"
 
 
 def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) -> list[Path]:
-    """Rewrite the badge (first line of the first cell) and the cell tagged ``colab-install`` of each notebook,
-    and the launcher's ``repo_url`` default, from :data:`REPO_URL`; returns the notebooks that changed.
-    Default: the series and the Colab launcher."""
+    """Rewrite each notebook's badge, install cell and launcher default; returns those that changed."""
     import nbformat
 
-    from muffin_lib.config import PACKAGE_PARENT as root
-
+    root = PACKAGE_PARENT
     if paths is None:
         paths = sorted(root.glob("notebooks/[0-9][0-9]_*.ipynb")) + sorted(root.glob("colab/*.ipynb"))
     changed = []
@@ -68,7 +58,8 @@ def sync_colab_cells(paths: list[Path] | None = None, repo_url: str = REPO_URL) 
             if COLAB_INSTALL_TAG in tags:
                 cell.source = colab_install_source(repo_url)
             if "parameters" in tags and path.parent.name == "colab":  # the launcher's repo_url default
-                cell.source = re.sub(r'^repo_url = "[^"]*"', f'repo_url = "{repo_url}"', cell.source, flags=re.M)
+                cell.source = re.sub(r'^repo_url = "[^"]*"', f'repo_url = "{repo_url}"', cell.source,
+                                     flags=re.M)
         if nbformat.writes(nb) != before:
             nbformat.write(nb, path)
             changed.append(path)

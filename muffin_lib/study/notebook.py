@@ -1,10 +1,4 @@
-"""What the notebooks share: the Colab links, the smoke profile, prerequisites and the results files.
-
-The notebooks stay thin: each starts with ``params = notebook.start(NAME, globals())`` (the parameters
-cell's values after the profile), checks what it needs with :func:`require_data` / :func:`require_results`
-(which name the notebook to run first), shows and saves figures with :func:`show_figure`, and ends with
-:func:`save_results`, the file the runner's summary reads, after checking that some cell used every parameter.
-"""
+"""What the notebooks share: ``params = notebook.start(NAME, globals())``, prerequisites, figures, results."""
 
 from __future__ import annotations
 
@@ -22,52 +16,27 @@ import numpy as np
 from muffin_lib.config import WorkDir
 from muffin_lib.errors import MuffinError
 from muffin_lib.files import jsonable, write_text_atomic
-from muffin_lib.results import load_all_results, require_results, results_path  # noqa: F401  (notebooks call notebook.*)
+from muffin_lib.results import load_all_results, require_results, results_path  # noqa: F401  (notebook.*)
 from muffin_lib.study.report import format_ci  # noqa: F401  (notebooks call notebook.format_ci)
 
 PROFILES = ("full", "quick", "smoke")
-# The quick profile (a laptop CPU) changes only the selection notebooks, and only the parameters left at the
-# full budget's defaults: 06-07 then run selection.budget.QUICK (64 px, 8 epochs, 2 inner folds) instead of
-# the deployed recipe. 03-05, 08 and 09 are the same as in full.
+# The quick profile (a laptop CPU) gives only 06-07 selection.budget.QUICK, and only where a parameter is
+# still at the full budget's default.
 QUICK_NOTEBOOKS = ("06_grid_search", "07_cv_risk")
 QUICK_KEYS = ("image_size", "epochs", "rung_epochs", "inner_splits")
-# The smoke profile caps sizes (it never makes anything bigger, so a smaller value a user passes
-# survives; None, "all", and "auto" are capped too): small images, one epoch, two folds, short grids, one
-# trial at a time. Every notebook goes through this table.
-SMOKE_CAPS: dict[str, int] = {
-    "image_size": 32,
-    "epochs": 1,
-    "loop_epochs": 1,  # notebook 03's written-out training loop
-    "n_splits": 2,
-    "inner_splits": 2,
-    "n_preview": 4,
-    "n_samples": 8,
-    "max_images": 600,  # cross-validation on a subset (None, "all", is capped too)
-    "workers": 1,  # trials of a few seconds: starting worker processes would cost more than it saves ("auto" too)
-}
+# The smoke profile only caps sizes (a smaller value a user passes survives; None, "auto" are capped too).
+# Trials of a few seconds take one worker: starting worker processes would cost more than it saves.
+SMOKE_CAPS = {"image_size": 32, "epochs": 1, "loop_epochs": 1, "n_splits": 2, "inner_splits": 2,
+              "n_preview": 4, "n_samples": 8, "max_images": 600, "workers": 1}
 SMOKE_LIST_LENGTHS: dict[str, int] = {"learning_rates": 2, "batch_sizes": 1, "models": 3, "rung_epochs": 0}
-
-# Which notebook makes each thing a later notebook needs, for "run X first" messages.
-CHECKPOINT_NOTEBOOKS: dict[str, str] = {
-    "simple_cnn": "03_simple_cnn.ipynb",
-    "deeper_cnn": "04_deeper_cnn.ipynb",
-    "resnet_like": "05_resnet_like.ipynb",
-    "transfer": "08_transfer_learning.ipynb",
-}
 
 
 class Settings(dict):
-    """A notebook's parameters after the profile: ``settings.epochs`` or ``settings["epochs"]``.
-
-    Shown in a notebook as a table that marks what the smoke profile changed. It remembers which parameters
-    were read, so that :func:`save_results` can name one that no cell used.
-    """
+    """A notebook's parameters after the profile, which remembers the ones read (``settings.epochs``)."""
 
     def __init__(self, name: str, profile: str, values: dict[str, Any], changed: dict[str, Any]):
         super().__init__(values)
-        self._name = name
-        self._profile = profile
-        self._changed = changed
+        self._name, self._profile, self._changed = name, profile, changed
         self._read: set[str] = set()
 
     def __getitem__(self, key: str) -> Any:
@@ -79,7 +48,6 @@ class Settings(dict):
         return super().get(key, default)
 
     def unread(self) -> list[str]:
-        """The parameters no cell (nor library function given these settings) has read."""
         return [key for key in self if key not in self._read]
 
     def __getattr__(self, key: str) -> Any:
@@ -90,17 +58,9 @@ class Settings(dict):
         except KeyError:
             raise AttributeError(f"{self._name} has no parameter {key!r}") from None
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def profile(self) -> str:
-        return self._profile
-
-    @property
-    def workdir(self) -> WorkDir:
-        return WorkDir(self["work_dir"])
+    name = property(lambda self: self._name)
+    profile = property(lambda self: self._profile)
+    workdir = property(lambda self: WorkDir(self["work_dir"]))
 
     def _repr_markdown_(self) -> str:
         rows = ["| parameter | value |", "|---|---|"]
@@ -111,14 +71,10 @@ class Settings(dict):
 
 
 def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
-    """The parameters ``params`` of notebook ``name`` under ``profile`` ("full", "quick" or "smoke").
-
-    "full" keeps them; "quick" gives notebooks 06-07 the quick selection budget where a parameter is still at
-    the full budget's default (:data:`QUICK_KEYS`); "smoke" caps sizes by :data:`SMOKE_CAPS` and shortens
-    lists by :data:`SMOKE_LIST_LENGTHS`. ``data_dir`` and ``work_dir`` become absolute paths.
-    """
+    """The parameters of notebook ``name`` under ``profile``; ``data_dir`` and ``work_dir`` made absolute."""
     if profile not in PROFILES:
-        raise MuffinError(f"{name}: profile must be one of {PROFILES}, got {profile!r}; set the 'profile' parameter")
+        raise MuffinError(f"{name}: profile must be one of {PROFILES}, got {profile!r}; "
+                          "set the 'profile' parameter")
     values = dict(params)
     for key in ("data_dir", "work_dir"):
         if key in values:
@@ -143,15 +99,14 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
 
 
 # List parameters whose items are training settings (recipe.check_setting checks each item).
-_LIST_SETTINGS = {"learning_rates": "lr", "batch_sizes": "batch_size", "models": "model", "rung_epochs": "epochs",
-                  "compare_with": "model"}
-_KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text"), (list, "a list"))
+_LIST_SETTINGS = {"learning_rates": "lr", "batch_sizes": "batch_size", "models": "model",
+                  "rung_epochs": "epochs", "compare_with": "model"}
+_KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text"),
+          (list, "a list"))
 
 
 def check_parameter(name: str, value: Any, default: Any) -> None:
-    """A notebook parameter ``name`` set to ``value``: a training setting goes through the recipe's own check
-    (``recipe.check_setting``), anything else must be of its default's kind. A MuffinError names it as the
-    user wrote it, e.g. "epochs: expected a whole number >= 1, got 'abc'"."""
+    """A MuffinError, e.g. "epochs: expected a whole number >= 1, got 'abc'", for a bad value."""
     from muffin_lib.training.recipe import TrainConfig, check_setting
 
     if name in {f.name for f in dataclasses.fields(TrainConfig)}:
@@ -163,11 +118,11 @@ def check_parameter(name: str, value: Any, default: Any) -> None:
             except MuffinError as error:
                 raise MuffinError(f"{name}: each item {str(error).split(': ', 1)[1]}") from None
     elif default not in (None, "auto") and value is not None:  # "auto" parameters also take numbers
-        kind, text = next(((k, t) for k, t in _KINDS if isinstance(default, k)), (None, None))
+        kind, text = next(((k, t) for k, t in _KINDS if isinstance(default, k)), (object, None))
         fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float:
             fits = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is not None and not fits:
+        if not fits:
             raise MuffinError(f"{name}: expected {text} (the default is {default!r}), got {value!r}")
 
 
@@ -177,13 +132,18 @@ def _same(value: Any, default: Any) -> bool:
     return value == default
 
 
-def show_errors_briefly() -> None:
-    """In IPython, a MuffinError shows its message instead of a long traceback (still a cell error)."""
+def _shell():
+    """The running IPython shell, or None outside one."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return
-    shell = get_ipython()
+        return None
+    return get_ipython()
+
+
+def show_errors_briefly() -> None:
+    """In IPython, a MuffinError shows its message instead of a long traceback (still a cell error)."""
+    shell = _shell()
     if shell is None:
         return
 
@@ -195,22 +155,7 @@ def show_errors_briefly() -> None:
     shell.set_custom_exc((MuffinError,), brief)
 
 
-def _text_progress_under_papermill() -> None:
-    """Plain-text progress bars when papermill runs the notebook: its executed copy keeps only a widget's
-    first frame ("0%"). Papermill's injected cell, which starts with "# Parameters", gives it away."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is None or "MUFFIN_PROGRESS" in os.environ:
-        return
-    if any(str(source).startswith("# Parameters") for source in shell.user_ns.get("In", [])):
-        os.environ["MUFFIN_PROGRESS"] = "text"
-
-
-# The series parameters every notebook has (runner.SERIES_PARAMETERS): they mark the parameters cell.
-_SERIES_NAMES = frozenset({"data_dir", "work_dir", "profile"})
+_SERIES_NAMES = frozenset({"data_dir", "work_dir", "profile"})  # runner.SERIES_PARAMETERS mark that cell
 _PAPERMILL_MARK = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
 _PLAIN = (str, int, float, bool, list, tuple, dict, type(None))
 
@@ -233,13 +178,7 @@ def _assigned_names(source: str) -> list[str] | None:
 
 
 def parameter_names(namespace: dict[str, Any]) -> list[str]:
-    """The names of a notebook's parameters: those its parameters cell assigns, then those papermill's
-    injected cell adds (``-p NAME VALUE`` for a name the cell lacks, such as a TrainConfig field).
-
-    In IPython they come from the history ``In``: the parameters cell is the last cell run that only assigns
-    names, ``data_dir``, ``work_dir`` and ``profile`` among them. Without a history (a notebook exported as a
-    script), every public name bound to a plain value (text, number, list, ...) is a parameter.
-    """
+    """The names set by the parameters cell and papermill's injected cell (or, without ``In``, plain ones)."""
     history = namespace.get("In")
     if not isinstance(history, list):
         return [k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, _PLAIN)]
@@ -253,11 +192,12 @@ def parameter_names(namespace: dict[str, Any]) -> list[str]:
 
 
 def start(name: str, namespace: dict[str, Any]) -> Settings:
-    """First call of every notebook, ``params = notebook.start("03_simple_cnn", globals())``: the values of
-    the parameters cell's names (:func:`parameter_names`) with each training setting checked, the profile
-    applied (:func:`apply_profile`), brief errors, text progress bars under papermill."""
+    """First call of every notebook: its parameters checked, the profile applied, brief errors, text bars."""
     show_errors_briefly()
-    _text_progress_under_papermill()
+    shell = _shell()  # plain-text bars under papermill, whose executed copy keeps only a widget's first frame
+    if shell is not None and "MUFFIN_PROGRESS" not in os.environ and any(
+            str(source).startswith(_PAPERMILL_MARK) for source in shell.user_ns.get("In", [])):
+        os.environ["MUFFIN_PROGRESS"] = "text"
     params = {key: namespace[key] for key in parameter_names(namespace) if key != "profile"}
     for key, value in params.items():  # a bad training setting stops here, in the first cell
         check_parameter(key, value, default=None)
@@ -265,9 +205,7 @@ def start(name: str, namespace: dict[str, Any]) -> Settings:
 
 
 def cv_folds(plan, labels, max_images: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The folds of the split ``plan``; with ``max_images`` below the number of training images, as many
-    stratified folds over a seeded, stratified subset of about that size (how the smoke profile keeps
-    cross-validation short). Twin groups stay whole, in the subset and in its folds. Notebooks 06 and 07 get the same folds from the same arguments."""
+    """The folds of ``plan``, or as many over a seeded, stratified, twin-grouped subset of ``max_images``."""
     from muffin_lib.data.splits import grouped_part
     from muffin_lib.selection import stratified_folds
 
@@ -279,18 +217,15 @@ def cv_folds(plan, labels, max_images: int | None, seed: int) -> list[tuple[np.n
 
 
 def require_data(data_dir: str | Path) -> bool:
-    """Check the dataset is there (else say: run 00_setup); returns whether it is the synthetic set.
-
-    Shows a loud banner when the data are synthetic, so no one mistakes its numbers for the study's.
-    """
+    """Check the dataset is there (else say: run 00_setup); whether it is synthetic (with a loud banner)."""
     from muffin_lib.data.extract import is_complete
     from muffin_lib.data.synthetic import is_synthetic
 
     if not is_complete(data_dir):
         raise MuffinError(
-            f"no complete dataset in {data_dir} (it needs train/ and test/ with the same class folders of images, e.g. muffin/ and chihuahua/). "
-            "Run notebooks/00_setup.ipynb first (it downloads the Kaggle data or makes the synthetic set), "
-            "or set the data_dir parameter to the dataset folder."
+            f"no complete dataset in {data_dir} (it needs train/ and test/ with the same class folders of "
+            "images, e.g. muffin/ and chihuahua/). Run notebooks/00_setup.ipynb first (it downloads the "
+            "Kaggle data or makes the synthetic set), or set the data_dir parameter to the dataset folder."
         )
     synthetic = is_synthetic(data_dir)
     if synthetic:
@@ -307,33 +242,21 @@ def synthetic_banner(data_dir: str | Path) -> str:
 
 
 def checkpoint_path(work_dir: str | Path, model: str) -> Path:
-    """Where the training notebooks keep the checkpoint of ``model``."""
     return WorkDir(work_dir).checkpoints_dir / f"{model}.pt"
 
 
 def save_results(settings: Settings, results: dict[str, Any]) -> Path:
-    """Write ``results`` to ``work_dir/results/<notebook>.json`` for the runner's summary.
-
-    Conventions the summary reads: ``models`` maps a model name to its numbers
-    (``test_zero_one_loss``, ``test_ci``, ``cv_risk``, ``cv_ci``, ...) and ``findings`` is a list of
-    sentences computed from the results. The notebook name, profile, parameters and time are added.
-    A parameter that no cell used is an error naming it (:func:`check_all_used`), never a silent drop.
-    """
+    """Write ``results`` with the notebook's name, profile and parameters for the runner's summary."""
     check_all_used(settings)
-    payload = {
-        "notebook": settings.name,
-        "profile": settings.profile,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "parameters": dict(settings),
-        **results,
-    }
+    payload = {"notebook": settings.name, "profile": settings.profile,
+               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "parameters": dict(settings), **results}
     path = results_path(settings.work_dir, settings.name)
     return write_text_atomic(path, json.dumps(jsonable(payload), indent=2))
 
 
 def check_all_used(settings: Settings) -> None:
-    """A MuffinError naming each parameter that no cell read (a typo, or a setting this notebook has no use
-    for), with the nearest TrainConfig field or parameter name when one is close."""
+    """A MuffinError naming each parameter no cell read, with the nearest known name when one is close."""
     from muffin_lib.training import recipe
 
     unread = settings.unread()
@@ -353,16 +276,12 @@ def check_all_used(settings: Settings) -> None:
 
 def display_markdown(text: str) -> None:
     """Show ``text`` as Markdown in a notebook; print it elsewhere."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
-    except ImportError:
+    if _shell() is None:
         print(text)
         return
-    if get_ipython() is None:
-        print(text)
-    else:
-        display(Markdown(text))
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
 
 
 def show_figure(fig, settings: Settings, name: str) -> None:
@@ -372,20 +291,15 @@ def show_figure(fig, settings: Settings, name: str) -> None:
     from muffin_lib.study.plots import save_figure
 
     save_figure(fig, settings.work_dir, f"{settings.name[:2]}_{name}")
-    try:
-        from IPython import get_ipython
+    if _shell() is not None:
         from IPython.display import display
 
-        if get_ipython() is not None:
-            display(fig)
-    except ImportError:
-        pass
+        display(fig)
     plt.close(fig)
 
 
 def training_parameters() -> dict[str, Any]:
-    """The TrainConfig fields a notebook that trains through :func:`train_config` takes as parameters, with
-    the recipe's defaults (the model is the notebook's own)."""
+    """The TrainConfig fields but the model, at their defaults: parameters of :func:`train_config`."""
     from muffin_lib.training import recipe
 
     return {f.name: getattr(recipe.TrainConfig(), f.name) for f in dataclasses.fields(recipe.TrainConfig)
@@ -401,17 +315,14 @@ def train_config(settings: Settings, model: str, **overrides):
 
 
 def display_findings(findings: list[str]) -> None:
-    """The findings of a notebook as a Markdown list."""
     display_markdown("\n".join(f"- {finding}" for finding in findings))
 
 
 def require_same_settings(settings: Settings, grid_results: dict) -> None:
-    """Notebook 07 reuses 06's folds and grid: stop with a clear message when the two ran with other settings."""
-    tuned = grid_results["base_config"]
-    mismatch = {k: (tuned[k], settings[k]) for k in ("image_size", "color_mode", "seed") if tuned[k] != settings[k]}
-    for key, theirs in (("n_splits", grid_results["n_folds"]), ("max_images", grid_results.get("max_images"))):
-        if theirs != settings[key]:
-            mismatch[key] = (theirs, settings[key])
+    """Notebook 07 reuses 06's folds and grid: stop with a clear message when 06 ran with other settings."""
+    theirs = {k: grid_results["base_config"][k] for k in ("image_size", "color_mode", "seed")}
+    theirs.update(n_splits=grid_results["n_folds"], max_images=grid_results.get("max_images"))
+    mismatch = {k: (v, settings[k]) for k, v in theirs.items() if v != settings[k]}
     if mismatch:
         raise MuffinError(
             "notebook 06 ran with other settings than this one ("

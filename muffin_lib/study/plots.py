@@ -1,12 +1,9 @@
-"""Every figure of the study: each function takes data and returns a matplotlib Figure.
-
-Notebooks show a figure inline and save it with :func:`save_figure` (``notebook.show_figure`` does
-both), so a batch run leaves every figure as a PNG under ``work_dir/figures``.
-"""
+"""Every figure of the study: each function takes data and returns a matplotlib Figure."""
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from muffin_lib.config import CLASSES, WorkDir
+from muffin_lib.data.imageio import load_image, preprocess_image
 
 CLASS_COLORS = {"chihuahua": "tab:brown", "muffin": "tab:orange"}
 
@@ -58,14 +56,22 @@ def _message_figure(text: str) -> Figure:
     return fig
 
 
-def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: int = 8, title: str | None = None,
-               title_colors: Sequence[str] | None = None, cell_inches: float = 1.7) -> Figure:
+def _finish(fig: Figure, title: str | None = None) -> Figure:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: int = 8,
+               title: str | None = None, title_colors: Sequence[str] | None = None,
+               cell_inches: float = 1.7) -> Figure:
     """Images in a grid, each with its title (e.g. class, size, prediction)."""
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, cell_inches * nrows + (0.4 if title else 0)),
-                             squeeze=False)
+    size = (cell_inches * ncols, cell_inches * nrows + (0.4 if title else 0))
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -74,31 +80,11 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: 
         ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=255)
         if titles is not None:
             ax.set_title(titles[i], fontsize=8, color=title_colors[i] if title_colors else "black")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def misclassified_grid(images: Sequence, true_labels: Sequence[int], predicted: Sequence[int],
-                       probabilities: Sequence[float] | None = None, *, class_names: Sequence[str] = CLASSES,
-                       ncols: int = 6, title: str | None = None) -> Figure:
-    """Misclassified images titled "true -> predicted (p)"; ``probabilities`` is the predicted class's."""
-    titles = []
-    for i, (truth, guess) in enumerate(zip(true_labels, predicted, strict=True)):
-        p = f" ({probabilities[i]:.2f})" if probabilities is not None else ""
-        titles.append(f"{class_names[truth]} -> {class_names[guess]}{p}")
-    if not images:
-        return _message_figure("no misclassified images")
-    return image_grid(images, titles, ncols=ncols, title=title, title_colors=["tab:red"] * len(images))
+    return _finish(fig, title)
 
 
 def learning_curves(history, *, title: str | None = None) -> Figure:
-    """Per-epoch curves: cross-entropy (``*_loss``) on the left, zero-one loss on the right.
-
-    ``history`` is a DataFrame or a list of per-epoch dicts (``loop.fit``'s history); ``*_accuracy``
-    columns are shown as zero-one loss (1 - accuracy); ``epoch`` is the x axis when present.
-    """
+    """Per-epoch cross-entropy (left) and zero-one loss (right, 1 - ``*_accuracy``) of ``loop.fit``."""
     frame = pd.DataFrame(history).dropna(axis=1, how="all")
     for column in [c for c in frame.columns if c.endswith("_accuracy")]:
         zero_one = column.removesuffix("_accuracy") + "_zero_one_loss"
@@ -107,27 +93,22 @@ def learning_curves(history, *, title: str | None = None) -> Figure:
     x = frame["epoch"] if "epoch" in frame else pd.Series(range(1, len(frame) + 1))
     loss_columns = [c for c in frame.columns if c.endswith("loss") and "zero_one" not in c]
     error_columns = [c for c in frame.columns if c.endswith("error") or "zero_one" in c]
-    panels = [(cols, label) for cols, label in ((loss_columns, "cross-entropy loss"), (error_columns, "zero-one loss"))
-              if cols]
+    panels = [(cols, label) for cols, label in ((loss_columns, "cross-entropy loss"),
+                                                (error_columns, "zero-one loss")) if cols]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 3.6), squeeze=False)
     for ax, (columns, label) in zip(axes.flat, panels, strict=False):
         for column in columns:
             ax.plot(x, frame[column], marker="o", markersize=3, label=column.replace("_", " "))
-        ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(x.min() - 0.5, x.max() + 0.5)  # one or two epochs would otherwise get a 0.01-wide axis
-        ax.set_ylabel(label)
+        # one or two epochs would otherwise get a 0.01-wide axis
+        ax.set(xlabel="epoch", ylabel=label, xlim=(x.min() - 0.5, x.max() + 0.5))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def confusion_matrix(matrix, *, class_names: Sequence[str] | None = None, title: str | None = None) -> Figure:
-    """Counts with row percentages; rows are the true class, columns the predicted one (any number of classes;
-    ``class_names`` defaults to muffin and chihuahua for a 2 x 2 matrix)."""
+    """Counts with row percentages; rows are the true class, columns the predicted one."""
     counts = np.asarray(matrix, dtype=np.int64)
     k = counts.shape[0]
     if class_names is None:
@@ -141,31 +122,24 @@ def confusion_matrix(matrix, *, class_names: Sequence[str] | None = None, title:
                 color="white" if row_share[i, j] > 0.5 else "black")
     ax.set_xticks(range(k), class_names, rotation=30 if k > 3 else 0)
     ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title or "confusion matrix")
-    fig.tight_layout()
-    return fig
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return _finish(fig)
 
 
 def size_histograms(sizes: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Width, height and aspect ratio (width / height) per class; ``sizes`` has width, height, class."""
     frame = sizes.assign(aspect=sizes["width"] / sizes["height"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, column, label in zip(axes, ("width", "height", "aspect"), ("width (px)", "height (px)", "aspect (w/h)"),
-                                 strict=True):
+    labels = ("width (px)", "height (px)", "aspect (w/h)")
+    for ax, column, label in zip(axes, ("width", "height", "aspect"), labels, strict=True):
         values = frame[column]
         bins = np.linspace(values.min(), values.max(), 40) if values.max() > values.min() else 10
         for class_name, group in frame.groupby("class"):
             ax.hist(group[column], bins=bins, alpha=0.6, label=str(class_name),
                     color=CLASS_COLORS.get(str(class_name)))
-        ax.set_xlabel(label)
-        ax.set_ylabel("images")
+        ax.set(xlabel=label, ylabel="images")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def channel_histograms(pixels_by_class: dict[str, np.ndarray], *, title: str | None = None) -> Figure:
@@ -175,15 +149,12 @@ def channel_histograms(pixels_by_class: dict[str, np.ndarray], *, title: str | N
     fig, axes = plt.subplots(1, len(channels), figsize=(4.3 * len(channels), 3.2), squeeze=False)
     for c, (ax, channel) in enumerate(zip(axes.flat, channels, strict=True)):
         for class_name, pixels in pixels_by_class.items():
-            counts, edges = np.histogram(np.asarray(pixels)[:, c].ravel(), bins=64, range=(0, 256), density=True)
+            values = np.asarray(pixels)[:, c].ravel()
+            counts, edges = np.histogram(values, bins=64, range=(0, 256), density=True)
             ax.plot(edges[:-1], counts, label=class_name, color=CLASS_COLORS.get(class_name))
-        ax.set_title(channel)
-        ax.set_xlabel("intensity")
+        ax.set(title=channel, xlabel="intensity")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def heatmap(table: pd.DataFrame, *, title: str | None = None, fmt: str = ".3f", cmap: str = "viridis_r",
@@ -194,35 +165,26 @@ def heatmap(table: pd.DataFrame, *, title: str | None = None, fmt: str = ".3f", 
     fig, ax = plt.subplots(figsize=(1.3 * table.shape[1] + 2.5, 0.6 * table.shape[0] + 1.8))
     sns.heatmap(table, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": colorbar_label})
     ax.set_title(title or "")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def hyperparameter_effects(table: pd.DataFrame, params: Sequence[str], *, value: str = "mean",
                            low: str = "ci_low", high: str = "ci_high", title: str | None = None) -> Figure:
-    """For each hyper-parameter: the mean of ``value`` over the other settings at each of its values,
-    with the mean interval as a band (the marginal effect of that parameter)."""
+    """Each hyper-parameter's marginal effect: the mean ``value`` and interval at each of its values."""
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.3), squeeze=False)
     for ax, param in zip(axes.flat, params, strict=True):
         grouped = table.groupby(param)[[value, low, high]].mean().sort_index()
         positions = np.arange(len(grouped))
-        ax.errorbar(positions, grouped[value], yerr=[grouped[value] - grouped[low], grouped[high] - grouped[value]],
-                    marker="o", capsize=4)
+        yerr = [grouped[value] - grouped[low], grouped[high] - grouped[value]]
+        ax.errorbar(positions, grouped[value], yerr=yerr, marker="o", capsize=4)
         ax.set_xticks(positions, [f"{v:g}" if isinstance(v, float) else str(v) for v in grouped.index])
-        ax.set_xlabel(param)
-        ax.set_ylabel(f"CV risk ({value})")
+        ax.set(xlabel=param, ylabel=f"CV risk ({value})")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def risk_bars(frame: pd.DataFrame, *, title: str | None = None, ylabel: str = "zero-one risk") -> Figure:
-    """Bars of risk with their intervals, one group per row of ``frame`` (index: model name).
-
-    Columns: pairs ``<what>`` + ``<what>_low``/``<what>_high`` (e.g. ``cv``, ``test``), one bar each.
-    """
+    """Risk bars with intervals, a group per row (model), a bar per column X with X_low and X_high."""
     kinds = [c for c in frame.columns if f"{c}_low" in frame.columns and f"{c}_high" in frame.columns]
     if not kinds:
         raise ValueError(f"risk_bars needs columns X, X_low and X_high; got {list(frame.columns)}")
@@ -232,26 +194,24 @@ def risk_bars(frame: pd.DataFrame, *, title: str | None = None, ylabel: str = "z
     for k, kind in enumerate(kinds):
         values = frame[kind].astype(float)
         errors = [values - frame[f"{kind}_low"].astype(float), frame[f"{kind}_high"].astype(float) - values]
-        bars = ax.bar(positions + (k - (len(kinds) - 1) / 2) * width, values, width, yerr=np.nan_to_num(errors),
-                      capsize=4, label=kind)
-        ax.bar_label(bars, labels=[f"{v:.3f}" if np.isfinite(v) else "" for v in values], padding=2, fontsize=8)
+        bars = ax.bar(positions + (k - (len(kinds) - 1) / 2) * width, values, width,
+                      yerr=np.nan_to_num(errors), capsize=4, label=kind)
+        labels = [f"{v:.3f}" if np.isfinite(v) else "" for v in values]
+        ax.bar_label(bars, labels=labels, padding=2, fontsize=8)
     ax.set_xticks(positions, list(frame.index))
-    ax.set_ylabel(ylabel)
     highest = float(np.nanmax(frame[[f"{k}_high" for k in kinds]].to_numpy(dtype=float)))
-    ax.set_ylim(0, min(1.05, max(0.05, highest * 1.2)))  # a t interval over few folds can pass 1; a risk cannot
+    # a t interval can pass 1; a risk cannot
+    ax.set(ylabel=ylabel, ylim=(0, min(1.05, max(0.05, highest * 1.2))), title=title or "")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title or "")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
-def augmentation_preview(originals, augmented: Sequence, *, class_names: Sequence[str] | None = None) -> Figure:
+def augmentation_preview(originals, augmented: Sequence, *, class_names: Sequence[str] | None = None
+                         ) -> Figure:
     """First column: the original images; then one column per augmented draw of the same batch."""
-    rows = len(originals)
-    columns = [originals, *augmented]
-    images, titles = [], []
-    for r in range(rows):
+    columns, images, titles = [originals, *augmented], [], []
+    for r in range(len(originals)):
         for c, batch in enumerate(columns):
             images.append(batch[r])
             label = "original" if c == 0 else f"draw {c}"
@@ -259,27 +219,20 @@ def augmentation_preview(originals, augmented: Sequence, *, class_names: Sequenc
     return image_grid(images, titles, ncols=len(columns), title="augmentation: the same images, random draws")
 
 
-def errors_grid(data_dir, errors: Sequence[dict], *, class_names: Sequence[str] = CLASSES, title: str | None = None,
-                ncols: int = 6) -> Figure:
-    """The original photos of ``errors`` (dicts with relpath, label, predicted, confidence, as
-    ``report.most_confident_errors`` gives), titled "true -> predicted (p)"."""
-    from muffin_lib.data.imageio import load_image
-
-    return misclassified_grid(
-        [load_image(Path(data_dir) / e["relpath"]) for e in errors],
-        [e["label"] for e in errors],
-        [e["predicted"] for e in errors],
-        [e["confidence"] for e in errors],
-        class_names=class_names,
-        ncols=ncols,
-        title=title,
-    )
+def errors_grid(data_dir, errors: Sequence[dict], *, class_names: Sequence[str] = CLASSES,
+                title: str | None = None, ncols: int = 6) -> Figure:
+    """The photos of ``errors`` (``report.most_confident_errors``), titled "true -> predicted (p)"."""
+    if not errors:
+        return _message_figure("no misclassified images")
+    images = [load_image(Path(data_dir) / e["relpath"]) for e in errors]
+    titles = [f"{class_names[e['label']]} -> {class_names[e['predicted']]} ({e['confidence']:.2f})"
+              for e in errors]
+    return image_grid(images, titles, ncols=ncols, title=title, title_colors=["tab:red"] * len(images))
 
 
-def twin_gallery(data_dir, pairs: Sequence[tuple[str, str]], *, title: str | None = None, ncols: int = 4) -> Figure:
+def twin_gallery(data_dir, pairs: Sequence[tuple[str, str]], *, title: str | None = None,
+                 ncols: int = 4) -> Figure:
     """Twin pairs side by side (two columns per pair), each titled with its relative path."""
-    from muffin_lib.data.imageio import load_image
-
     images, titles = [], []
     for first, second in pairs:
         for path in (first, second):
@@ -291,58 +244,50 @@ def twin_gallery(data_dir, pairs: Sequence[tuple[str, str]], *, title: str | Non
 
 
 def test_scores(table: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """Twin-free and whole-test-split zero-one loss per candidate with their intervals (a ``FinalTest.table``)."""
-    names = list(table.index)
-    x = np.arange(len(names))
+    """Twin-free and whole-split test zero-one loss per candidate, with intervals (``FinalTest.table``)."""
+    names, x = list(table.index), np.arange(len(table))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 3.8))
-    for offset, part, label in ((-0.18, "twin_free", "twin-free test images"), (0.18, "all", "whole test split")):
+    parts = ((-0.18, "twin_free", "twin-free test images"), (0.18, "all", "whole test split"))
+    for offset, part, label in parts:
         values = table[part].to_numpy(dtype=float)
         errors = np.vstack([values - table[f"{part}_low"], table[f"{part}_high"] - values])
         ax.bar(x + offset, values, width=0.36, label=label, yerr=errors, capsize=3,
                alpha=1.0 if part == "twin_free" else 0.5)
     ax.set_xticks(x, names, rotation=15, ha="right")
-    ax.set_ylabel("zero-one loss (95% Wilson interval)")
-    ax.set_ylim(0, min(1.0, float(table[["twin_free_high", "all_high"]].max().max()) * 1.15 + 0.01))
+    top = min(1.0, float(table[["twin_free_high", "all_high"]].max().max()) * 1.15 + 0.01)
+    ax.set(ylabel="zero-one loss (95% Wilson interval)", ylim=(0, top), title=title or "test zero-one loss")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or "test zero-one loss")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def what_models_see(records, n_per_class: int, image_size: int, color_mode: str, seed: int = 0) -> Figure:
-    """``n_per_class`` random training images per class after the one preprocessing (``preprocess_image``),
-    titled with class and original size."""
-    import random
-
-    from muffin_lib.data.imageio import preprocess_image
-
-    rng = random.Random(seed)
-    picked = []
+    """``n_per_class`` random training images per class after ``preprocess_image``, with class and size."""
+    rng, picked = random.Random(seed), []
     for label in sorted({r.label for r in records}):
         of_class = [r for r in records if r.label == label]
         picked += rng.sample(of_class, min(n_per_class, len(of_class)))
     images = [preprocess_image(r.path, image_size, color_mode) for r in picked]
     titles = [f"{r.class_name} ({r.width}x{r.height})" for r in picked]
-    return image_grid(images, titles, ncols=n_per_class, title=f"{image_size} px, {color_mode}: what the models see")
+    title = f"{image_size} px, {color_mode}: what the models see"
+    return image_grid(images, titles, ncols=n_per_class, title=title)
 
 
 def resizing_preview(cache, indices: Sequence[int], image_size: int) -> Figure:
-    """Each row: the original photo of ``cache`` image ``i``, then what a model receives in colour and in grey."""
+    """Each row: the original photo of ``cache`` image ``i``, then what a model gets in colour and in grey."""
     from muffin_lib.data.datasets import open_original
-    from muffin_lib.data.imageio import preprocess_image
 
     images, titles = [], []
     for i in indices:
         original = open_original(cache, i)
-        images += [original, preprocess_image(original, image_size, "rgb"), preprocess_image(original, image_size, "grayscale")]
-        titles += [f"{cache.class_names[int(cache.labels[i])]} {original.width}x{original.height}", f"{image_size} px rgb",
-                   f"{image_size} px grey"]
+        images += [original, *(preprocess_image(original, image_size, mode) for mode in ("rgb", "grayscale"))]
+        titles += [f"{cache.class_names[int(cache.labels[i])]} {original.width}x{original.height}",
+                   f"{image_size} px rgb", f"{image_size} px grey"]
     return image_grid(images, titles, ncols=6, title="original, then what the models see")
 
 
 def gradcam_grid(examples: Sequence[dict], *, title: str | None = None, ncols: int = 6) -> Figure:
-    """Grad-CAM overlays (``explain.validation_examples``), captioned "predicted p (true: ...)"; errors in red."""
+    """Grad-CAM overlays (``explain.validation_examples``) with their captions; errors in red."""
     from muffin_lib.training.explain import overlay
 
     if not examples:
@@ -354,27 +299,21 @@ def gradcam_grid(examples: Sequence[dict], *, title: str | None = None, ncols: i
     for ax, example in zip(axes.flat, examples, strict=False):
         ax.imshow(overlay(example["image"], example["heat"]))
         ax.set_title(example["caption"], fontsize=8, color="crimson" if example["wrong"] else "black")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 def reliability_diagram(calibration: dict, *, title: str | None = None) -> Figure:
-    """Accuracy against confidence per bin, before and after temperature scaling (``evaluation.calibration_check``);
-    the diagonal is a perfectly calibrated model."""
+    """Accuracy against confidence per bin, before and after temperature scaling."""
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for key, label, marker in (("before", "raw", "o"), ("after", f"temperature {calibration['temperature']:.2f}", "s")):
+    scaled = f"temperature {calibration['temperature']:.2f}"
+    for key, label, marker in (("before", "raw", "o"), ("after", scaled, "s")):
         bins = [b for b in calibration[key]["bins"] if b["high"] > 0.5]
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker,
                 label=f"{label} (ECE {calibration[key]['ece']:.3f})")
-    ax.set_xlabel("confidence (probability of the predicted class)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0.5, 1.0)
-    ax.set_ylim(0.0, 1.02)
+    ax.set(xlabel="confidence (probability of the predicted class)", ylabel="accuracy", xlim=(0.5, 1.0),
+           ylim=(0.0, 1.02))
     ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)

@@ -1,10 +1,4 @@
-"""Run the notebook series with papermill, in order, and summarise what it found.
-
-``python -m muffin_lib run`` executes ``notebooks/NN_*.ipynb`` into ``<work_dir>/executed/``, stops at
-the first failure (naming the notebook, the cell and the executed copy), and writes ``summary.json``
-and ``summary.md`` in ``work_dir`` from the notebooks' ``results/*.json``. Running it again resumes:
-training notebooks continue from their checkpoints and cross-validation from the trial store.
-"""
+"""``python -m muffin_lib run``: the notebook series with papermill, in order, then its summary; resumable."""
 
 from __future__ import annotations
 
@@ -26,21 +20,22 @@ from typing import Any
 from muffin_lib.config import DEFAULT_DATA_DIR, DEFAULT_WORK_DIR, PACKAGE_PARENT, WorkDir
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import watch_progress
-from muffin_lib.study.notebook import PROFILES
+from muffin_lib.study.notebook import PROFILES, check_parameter, training_parameters
 from muffin_lib.study.summary import format_ending, synthetic_run, write_summary
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
-# Injected into every notebook (as absolute paths for the two folders).
-SERIES_PARAMETERS = ("data_dir", "work_dir", "profile")
-# "auto" (the runner's default) chooses by data and hardware (auto_profile), and says which and why.
+SERIES_PARAMETERS = ("data_dir", "work_dir", "profile")  # injected into every notebook
 RUNNER_PROFILES = ("auto", *PROFILES)
+# What the runner advises, by profile, once it finds the data synthetic.
+_SYNTHETIC_ADVICE = {
+    "auto": "; so the rest runs in the smoke profile (--profile full or quick forces a study)",
+    "full": "; --profile smoke gets there in minutes",
+}
 
 
 def auto_profile(data_dir: Path) -> tuple[str, str]:
-    """The profile ``--profile auto`` runs, and why: smoke on the synthetic fallback (its numbers mean
-    nothing), full where a CUDA GPU trains (the study at the deployed recipe takes minutes there), quick on a
-    CPU or Apple GPU (the full study's selection takes hours on 2 cores; quick fits about an hour)."""
+    """The profile ``--profile auto`` runs, and why: smoke on synthetic data, full with CUDA, else quick."""
     import torch
 
     if synthetic_run(data_dir, {}):
@@ -66,15 +61,14 @@ def find_notebooks(notebooks_dir: Path, only: str | list[str] | None = None) -> 
     """The series in order; ``only`` ("03,04", ["3", "04_deeper_cnn"]) picks some of them."""
     notebooks = sorted(Path(notebooks_dir).glob(NOTEBOOK_PATTERN))
     if not notebooks:
-        raise MuffinError(f"no notebooks matching {NOTEBOOK_PATTERN} in {notebooks_dir}; check --notebooks-dir")
+        raise MuffinError(f"no notebooks matching {NOTEBOOK_PATTERN} in {notebooks_dir}; "
+                          "check --notebooks-dir")
     if not only:
         return notebooks
-    wanted = [token.strip() for token in (only.split(",") if isinstance(only, str) else only) if token.strip()]
     picked = []
-    for token in wanted:
-        matches = [
-            nb for nb in notebooks if nb.stem == token or nb.name == token or (token.isdigit() and int(token) == int(nb.stem[:2]))
-        ]
+    for token in [t.strip() for t in (only.split(",") if isinstance(only, str) else only) if t.strip()]:
+        matches = [nb for nb in notebooks if token in (nb.stem, nb.name)
+                   or (token.isdigit() and int(token) == int(nb.stem[:2]))]
         if not matches:
             names = ", ".join(nb.stem for nb in notebooks)
             raise MuffinError(f"--only {token!r} matches no notebook; the series is: {names}")
@@ -83,8 +77,7 @@ def find_notebooks(notebooks_dir: Path, only: str | list[str] | None = None) -> 
 
 
 def parse_value(text: str) -> Any:
-    """A ``-p NAME VALUE`` value: a Python literal (1, 1e-3, True, [64, 128], 'x'), a YAML list such
-    as ``[simple_cnn, deeper_cnn]``, else the text itself."""
+    """A ``-p NAME VALUE`` value: a Python literal, a YAML list (``[simple_cnn, deeper_cnn]``), else text."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -92,32 +85,14 @@ def parse_value(text: str) -> Any:
     if text.strip().startswith(("[", "{")):
         import yaml
 
-        try:
+        with contextlib.suppress(yaml.YAMLError):
             return yaml.safe_load(text)
-        except yaml.YAMLError:
-            pass
     return text
 
 
-def check_parameters(extras: dict[str, Any], plans: list) -> None:
-    """Every ``-p`` value checked before any notebook starts (``notebook.check_parameter``), named as typed."""
-    from muffin_lib.study.notebook import check_parameter
-
-    for name, value in extras.items():
-        for _, _, known in plans:
-            if name in known:
-                try:
-                    check_parameter(name, value, parse_value(known[name]))
-                except MuffinError as error:
-                    raise MuffinError(f"-p {error}") from None
-
-
 def notebook_parameters(path: Path) -> dict[str, Any]:
-    """Name -> default of the ``parameters`` cell of ``path`` (papermill's own reading of it). A notebook
-    that trains through ``notebook.train_config`` also takes every other TrainConfig field, at its default."""
+    """Name -> default of ``path``'s parameters cell, plus TrainConfig's if it uses ``train_config``."""
     import papermill
-
-    from muffin_lib.study.notebook import training_parameters
 
     known = {name: info["default"] for name, info in papermill.inspect_notebook(str(path)).items()}
     if "notebook.train_config(" in Path(path).read_text():
@@ -126,15 +101,33 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     return known
 
 
+def plan_series(notebooks: list[Path], series: dict[str, str], extras: dict[str, Any]) -> list[tuple]:
+    """(notebook, the parameters it gets) for each notebook; every ``-p`` value is checked first."""
+    plans = []
+    for path in notebooks:
+        known = notebook_parameters(path)
+        plans.append((path, {k: v for k, v in {**series, **extras}.items() if k in known}, known))
+    unused = [name for name in extras if not any(name in known for _, _, known in plans)]
+    if unused:
+        raise MuffinError(f"-p {', '.join(unused)}: no notebook run here has such a parameter; see the "
+                          "parameters tables in notebooks/README.md")
+    for name, value in extras.items():
+        for _, _, known in plans:
+            if name in known:
+                try:
+                    check_parameter(name, value, parse_value(known[name]))
+                except MuffinError as error:
+                    raise MuffinError(f"-p {error}") from None
+    return [(path, injected) for path, injected, _ in plans]
+
+
 @contextlib.contextmanager
 def _kernel_environment() -> Iterator[None]:
-    """Kernels inherit this process's environment: plain-text progress bars (unless turned off) and
-    this very muffin_lib first on the path, whatever is installed."""
+    """Kernels inherit plain-text progress bars (unless turned off) and this muffin_lib first on the path."""
     saved = {key: os.environ.get(key) for key in ("MUFFIN_PROGRESS", "PYTHONPATH")}
     if os.environ.get("MUFFIN_PROGRESS", "").lower() != "off":
         os.environ["MUFFIN_PROGRESS"] = "text"
-    package_root = str(PACKAGE_PARENT)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved["PYTHONPATH"]) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), saved["PYTHONPATH"]) if p)
     try:
         yield
     finally:
@@ -162,8 +155,7 @@ def _failure_message(name: str, error: BaseException, executed: Path) -> str:
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """The data folder: the default as it is (00_setup fetches the data or makes a synthetic set there), or
-    an explicit one that must exist, since 00_setup would quietly fill a mistyped one with synthetic data."""
+    """The default data folder, or an explicit one that must exist (00_setup would fill a typo)."""
     default = Path(DEFAULT_DATA_DIR).expanduser().resolve()
     if data_dir is None:
         return default
@@ -178,118 +170,89 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return path
 
 
-def run_series(
-    *,
-    profile: str = "auto",
-    data_dir: str | Path | None = None,
-    work_dir: str | Path | None = None,
-    only: str | list[str] | None = None,
-    parameters: dict[str, Any] | None = None,
-    progress: bool = True,
-    notebooks_dir: str | Path | None = None,
-) -> dict:
-    """Execute the notebooks in order with papermill; returns the summary (also written to work_dir).
-
-    ``parameters`` go to every notebook that has a parameter of that name. Raises MuffinError at the
-    first failing notebook, after writing the summary.
-    """
+def _execute(path: Path, injected: dict, notebooks_dir: Path, workdir: WorkDir, log: _Log,
+             record: dict) -> bool:
+    """Run one notebook with papermill, filling its ``record``; whether it succeeded."""
     import papermill
 
+    executed = workdir.executed_dir / path.name
+    record.update(status="running", executed=str(executed), parameters=injected)
+    t0 = time.perf_counter()
+    watching = watch_progress(workdir.root / "progress.txt", log.progress) if log.enabled else nullcontext()
+    try:
+        with watching:  # the kernel's bars (trial i of N, epoch e of E, ETA) shown on this terminal
+            papermill.execute_notebook(
+                str(path), str(executed), parameters=injected, kernel_name=KERNEL_NAME,
+                cwd=str(notebooks_dir), progress_bar=False,
+                # ipykernel's start-up warning about unencrypted local TCP is noise on this terminal
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
+    except KeyboardInterrupt:
+        record.update(status="interrupted", seconds=round(time.perf_counter() - t0, 1))
+        raise
+    except Exception as error:  # papermill/nbclient raise several types; all end the series here
+        failure = _failure_message(path.stem, error, executed)
+        record.update(status="failed", seconds=round(time.perf_counter() - t0, 1), error=failure)
+        log(f"    FAILED after {record['seconds']:.1f} s")
+        return False
+    record.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return True
+
+
+def run_series(*, profile: str = "auto", data_dir: str | Path | None = None,
+               work_dir: str | Path | None = None, only: str | list[str] | None = None,
+               parameters: dict[str, Any] | None = None, progress: bool = True,
+               notebooks_dir: str | Path | None = None) -> dict:
+    """Execute the notebooks in order with papermill; the summary, written before any failure is raised."""
     if profile not in RUNNER_PROFILES:
         raise MuffinError(f"--profile must be one of {RUNNER_PROFILES}, got {profile!r}")
     data_dir = resolve_data_dir(data_dir)
     workdir = WorkDir(work_dir or DEFAULT_WORK_DIR)
     notebooks_dir = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
-    notebooks = find_notebooks(notebooks_dir, only)
-    extras = dict(parameters or {})
-
-    plans = []
-    for path in notebooks:
-        known = notebook_parameters(path)
-        injected = {"data_dir": str(data_dir), "work_dir": str(workdir.root), "profile": profile}
-        injected = {k: v for k, v in injected.items() if k in known}
-        injected.update({k: v for k, v in extras.items() if k in known})
-        plans.append((path, injected, known))
-    unused = [name for name in extras if not any(name in known for _, _, known in plans)]
-    if unused:
-        raise MuffinError(
-            f"-p {', '.join(unused)}: no notebook run here has such a parameter; see the parameters "
-            "tables in notebooks/README.md"
-        )
-    check_parameters(extras, plans)
-
+    series = {"data_dir": str(data_dir), "work_dir": str(workdir.root), "profile": profile}
+    plans = plan_series(find_notebooks(notebooks_dir, only), series, dict(parameters or {}))
     records: dict[str, dict] = {}
-    started = time.perf_counter()
-    log = _Log(progress)
+    started, log = time.perf_counter(), _Log(progress)
     log(f"muffin-lab: {len(plans)} notebook(s), profile {profile}, data {data_dir}, work {workdir.root}")
-    failure: str | None = None
-    warned_synthetic = False
+    said_profile, warned_synthetic = "auto", False
     with _kernel_environment():
-        said_profile = "auto"
-        for number, (path, injected, _) in enumerate(plans, 1):
-            executed = workdir.executed_dir / path.name
+        for number, (path, injected) in enumerate(plans, 1):
             if profile == "auto" and "profile" in injected:
-                chosen, why = auto_profile(data_dir)
-                if chosen != said_profile:  # said once, and again only when it changes (the synthetic fallback)
-                    log(f"    profile auto -> {chosen}: {why}")
-                    said_profile = chosen
-                injected["profile"] = chosen
+                injected["profile"], why = auto_profile(data_dir)
+                if injected["profile"] != said_profile:  # said again only when it changes
+                    said_profile = injected["profile"]
+                    log(f"    profile auto -> {said_profile}: {why}")
             log(f"[{number}/{len(plans)}] {path.name} ...")
-            t0 = time.perf_counter()
-            record = {"status": "running", "executed": str(executed), "parameters": injected}
-            records[path.stem] = record
-            watching = watch_progress(workdir.root / "progress.txt", log.progress) if progress else nullcontext()
+            records[path.stem] = record = {}
             try:
-                with watching:  # the kernel's bars (trial i of N, epoch e of E, ETA) shown on this terminal
-                    papermill.execute_notebook(
-                        str(path),
-                        str(executed),
-                        parameters=injected,
-                        kernel_name=KERNEL_NAME,
-                        cwd=str(notebooks_dir),
-                        progress_bar=False,
-                        # ipykernel's start-up warning about unencrypted local TCP is noise on this terminal
-                        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                    )
+                if not _execute(path, injected, notebooks_dir, workdir, log, record):
+                    break
             except KeyboardInterrupt:
-                record.update(status="interrupted", seconds=round(time.perf_counter() - t0, 1))
                 write_summary(workdir.root, data_dir, profile, records)
                 raise
-            except Exception as error:  # papermill/nbclient raise several types; all end the series here
-                failure = _failure_message(path.stem, error, executed)
-                record.update(status="failed", seconds=round(time.perf_counter() - t0, 1), error=failure)
-                log(f"    FAILED after {record['seconds']:.1f} s")
-                break
-            record.update(status="ok", seconds=round(time.perf_counter() - t0, 1))
-            record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log(f"    ok in {record['seconds']:.1f} s (total {time.perf_counter() - started:.0f} s)")
             if not warned_synthetic and synthetic_run(data_dir, {}):
                 warned_synthetic = True
-                advice = {
-                    "auto": "; so the rest runs in the smoke profile (--profile full or quick forces a study)",
-                    "full": "; --profile smoke gets there in minutes",
-                }.get(profile, "")
-                log(f"    !!! the data in {data_dir} are SYNTHETIC: every number of this run only shows that the "
-                    f"pipeline works{advice}")
-    for path, _, _ in plans[len(records):]:
+                log(f"    !!! the data in {data_dir} are SYNTHETIC: every number of this run only shows that "
+                    f"the pipeline works{_SYNTHETIC_ADVICE.get(profile, '')}")
+    for path, _ in plans[len(records):]:
         records[path.stem] = {"status": "not run (an earlier notebook failed)"}
     summary = write_summary(workdir.root, data_dir, profile, records)
     log(f"summary: {workdir.root / 'summary.md'}")
+    failure = next((r["error"] for r in records.values() if r["status"] == "failed"), None)
     if failure:
         raise MuffinError(failure)
     return summary
 
 
 class _Log:
-    """The runner's lines; ``progress`` shows a notebook's current step in place on a terminal, and as a
-    plain line every ``LOG_EVERY`` seconds in a log file."""
+    """The runner's lines; ``progress`` shows a notebook's step in place (a terminal) or every LOG_EVERY s."""
 
     LOG_EVERY = 30.0
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._inline = False
-        self._logged_at = -math.inf
+        self.enabled, self._inline, self._logged_at = enabled, False, -math.inf
 
     def __call__(self, message: str) -> None:
         if self.enabled:
@@ -313,40 +276,31 @@ class _Log:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--profile",
-        choices=RUNNER_PROFILES,
-        default="auto",
-        help="full: the study at the deployed recipe (hours on a CPU); quick: selection (06-07) at 64 px / 8 epochs "
-        "(about an hour on 2 cores); smoke: tiny and fast; auto (default): smoke on the synthetic fallback, full with a "
-        "CUDA GPU, quick otherwise",
+        "--profile", choices=RUNNER_PROFILES, default="auto",
+        help="full: the study at the deployed recipe (hours on a CPU); quick: selection (06-07) at 64 px / 8 "
+        "epochs (about an hour on 2 cores); smoke: tiny and fast; auto (default): smoke on the synthetic "
+        "fallback, full with a CUDA GPU, quick otherwise",
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help=f"dataset folder (default: {DEFAULT_DATA_DIR})")
-    parser.add_argument("--work-dir", type=Path, default=None, help=f"results, checkpoints, cache (default: {DEFAULT_WORK_DIR})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"dataset folder (default: {DEFAULT_DATA_DIR})")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help=f"results, checkpoints, cache (default: {DEFAULT_WORK_DIR})")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 03,04")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="set a parameter in every notebook that has it, e.g. -p epochs 5 -p image_size 64",
-    )
-    parser.add_argument("--notebooks-dir", type=Path, default=None, help="the notebooks (default: the repo's)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="set a parameter in every notebook that has it, e.g. -p epochs 5 "
+                        "-p image_size 64")
+    parser.add_argument("--notebooks-dir", type=Path, default=None,
+                        help="the notebooks (default: the repo's)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def run_command(args: argparse.Namespace) -> int:
     # papermill logs every input/output path at INFO; the runner's own lines say the same more briefly
-    logging.getLogger("papermill").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
-    parameters = {name: parse_value(value) for name, value in args.parameter}
+    verbose = getattr(args, "verbose", False)
+    logging.getLogger("papermill").setLevel(logging.DEBUG if verbose else logging.WARNING)
     summary = run_series(
-        profile=args.profile,
-        data_dir=args.data_dir,
-        work_dir=args.work_dir,
-        only=args.only,
-        parameters=parameters,
-        progress=not args.quiet,
+        profile=args.profile, data_dir=args.data_dir, work_dir=args.work_dir, only=args.only,
+        parameters={name: parse_value(value) for name, value in args.parameter}, progress=not args.quiet,
         notebooks_dir=args.notebooks_dir,
     )
     print()

@@ -1,5 +1,4 @@
-"""summary.json and summary.md of a run, from its notebook records and every results/*.json, and the short
-ending the terminal shows."""
+"""summary.json and summary.md of a run, and the short ending the terminal shows."""
 
 from __future__ import annotations
 
@@ -22,13 +21,11 @@ def synthetic_run(data_dir: Path, results: dict[str, dict]) -> bool | None:
         from muffin_lib.data.synthetic import is_synthetic
 
         return bool(is_synthetic(data_dir))
-    setup = results.get("00_setup", {})
-    return setup.get("synthetic")
+    return results.get("00_setup", {}).get("synthetic")
 
 
 def _from_earlier_run(record: dict) -> dict:
-    """A previous summary's record, its status saying it is not from this run: "ok (earlier run, <when>)";
-    "not run yet" for one an earlier run skipped, since no notebook of this run failed before it."""
+    """A previous summary's record, its status saying so ("ok (earlier run, <when>)", or "not run yet")."""
     if record.get("earlier_run"):
         return record
     status = record.get("status", "")
@@ -41,11 +38,7 @@ def _from_earlier_run(record: dict) -> dict:
 
 
 def write_summary(work_dir: str | Path, data_dir: Path, profile: str, records: dict[str, dict]) -> dict:
-    """summary.json and summary.md from this run's notebook records plus every results/*.json.
-
-    Records of notebooks not run this time (``--only``) are kept from the previous summary, marked as
-    from an earlier run.
-    """
+    """summary.json and summary.md of this run's records, earlier ones (``--only``) and the results."""
     workdir = WorkDir(work_dir)
     if profile == "auto":  # say which profile(s) it chose
         used = sorted({r.get("parameters", {}).get("profile") for r in records.values()} - {None})
@@ -56,26 +49,19 @@ def write_summary(work_dir: str | Path, data_dir: Path, profile: str, records: d
         with contextlib.suppress(json.JSONDecodeError):
             previous = json.loads(summary_json.read_text()).get("notebooks", {})
     earlier = {name: _from_earlier_run(record) for name, record in previous.items() if name not in records}
-    notebooks = dict(sorted({**earlier, **records}.items()))
     results = load_all_results(workdir.root)
     models: dict[str, dict] = {}
-    findings: list[dict] = []
-    for name, result in results.items():
+    for result in results.values():
         for model, numbers in (result.get("models") or {}).items():
             models.setdefault(model, {}).update(numbers)
-        findings.extend({"notebook": name, "text": text} for text in result.get("findings") or [])
-    summary = {
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "profile": profile,
-        "data_dir": str(data_dir),
-        "work_dir": str(workdir.root),
-        "synthetic": synthetic_run(data_dir, results),
-        "environment": results.get("00_setup", {}).get("environment"),
-        "notebooks": notebooks,
-        "models": models,
-        "findings": findings,
-        "results": results,
-    }
+    summary = {"written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "profile": profile,
+               "data_dir": str(data_dir), "work_dir": str(workdir.root),
+               "synthetic": synthetic_run(data_dir, results),
+               "environment": results.get("00_setup", {}).get("environment"),
+               "notebooks": dict(sorted({**earlier, **records}.items())), "models": models,
+               "findings": [{"notebook": name, "text": text} for name, result in results.items()
+                            for text in result.get("findings") or []],
+               "results": results}
     summary_json.write_text(json.dumps(summary, indent=2))
     (workdir.root / "summary.md").write_text(format_summary(summary))
     return summary
@@ -87,6 +73,43 @@ def _ci_cell(numbers: dict, value_key: str, ci_key: str) -> str:
         return ""
     low, high = numbers.get(ci_key) or (None, None)
     return format_ci(value, low, high)
+
+
+def _n_test_looks(summary: dict) -> int | None:
+    return ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
+
+
+_MODELS_INTRO = (
+    "Test: scored once (notebook 09) with 95% Wilson intervals, on the **twin-free** part of the test split "
+    "(test images with no near-duplicate in train: the headline) and on the whole split. CV: twin-grouped "
+    "K-fold cross-validation risk on the training split with the corrected (Nadeau-Bengio) 95% t interval; "
+    "nested CV for the tuned procedure. Validation: the shared twin-grouped hold-out, 95% Wilson interval."
+)
+
+
+def _models_section(models: dict[str, dict], look: str) -> list[str]:
+    """summary.md's table of each model's zero-one losses, and which precision trained each."""
+    lines = ["", "## Zero-one loss per model", "", _MODELS_INTRO, "",
+             "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] "
+             "| validation [95% CI] |", "|---|---|---|---|---|"]
+    for model, numbers in models.items():
+        cv = _ci_cell(numbers, "cv_risk", "cv_ci")
+        if cv and numbers.get("cv_kind") == "nested":
+            cv += " (nested CV)"
+        if cv and numbers.get("cv_settings"):
+            cv += f" at {numbers['cv_settings']}"  # which budget produced it (selection.budget)
+        cells = [
+            _looked(_ci_cell(numbers, "test_twin_free", "test_twin_free_ci"), look),
+            _looked(_ci_cell(numbers, "test_zero_one_loss", "test_ci"), look),
+            cv,
+            _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
+        ]
+        named = f"{model} at {numbers['off_recipe']}" if numbers.get("off_recipe") else model
+        lines.append(f"| {named} | " + " | ".join(cells) + " |")
+    trained_in = [f"{model} {n['precision']}" for model, n in models.items() if n.get("precision")]
+    if trained_in:
+        lines += ["", "Precision (which one trained each model, and why): " + "; ".join(trained_in) + "."]
+    return lines
 
 
 def format_summary(summary: dict) -> str:
@@ -104,10 +127,9 @@ def format_summary(summary: dict) -> str:
     environment = summary.get("environment") or {}
     if environment.get("summary"):
         lines.append(f"- environment: {environment['summary']}")
-    n_looks = ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
+    n_looks = _n_test_looks(summary)
     if n_looks is not None:  # more than 1: a forced look, counted beside every test number
         lines.append(f"- test split looks: {n_looks}")
-    look = look_label({"n_looks": n_looks})
     lines += ["", "## Notebooks", "", "| notebook | status | seconds |", "|---|---|---|"]
     for name, record in summary["notebooks"].items():
         seconds = record.get("seconds")
@@ -115,63 +137,31 @@ def format_summary(summary: dict) -> str:
     total = sum(record.get("seconds") or 0 for record in summary["notebooks"].values())
     lines.append(f"| **total** | | {total:.1f} |")
     if summary["models"]:
-        lines += [
-            "",
-            "## Zero-one loss per model",
-            "",
-            "Test: scored once (notebook 09) with 95% Wilson intervals, on the **twin-free** part of the test split "
-            "(test images with no near-duplicate in train: the headline) and on the whole split. CV: twin-grouped "
-            "K-fold cross-validation risk on the training split with the corrected (Nadeau-Bengio) 95% t interval; "
-            "nested CV for the tuned procedure. Validation: the shared twin-grouped hold-out, 95% Wilson interval.",
-            "",
-            "| model | test, twin-free [95% CI] | test, whole split [95% CI] | CV risk [95% CI] | validation [95% CI] |",
-            "|---|---|---|---|---|",
-        ]
-        for model, numbers in summary["models"].items():
-            cv = _ci_cell(numbers, "cv_risk", "cv_ci")
-            if cv and numbers.get("cv_kind") == "nested":
-                cv += " (nested CV)"
-            if cv and numbers.get("cv_settings"):
-                cv += f" at {numbers['cv_settings']}"  # which budget produced it (selection.budget)
-            cells = [
-                _looked(_ci_cell(numbers, "test_twin_free", "test_twin_free_ci"), look),
-                _looked(_ci_cell(numbers, "test_zero_one_loss", "test_ci"), look),
-                cv,
-                _ci_cell(numbers, "val_zero_one_loss", "val_ci"),
-            ]
-            named = f"{model} at {numbers['off_recipe']}" if numbers.get("off_recipe") else model
-            lines.append(f"| {named} | " + " | ".join(cells) + " |")
-        trained_in = [f"{model} {n['precision']}" for model, n in summary["models"].items() if n.get("precision")]
-        if trained_in:
-            lines += ["", "Precision (which one trained each model, and why): " + "; ".join(trained_in) + "."]
+        lines += _models_section(summary["models"], look_label({"n_looks": n_looks}))
     if summary["findings"]:
         lines += ["", "## Findings (computed by the notebooks)", ""]
         lines += [f"- **{f['notebook']}**: {f['text']}" for f in summary["findings"]]
-    failed = [(name, r) for name, r in summary["notebooks"].items() if r["status"].startswith("failed")]
-    for name, record in failed:
-        lines += ["", f"## {name} {record['status']}", "", "```", record.get("error", ""), "```"]
+    for name, record in summary["notebooks"].items():
+        if record["status"].startswith("failed"):
+            lines += ["", f"## {name} {record['status']}", "", "```", record.get("error", ""), "```"]
     return "\n".join(lines) + "\n"
 
 
-# The terminal ending shows this many models at most; summary.md has them all.
-ENDING_MODELS = 6
+ENDING_MODELS = 6  # the terminal ending shows this many models at most; summary.md has them all
 # (heading, value key, interval key) of the ending's results columns, headline first.
-ENDING_COLUMNS = (
-    ("test, twin-free", "test_twin_free", "test_twin_free_ci"),
-    ("test, whole", "test_zero_one_loss", "test_ci"),
-    ("CV risk", "cv_risk", "cv_ci"),
-    ("validation", "val_zero_one_loss", "val_ci"),
-)
+ENDING_COLUMNS = (("test, twin-free", "test_twin_free", "test_twin_free_ci"),
+                  ("test, whole", "test_zero_one_loss", "test_ci"),
+                  ("CV risk", "cv_risk", "cv_ci"), ("validation", "val_zero_one_loss", "val_ci"))
 
 
 def format_ending(summary: dict) -> str:
-    """What ``run`` prints at the end (about 20 lines): the notebooks' status, each model's zero-one losses
-    and where summary.md is, which keeps the findings, settings and full tables."""
+    """What ``run`` prints at the end: the notebooks' status, models' losses, where summary.md is."""
     notebooks = summary["notebooks"]
     total = sum(record.get("seconds") or 0 for record in notebooks.values())
     lines = [f"muffin-lab: {plural(len(notebooks), 'notebook')}, {total:.0f} s, profile {summary['profile']}"]
     if summary["synthetic"]:
-        lines.append(f"!!! SYNTHETIC data (every number only shows that the pipeline runs): {summary['data_dir']}")
+        lines.append("!!! SYNTHETIC data (every number only shows that the pipeline runs): "
+                     f"{summary['data_dir']}")
     width = max((len(name) for name in notebooks), default=0) + 2
     status_width = max((len(record["status"]) for record in notebooks.values()), default=0) + 2
     for name, record in notebooks.items():
@@ -179,9 +169,9 @@ def format_ending(summary: dict) -> str:
         lines.append(f"  {name:<{width}}{record['status']:<{status_width}}"
                      f"{'' if seconds is None else f'{seconds:8.1f} s'}".rstrip())
     lines += _ending_models(summary["models"])
-    n_looks = ((summary.get("results") or {}).get("09_final_test") or {}).get("n_test_looks")
-    if look_label({"n_looks": n_looks}):
-        lines.append(f"test numbers: {look_label({'n_looks': n_looks})} (a forced look)")
+    look = look_label({"n_looks": _n_test_looks(summary)})
+    if look:
+        lines.append(f"test numbers: {look} (a forced look)")
     lines.append(f"full summary ({plural(len(summary['findings']), 'finding')}, settings, all numbers): "
                  f"{Path(summary['work_dir']) / 'summary.md'}")
     return "\n".join(lines) + "\n"

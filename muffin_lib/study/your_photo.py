@@ -1,24 +1,19 @@
-"""Try your own photo: the chosen model's answer, its calibrated probability and what it looked at.
-
-The notebook's upload widget (ipywidgets ``FileUpload``) and a photo given by path both go through
-``predict.predict_paths(..., explain_dir=...)``, exactly what ``python -m muffin_lib predict --explain``
-does, so the notebook and the CLI give the same answer. Offline: only the checkpoints the series wrote.
-"""
+"""Try your own photo: the chosen model's answer, its calibrated probability and where it looked."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from muffin_lib.config import WorkDir
+from muffin_lib.data.splits import twin_free_test_images
 from muffin_lib.errors import MuffinError
+from muffin_lib.training.predict import predict_paths
 
 SHOWN_WIDTH = 512  # px on screen for "input | Grad-CAM" (the model's input is only image_size px wide)
 
 
 def predict_photo(checkpoint, photo, work_dir) -> dict:
-    """One ``predict_paths`` entry for ``photo`` (label, calibrated probability, probabilities, explanation)."""
-    from muffin_lib.training.predict import predict_paths
-
+    """The ``predict_paths`` entry for ``photo`` (label, calibrated probability, explanation, ...)."""
     if not Path(photo).is_file():
         raise MuffinError(f"photo {photo} does not exist; give the path of a JPEG or PNG file")
     result = predict_paths(checkpoint, [photo], explain_dir=WorkDir(work_dir).figures_dir / "your_photo")
@@ -35,7 +30,8 @@ def show_prediction(checkpoint, photo, work_dir) -> dict:
     entry = predict_photo(checkpoint, photo, work_dir)
     others = ", ".join(f"{name} {p:.2f}" for name, p in entry["probabilities"].items())
     display(Markdown(f"**{entry['label']}**, probability {entry['probability']:.2f} (calibrated; {others}) "
-                     f"for `{Path(photo).name}`. Left: what the model sees; right: where it looked (Grad-CAM)."))
+                     f"for `{Path(photo).name}`. Left: what the model sees; right: where it looked "
+                     "(Grad-CAM)."))
     display(Image(filename=entry["explanation"], width=SHOWN_WIDTH))
     return entry
 
@@ -77,8 +73,6 @@ def upload_widget(checkpoint, work_dir):
 
 def example_photo(data_dir, work_dir) -> Path:
     """A twin-free test photo to show when no photo is given."""
-    from muffin_lib.data.splits import twin_free_test_images
-
     relpaths, free = twin_free_test_images(data_dir, work_dir)
     kept = [path for path, keep in zip(relpaths, free, strict=True) if keep]
     if not kept:

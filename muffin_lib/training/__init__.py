@@ -1,8 +1,4 @@
-"""Training: models and how one is trained, scored and used.
-
-``models`` (the three seed CNNs and transfer), ``augment`` (batched augmentation on the device),
-``tensors`` (input checks, normalisation, batch placement), ``runtime`` (device, precision, threads),
-``engine`` (``TrainConfig`` -- the recipe's one home -- and ``fit``/``evaluate``), ``checkpoints``,
-``metrics`` (zero-one loss with Wilson intervals), ``train``/``predict`` (the CLI commands) and
-``bench`` (our pipeline against the reference study's). Imports only from ``data`` and the top level.
-"""
+"""Training: ``models``, ``augment``, ``tensors``, ``runtime`` (and ``bf16_probe``), ``recipe``
+(``TrainConfig``), ``loop`` (``fit``, ``evaluate``, ``train_one_epoch``, ``TrainStep``), ``checkpoints``,
+``metrics``, ``calibration``, ``explain``, ``train``/``predict`` (the CLI commands) and ``bench``. Imports
+only from ``data`` and the top level."""

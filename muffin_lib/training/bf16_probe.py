@@ -1,11 +1,6 @@
-"""Whether CPU bf16 autocast is faster, and right, for one model here: a short measured probe, cached.
-
-``amp="auto"`` on a CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``) asks this module.
-The probe trains a few steps of the model about to train in fp32 and under bf16 autocast, alternating, and
-checks that one bf16 step's loss and gradients agree with fp32's. Its verdict is cached per machine, torch
-version, model and input size in the user's cache directory, so every process (worker processes too) reads
-the same answer and the precision in a result's key is the precision it trained in.
-"""
+"""Whether CPU bf16 autocast is faster, and right, for one model here: a few fp32 and bf16 training steps
+(one step's loss and gradients compared), its verdict cached per machine and workload in the user's cache
+directory, so every process reads the same answer and a result's key names the precision it trained in."""
 
 from __future__ import annotations
 
@@ -26,9 +21,8 @@ log = logging.getLogger(__name__)
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 instructions; without them bf16 is emulated and slow
 MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this much: below it the gain is within timing noise
-# One bf16 step against fp32 from the same weights, batch and dropout: loss within 2 % and the whole
-# gradient within 25 % (relative L2, a cosine above about 0.97). On a Zen 4 the study's models agree to
-# 0.05 % and 5-14 %; a wrong bf16 kernel (pytorch/pytorch#163347, #169688) is off by about 100 %.
+# One bf16 step against fp32 (same weights, batch, dropout): the study's models agree to 0.05 % and 5-14 %
+# on a Zen 4, a wrong bf16 kernel (pytorch/pytorch#163347) is off by about 100 %.
 LOSS_TOLERANCE = 0.02
 GRAD_TOLERANCE = 0.25
 PROBE_BATCH = 32
@@ -57,9 +51,11 @@ def _machine_key(cpu: str, flags: frozenset[str]) -> str:
     return f"{cpu} [{present}] torch {torch.__version__} v{PROBE_VERSION}"
 
 
-def _inputs(model_name: str, in_channels: int, image_size: int, channels_last: bool):
+def _inputs(model_name: str, in_channels: int, image_size: int, channels_last: bool, pretrained: bool):
     torch.manual_seed(0)
-    model = build_model(model_name, in_channels=in_channels, image_size=image_size)
+    # A fine-tuned network is probed from its pretrained weights: random ones make deep nets' gradients
+    # chaotic.
+    model = build_model(model_name, in_channels=in_channels, image_size=image_size, pretrained=pretrained)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout).train()
     x = torch.randn(PROBE_BATCH, in_channels, image_size, image_size).contiguous(memory_format=layout)
@@ -88,9 +84,10 @@ def _steps_per_second(model, x, y, bf16: bool) -> float:
     return PROBE_STEPS / (time.perf_counter() - started)
 
 
-def measure(model_name: str, in_channels: int, image_size: int, channels_last: bool = True) -> Bf16Verdict:
+def measure(model_name: str, in_channels: int, image_size: int, channels_last: bool = True,
+            pretrained: bool = False) -> Bf16Verdict:
     """Run the probe (no cache): agreement of one step, then fp32 vs bf16 speed in alternating rounds."""
-    model, x, y = _inputs(model_name, in_channels, image_size, channels_last)
+    model, x, y = _inputs(model_name, in_channels, image_size, channels_last, pretrained)
     loss32, grad32 = _loss_and_grad(model, x, y, bf16=False)
     loss16, grad16 = _loss_and_grad(model, x, y, bf16=True)
     loss_error = abs(loss16 - loss32) / max(abs(loss32), 1e-6)
@@ -107,20 +104,21 @@ def measure(model_name: str, in_channels: int, image_size: int, channels_last: b
     speedup = max(rates[True]) / max(rates[False])
     use = speedup >= MIN_SPEEDUP
     verdict = "bf16" if use else "fp32"
-    reason = f"{verdict}: probe {speedup:.2f}x bf16 vs fp32" + (", parity ok" if use else
-                                                              f" (needs {MIN_SPEEDUP:g}x)")
+    tail = ", parity ok" if use else f" (needs {MIN_SPEEDUP:g}x)"
+    reason = f"{verdict}: probe {speedup:.2f}x bf16 vs fp32{tail}"
     return Bf16Verdict(use, reason, speedup=speedup, loss_error=loss_error, grad_error=grad_error)
 
 
 def cpu_bf16_verdict(model_name: str, in_channels: int, image_size: int, channels_last: bool,
-                     cpu: str, flags: frozenset[str]) -> Bf16Verdict:
-    """The cached verdict for this machine and workload, probing (and logging the figures) the first time.
-    ``cpu``: its model name and generation (``runtime.cpu_model``, ``runtime.cpu_generation``)."""
+                     cpu: str, flags: frozenset[str], pretrained: bool = False) -> Bf16Verdict:
+    """The cached verdict for this machine (``cpu``: model name, generation) and workload, else probed."""
     present = [f for f in BF16_FLAGS if f in flags]
     machine = _machine_key(cpu, flags)
-    # A network replaced under the same name (ARCHITECTURE_VERSIONS) is probed again, not given the old verdict.
-    network = f"{model_name}/{ARCHITECTURE_VERSIONS[model_name]}" if model_name in ARCHITECTURE_VERSIONS else model_name
+    # A network replaced under the same name (ARCHITECTURE_VERSIONS) is probed again, not given the old one.
+    version = ARCHITECTURE_VERSIONS.get(model_name)
+    network = f"{model_name}/{version}" if version else model_name
     workload = f"{network} {in_channels}x{image_size}x{image_size} " + ("nhwc" if channels_last else "nchw")
+    workload += " pretrained" if pretrained else ""
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
@@ -130,7 +128,7 @@ def cpu_bf16_verdict(model_name: str, in_channels: int, image_size: int, channel
     if entry is not None:
         return Bf16Verdict(**entry)
     log.info("probing bf16 vs fp32 for %s on %s (a few training steps, once per machine)", workload, cpu)
-    verdict = measure(model_name, in_channels, image_size, channels_last)
+    verdict = measure(model_name, in_channels, image_size, channels_last, pretrained)
     verdict = Bf16Verdict(**{**asdict(verdict), "reason": f"{verdict.reason}; {', '.join(present)}"})
     log.info("bf16 probe for %s: %s", workload, verdict.reason)
     cached.setdefault(machine, {})[workload] = asdict(verdict)

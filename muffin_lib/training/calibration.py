@@ -1,13 +1,6 @@
-"""Calibration: when a model says "90 % muffin", is it right 90 % of the time?
-
-Temperature scaling (Guo et al., 2017): one scalar ``T`` divides the logits. It is fitted on validation
-predictions only (the minimum of the negative log-likelihood) and never changes which class wins, so
-error rates stay as they are; only the probabilities change. ``train_model`` fits it when it saves a
-checkpoint, and ``predict`` reports calibrated probabilities with it.
-
-Expected calibration error (ECE): over equal-width bins of the confidence (the winning class's
-probability), the share-weighted mean gap between confidence and accuracy.
-"""
+"""Calibration: when a model says "90 % muffin", is it right 90 % of the time? Temperature scaling (Guo et
+al., 2017: one scalar divides the logits, fitted on validation predictions; it never changes the winning
+class) and the expected calibration error over equal-width confidence bins."""
 
 from __future__ import annotations
 
@@ -59,14 +52,12 @@ def apply_temperature(probabilities, temperature: float) -> np.ndarray:
 
 def reliability(probabilities, labels, n_bins: int = 10) -> dict:
     """Per confidence bin: mean confidence, accuracy and count; and the ECE (share-weighted |gap|)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    y = np.asarray(labels)
+    p, y = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    bins = []
-    ece = 0.0
+    bins, ece = [], 0.0
     for b in range(n_bins):
         inside = which == b
         count = int(inside.sum())

@@ -33,33 +33,21 @@ def _versions(model_name: str) -> dict:
 
 
 def save_checkpoint(path, fit_result, *, class_names=CLASSES, extra: dict | None = None) -> Path:
-    """Write ``fit_result``'s model (an ``loop.FitResult``) and everything needed to use it again to
-    ``path``, atomically."""
+    """Write ``fit_result``'s model (a ``loop.FitResult``) and all it needs to be used again, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = fit_result.config
-    model = fit_result.model
+    config, model = fit_result.config, fit_result.model
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "model_name": config.model,
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "model_name": config.model,
         "architecture": ARCHITECTURE_VERSIONS.get(config.model),  # e.g. transfer: tf_efficientnet_lite0
-        "config": config.to_dict(),
-        "config_key": config.key(),
-        "image_size": config.image_size,
-        "color_mode": config.color_mode,
-        "in_channels": config.in_channels,
+        "config": config.to_dict(), "config_key": config.key(), "image_size": config.image_size,
+        "color_mode": config.color_mode, "in_channels": config.in_channels,
         "num_classes": getattr(model, "muffin_spec", {}).get("num_classes", len(class_names)),
         "normalization": {k: list(v) for k, v in fit_result.normalization.items()},
-        "class_names": list(class_names),
-        "history": [dict(h) for h in fit_result.history],
-        "best_epoch": fit_result.best_epoch,
-        "trained_on": fit_result.device,
-        "amp": fit_result.amp,
-        "versions": _versions(config.model),
-        "extra": dict(extra or {}),
-        "state_dict": state,
+        "class_names": list(class_names), "history": [dict(h) for h in fit_result.history],
+        "best_epoch": fit_result.best_epoch, "trained_on": fit_result.device, "amp": fit_result.amp,
+        "versions": _versions(config.model), "extra": dict(extra or {}), "state_dict": state,
     }
     return write_atomic(path, lambda temp: torch.save(checkpoint, temp))
 
@@ -68,40 +56,35 @@ def load_checkpoint(path, device="auto") -> tuple[nn.Module, dict]:
     """The model (eval mode, on ``device``) and the checkpoint dict written by ``save_checkpoint``."""
     path = Path(path)
     if not path.is_file():
-        raise MuffinError(f"checkpoint {path} does not exist; train one with `python -m muffin_lib train ... --out {path}`")
+        raise MuffinError(f"checkpoint {path} does not exist; train one with `python -m muffin_lib train ... "
+                          f"--out {path}`")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise MuffinError(
-            f"checkpoint {path} could not be read ({type(error).__name__}: {str(error)[:200]}); "
-            "it is damaged or not a PyTorch file: train again to recreate it"
-        ) from error
+        raise MuffinError(f"checkpoint {path} could not be read ({type(error).__name__}: "
+                          f"{str(error)[:200]}); it is damaged or not a PyTorch file: train again to "
+                          "recreate it") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise MuffinError(f"{path} is a PyTorch file but not a muffin checkpoint (no format={CHECKPOINT_FORMAT!r})")
+        raise MuffinError(f"{path} is a PyTorch file but not a muffin checkpoint "
+                          f"(no format={CHECKPOINT_FORMAT!r})")
     if checkpoint.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise MuffinError(
-            f"checkpoint {path} has format version {checkpoint['format_version']}, newer than this "
-            f"muffin_lib understands ({CHECKPOINT_VERSION}); update muffin_lib"
-        )
-    # The architecture only (pretrained=False): the trained weights come from the checkpoint, so a transfer
-    # checkpoint loads without the ImageNet weights' package.
-    model = build_model(
-        checkpoint["model_name"],
-        in_channels=checkpoint["in_channels"],
-        image_size=checkpoint["image_size"],
-        num_classes=checkpoint["num_classes"],
-    )
+        raise MuffinError(f"checkpoint {path} has format version {checkpoint['format_version']}, newer "
+                          f"than this muffin_lib understands ({CHECKPOINT_VERSION}); update muffin_lib")
+    # The architecture only: the weights come from the checkpoint (transfer needs no weights' package).
+    model = build_model(checkpoint["model_name"], in_channels=checkpoint["in_channels"],
+                        image_size=checkpoint["image_size"], num_classes=checkpoint["num_classes"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         architecture = ARCHITECTURE_VERSIONS.get(checkpoint["model_name"])
         if architecture is not None and checkpoint.get("architecture") != architecture:
-            raise MuffinError(
-                f"checkpoint {path} holds an older network of model {checkpoint['model_name']!r} (this muffin_lib's "
-                f"is {architecture}); train it again"
-            ) from error
-        raise MuffinError(f"checkpoint {path}: weights do not fit model {checkpoint['model_name']!r} ({error})") from error
+            raise MuffinError(f"checkpoint {path} holds an older network of model "
+                              f"{checkpoint['model_name']!r} (this muffin_lib's is {architecture}); train it "
+                              "again") from error
+        raise MuffinError(f"checkpoint {path}: weights do not fit model {checkpoint['model_name']!r} "
+                          f"({error})") from error
     device = runtime.resolve_device(device)
-    model.to(device, memory_format=runtime.memory_format_for(device, checkpoint["config"].get("channels_last", False)))
+    layout = runtime.memory_format_for(device, checkpoint["config"].get("channels_last", False))
+    model.to(device, memory_format=layout)
     model.eval()
     return model, checkpoint

@@ -1,12 +1,6 @@
-"""What is the network looking at? Grad-CAM heat maps (Captum's ``LayerGradCam``) and their overlays.
-
-Grad-CAM weights the feature maps of a late convolutional layer by the gradient of a class score and keeps
-the positive part: bright regions raised the score of that class. The layer is the last one of the model
-whose output is still an image (a 4-D map at least 2 px wide), found by one forward pass, so the same code
-serves the three seed CNNs and the EfficientNet-Lite0 of transfer learning (there: the 1280-channel head
-convolution after BatchNorm and ReLU6, ``bn2``, at 1/32 of the input size; at 32 px that map is 1 x 1, so the
-last 2 x 2 map inside the blocks is used).
-"""
+"""What is the network looking at? Grad-CAM heat maps (Captum's ``LayerGradCam``) and their overlays: bright
+regions raised the class score. The layer is the model's last whose output is a map of at least 2 x 2,
+found by one forward pass, so the same code serves every model."""
 
 from __future__ import annotations
 
@@ -43,8 +37,7 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
 
 def gradcam(model: nn.Module, images: torch.Tensor, normalization: dict, *, target: int | None = None,
             batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Heat maps (N x H x W in [0, 1], at the images' size) of uint8 ``images`` for class ``target`` (default:
-    the predicted class of each image), and the class probabilities (N x classes)."""
+    """Heat maps (N x H x W, 0-1) of uint8 ``images`` for ``target`` (default: predicted); probabilities."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     device = next(model.parameters()).device
@@ -58,8 +51,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, normalization: dict, *, targ
             proba = torch.softmax(model(x).float(), dim=1)
         targets = proba.argmax(dim=1) if target is None else torch.full((len(x),), target, device=device)
         attribution = cam.attribute(x, target=targets, relu_attributions=True)
-        attribution = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-        heat = attribution[:, 0].detach().float()
+        heat = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        heat = heat[:, 0].detach().float()
         peak = heat.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
         heats.append((heat / peak).clamp(0, 1).cpu().numpy())
         probabilities.append(proba.cpu().numpy())
@@ -91,9 +84,7 @@ def caption(probabilities: np.ndarray, true_label: int | None = None, class_name
 
 
 def validation_examples(run, data_dir, work_dir, n: int = 6) -> list[dict]:
-    """The ``n`` most confident errors and the ``n`` most confident right answers of a ``train.TrainRun``
-    on its validation images, each with ``image`` (uint8), ``heat`` (Grad-CAM of the predicted class),
-    ``caption`` and ``wrong``."""
+    """The ``n`` most confident errors and right answers of a ``train.TrainRun`` on validation images."""
     from muffin_lib.data.cache import load_images
 
     config = run.config

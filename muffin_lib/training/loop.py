@@ -22,6 +22,7 @@ from torch import nn
 from muffin_lib.config import CLASSES
 from muffin_lib.errors import MuffinError
 from muffin_lib.progress import progress_bar
+from muffin_lib.text import plural
 from muffin_lib.training import augment, runtime
 from muffin_lib.training.models import build_model
 from muffin_lib.training.recipe import TrainConfig
@@ -47,7 +48,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     """``config.optimizer`` at ``config.lr``, with weight decay on weights but not on biases and BatchNorm."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -141,11 +143,11 @@ def _logits(model: nn.Module, images, normalization: dict, device, batch_size: i
     """float32 logits of ``model`` in eval mode for every image (or its left-right mirror), on ``device``."""
     device = runtime.resolve_device(device)
     spec = model_spec(model)
-    images = check_images(images, "images", channels=spec.get("in_channels"), image_size=spec.get("image_size"))
+    size = spec.get("image_size")
+    images = check_images(images, "images", channels=spec.get("in_channels"), image_size=size)
     if len(normalization["mean"]) != images.shape[1]:
-        raise MuffinError(
-            f"normalization has {len(normalization['mean'])} channel(s) but the images have {images.shape[1]}"
-        )
+        raise MuffinError(f"normalization has {plural(len(normalization['mean']), 'channel')} but the images "
+                          f"have {images.shape[1]}")
     # The model's own layout, except where the device avoids channels-last (Apple MPS).
     channels_last = runtime.channels_last_for(device, uses_channels_last(model))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -220,7 +222,8 @@ def _checked(config: TrainConfig, pair, what: str, num_classes: int):
         return None
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
         raise MuffinError(f"{what} data must be a pair (images, labels), got {type(pair).__name__}")
-    images = check_images(pair[0], f"{what} images", channels=config.in_channels, image_size=config.image_size)
+    size = config.image_size
+    images = check_images(pair[0], f"{what} images", channels=config.in_channels, image_size=size)
     return images, check_labels(pair[1], images.shape[0], f"{what} labels", num_classes)
 
 
@@ -242,8 +245,8 @@ def _build(config: TrainConfig, device, train_images: torch.Tensor, num_classes:
 
 
 def _describe(config: TrainConfig, device, n_train: int, n_val: int, steps: int) -> str:
-    layout = "channels-last" if runtime.memory_format_for(device, config.channels_last) == torch.channels_last \
-        else "contiguous"
+    fast = runtime.memory_format_for(device, config.channels_last) == torch.channels_last
+    layout = "channels-last" if fast else "contiguous"
     return (f"training {config.model} on {n_train} images ({config.in_channels}x{config.image_size}x"
             f"{config.image_size}), {n_val} validation; device {device}, precision "
             f"{runtime.precision_reason(config.amp, device, config)}, {layout} memory format, batch "
@@ -286,8 +289,8 @@ def fit(config: TrainConfig, train, val=None, *, device: str | torch.device = "a
     """
     say = _as_log(log)
     num_classes = len(CLASSES) if num_classes is None else int(num_classes)
-    (images, labels), val = _checked(config, train, "training", num_classes), _checked(config, val, "validation",
-                                                                                         num_classes)
+    images, labels = _checked(config, train, "training", num_classes)
+    val = _checked(config, val, "validation", num_classes)
     if config.early_stopping_patience is not None and val is None:
         raise MuffinError("early_stopping_patience needs a validation set; pass val=(images, labels)")
     device, model, normalization = _build(config, device, images, num_classes)

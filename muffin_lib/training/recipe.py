@@ -18,12 +18,9 @@ from muffin_lib.training.runtime import AMP_MODES
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
-# Part of every trial key and checkpoint-reuse check (with imageio.PREPROCESS_VERSION and execution_key):
-# bump when an architecture in models.py or the training step changes results.
+# In every trial key and checkpoint check: bump when a model or the training step changes results.
 CODE_VERSION = 2
-# Fields left out of TrainConfig.key(): channels_last and compile change speed, not what is learnt; amp is a
-# request ("auto" or explicit) whose outcome, the precision really used, is in every key already through
-# execution_key, so "auto" and "bf16" runs that both train in bf16 share their results.
+# Not in TrainConfig.key(): speed switches, and amp, whose outcome every key holds through execution_key.
 _PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile", "amp")
 
 
@@ -32,7 +29,8 @@ def _whole(low: int) -> tuple[str, Callable]:
 
 
 def _number(test: Callable, text: str) -> tuple[str, Callable]:
-    return text, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v)
+    return text, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+        and test(v)
 
 
 def _one_of(choices) -> tuple[str, Callable]:
@@ -49,12 +47,12 @@ def setting_choices() -> dict[str, tuple[str, ...]]:
 
 
 _PATIENCE = _whole(1)
-# What each TrainConfig field accepts: (a phrase for the error, the test); a field without a rule here must be
-# of its default's type.
+# What each field accepts: (a phrase for the error, the test); other fields take their default's type.
 _SETTING_RULES: dict[str, tuple[str, Callable]] = {
     **{name: _one_of(choices) for name, choices in setting_choices().items()},
     "image_size": _whole(MIN_IMAGE_SIZE), "epochs": _whole(1), "batch_size": _whole(2), "seed": _whole(0),
-    "lr": _number(lambda v: v > 0, "a number > 0"), "weight_decay": _number(lambda v: v >= 0, "a number >= 0"),
+    "lr": _number(lambda v: v > 0, "a number > 0"),
+    "weight_decay": _number(lambda v: v >= 0, "a number >= 0"),
     "label_smoothing": _number(lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
     "early_stopping_patience": (f"none or {_PATIENCE[0]}", lambda v: v is None or _PATIENCE[1](v)),
     "channels_last": _FLAG, "compile": _FLAG, "pretrained": _FLAG,
@@ -62,9 +60,7 @@ _SETTING_RULES: dict[str, tuple[str, Callable]] = {
 
 
 def check_setting(name: str, value) -> None:
-    """The one check of a training setting, whoever sets it (TrainConfig, ``-p`` of ``run``, ``train``'s
-    flags): a MuffinError that names the setting as the user types it, e.g. "epochs: expected a whole number
-    >= 1, got 'abc'"; callers prefix it with the flag (``-p`` or ``--``)."""
+    """The one check of a setting, whoever sets it: e.g. "epochs: expected a whole number >= 1, got 'abc'"."""
     if name in _SETTING_RULES:
         text, test = _SETTING_RULES[name]
     else:
@@ -85,7 +81,8 @@ SETTING_HELP = {
     "early_stopping_patience": "stop after this many epochs without a better validation loss",
     "amp": "precision: auto picks bf16/fp16 where it is faster (see README)", "channels_last":
     "channels-last memory format where it is fast", "compile": "torch.compile the model",
-    "seed": "seed of weights, batch order and augmentation", "pretrained": "ImageNet weights (model transfer)",
+    "seed": "seed of weights, batch order and augmentation",
+    "pretrained": "ImageNet weights (model transfer)",
 }
 
 
@@ -93,10 +90,7 @@ SETTING_HELP = {
 class TrainConfig:
     """Everything that defines one training run. ``lr`` is the peak learning rate of the schedule."""
 
-    # The defaults are the study's from-scratch recipe, the one home of these settings: the `train` CLI
-    # and the training notebooks read them (tests check). Measured on the twin-grouped validation split of
-    # the dev data (benchmarks/README.md, "recipe"): deeper_cnn 7.1 % validation error against 10.0 %
-    # for the earlier 128 px greyscale, 10-epoch, lr 1e-3 defaults.
+    # The defaults are the study's from-scratch recipe, chosen on the validation split (benchmarks/README.md).
     model: str = "simple_cnn"
     image_size: int = 128
     color_mode: str = "rgb"
@@ -157,6 +151,5 @@ TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e
 
 
 def recipe_for(model: str) -> TrainConfig:
-    """The recipe a model is trained with by default: ``TRANSFER_RECIPE`` for the transfer model, else
-    ``TrainConfig``'s defaults (the from-scratch recipe)."""
+    """``TRANSFER_RECIPE`` for the transfer model, else the from-scratch recipe."""
     return TRANSFER_RECIPE if model == TRANSFER_RECIPE.model else TrainConfig()

@@ -1,6 +1,5 @@
-"""Where and how training runs: device choice, seeding, the CPU allocator, an environment summary, and what
-each device type trains in: the autocast precision (``resolve_amp``) and the memory format
-(``memory_format_for``), both pure functions of the device."""
+"""Where and how training runs: device choice, seeding, the CPU allocator, an environment summary, and each
+device type's autocast precision (``resolve_amp``) and memory format (``memory_format_for``)."""
 
 from __future__ import annotations
 
@@ -19,49 +18,35 @@ from muffin_lib.text import plural
 
 log = logging.getLogger(__name__)
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_TOP_PAD = -2
-_M_MMAP_MAX = -4
-# Measured on a 2-core EPYC, batch 64 (see benchmarks/README.md): with glibc's defaults every large
-# activation/gradient buffer is a fresh mmap whose pages the kernel must fault in and zero, and
-# freeing it hands the memory straight back. Serving them from the heap and never trimming it
-# keeps those pages mapped between steps.
-ALLOCATOR_SETTINGS: dict[str, int] = {
-    "M_MMAP_MAX": 0,
-    "M_TRIM_THRESHOLD": 1 << 30,
-    "M_TOP_PAD": 256 << 20,
-}
-_MALLOPT_CODES = {"M_MMAP_MAX": _M_MMAP_MAX, "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD, "M_TOP_PAD": _M_TOP_PAD}
+# With glibc's defaults every large activation/gradient buffer is a fresh mmap whose pages the kernel must
+# fault in and zero each step (benchmarks/README.md); serving them from an untrimmed heap keeps them mapped.
+ALLOCATOR_SETTINGS: dict[str, int] = {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30, "M_TOP_PAD": 256 << 20}
+_MALLOPT_CODES = {"M_MMAP_MAX": -4, "M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2}  # glibc's malloc.h
 _allocator_state: dict | None = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` = CUDA, else Apple MPS, else CPU; an explicit choice that is not available is an error."""
-    if isinstance(device, torch.device):
-        device = str(device)
+    device = str(device) if isinstance(device, torch.device) else device
     name = str(device).strip().lower()
     if name == "auto":
         if torch.cuda.is_available():  # with its index: torch.device("cuda") != a tensor's "cuda:0"
             return torch.device("cuda", torch.cuda.current_device())
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise MuffinError(
-                f"device {device!r} was asked for but PyTorch sees no CUDA GPU "
-                f"(torch {torch.__version__}); use --device cpu or --device auto"
-            )
+            raise MuffinError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU "
+                              f"(torch {torch.__version__}); use --device cpu or --device auto")
         try:
             resolved = torch.device(name)
         except RuntimeError as error:
             raise MuffinError(f"device {device!r} is not a valid CUDA device name ({error})") from error
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
-            raise MuffinError(f"device {device!r} does not exist: this machine has {plural(count, 'CUDA GPU')}")
+            raise MuffinError(f"device {device!r} does not exist: this machine has "
+                              f"{plural(count, 'CUDA GPU')}")
         return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
     if name == "mps":
         if not torch.backends.mps.is_available():
@@ -87,42 +72,35 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def tune_cpu_allocator(enable: bool = True) -> bool:
-    """Apply ``ALLOCATOR_SETTINGS`` with glibc's ``mallopt`` (Linux/glibc only); True when in effect.
-
-    Called by the engine when it trains on the CPU. Idempotent and logged once;
-    ``MUFFIN_TUNE_MALLOC=0`` in the environment (or ``enable=False``) leaves the allocator alone.
-    The settings stay for the life of the process; they cost memory that is kept, not speed.
-    """
+    """Apply ``ALLOCATOR_SETTINGS`` with glibc's ``mallopt`` for the life of the process (idempotent); True
+    when in effect. ``MUFFIN_TUNE_MALLOC=0`` (or ``enable=False``) leaves the allocator alone."""
     global _allocator_state
     if _allocator_state is not None:
         return _allocator_state["tuned"]
-    if not enable or os.environ.get("MUFFIN_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not enable or _tuning_disabled():
         return False  # not recorded: a later call with enable=True may still tune
     libc = _glibc()
     if libc is None:
         _allocator_state = {"tuned": False, "reason": "not Linux/glibc"}
         return False
-    applied = {name: value for name, value in ALLOCATOR_SETTINGS.items() if libc.mallopt(_MALLOPT_CODES[name], value) == 1}
+    applied = {name: value for name, value in ALLOCATOR_SETTINGS.items()
+               if libc.mallopt(_MALLOPT_CODES[name], value) == 1}
     _allocator_state = {"tuned": bool(applied), "settings": applied}
     if applied:
         log.info("CPU allocator tuned: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
     return bool(applied)
 
 
+def _tuning_disabled() -> bool:
+    return os.environ.get("MUFFIN_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def allocator_state() -> str:
     if _allocator_state is None:
-        disabled = os.environ.get("MUFFIN_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off")
-        return "disabled by MUFFIN_TUNE_MALLOC=0" if disabled else "glibc defaults (not tuned yet)"
+        return "disabled by MUFFIN_TUNE_MALLOC=0" if _tuning_disabled() else "glibc defaults (not tuned yet)"
     if _allocator_state["tuned"]:
         return "tuned: " + ", ".join(f"{k}={v}" for k, v in _allocator_state["settings"].items())
     return f"not tuned ({_allocator_state.get('reason', 'mallopt refused')})"
-
-
-def _total_ram_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def describe_environment(device: str | torch.device = "auto") -> dict:
@@ -130,27 +108,20 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
     import torchvision
 
     resolved = resolve_device(device)
-    ram = _total_ram_bytes()
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "device": str(resolved),
-        "cpu": cpu_model(),
-        "gpu_name": None,
-        "gpu_memory_gb": None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "ram_gb": round(ram / 2**30, 1) if ram else None,
-        "cpu_allocator": allocator_state(),
-        "memory_format": memory_format_name(resolved),  # with TrainConfig's default (channels-last asked for)
-    }
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    info = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "device": str(resolved), "cpu": cpu_model(),
+            "gpu_name": None, "gpu_memory_gb": None, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "ram_gb": round(ram / 2**30, 1) if ram else None,
+            "cpu_allocator": allocator_state(),
+            "memory_format": memory_format_name(resolved)}  # with TrainConfig's default (channels-last)
     if resolved.type == "cuda":
         props = torch.cuda.get_device_properties(resolved)
-        info["gpu_name"] = props.name
-        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
-        info["bf16_supported"] = native_bf16(resolved)
+        info.update(gpu_name=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    bf16_supported=native_bf16(resolved))
     elif resolved.type == "mps":
         info["gpu_name"] = "Apple MPS"
     else:
@@ -158,20 +129,14 @@ def describe_environment(device: str | torch.device = "auto") -> dict:
     return info
 
 
-# ----------------------------------------------------------------------------- precision
-
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def native_bf16(device: torch.device) -> bool:
-    """bf16 tensor cores: Ampere (compute capability 8.0) and later. ``torch.cuda.is_bf16_supported()`` also
-    says yes on a Turing T4 (Colab's usual GPU), where bf16 is emulated and far slower than fp16."""
+    """bf16 tensor cores (Ampere, 8.0+); ``is_bf16_supported()`` says yes on a T4, where it is emulated."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-# CPU bf16 autocast pays only with native bf16 instructions (bf16_probe.BF16_FLAGS), and then not always:
-# benchmarks/README.md has 1.9-2.0x on an AMX Xeon, 1.6-1.9x on a Zen 4 (AVX-512-BF16) and 14x slower on a
-# Zen 3 (AVX2 only). So "auto" probes the model about to train on such a CPU (bf16_probe) and never elsewhere.
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
     return frozenset((_cpuinfo_field("flags") or "").split())
@@ -183,12 +148,12 @@ def cpu_model() -> str:
 
 
 def cpu_generation() -> str:
-    """ "family F model M" from /proc/cpuinfo: tells a Zen 4 from a Zen 5 that share a model name."""
+    """ "family F model M" from /proc/cpuinfo: tells a Zen 4 from a Zen 5 of the same model name."""
     return f"family {_cpuinfo_field('cpu family') or '?'} model {_cpuinfo_field('model') or '?'}"
 
 
 def _cpuinfo_field(name: str) -> str | None:
-    """The value of field ``name`` of the first processor in /proc/cpuinfo; None where there is none."""
+    """Field ``name`` of the first processor in /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -201,12 +166,9 @@ def _cpuinfo_field(name: str) -> str | None:
 
 
 def cpu_bf16_choice(workload=None) -> tuple[bool, str]:
-    """Whether ``amp="auto"`` trains ``workload`` in bf16 on this CPU, and why in one line (for the logs,
-    ``bench`` and the run summary), e.g. ``(True, "bf16: probe 1.90x bf16 vs fp32, parity ok; avx512_bf16")``.
-
-    ``workload``: what is about to train, anything with ``model``, ``in_channels``, ``image_size`` and
-    ``channels_last`` (a ``TrainConfig``); the probe (``bf16_probe``) times and checks it once per machine.
-    Without one, the instructions alone decide. ``MUFFIN_CPU_BF16=0``/``1`` overrides everything."""
+    """Whether ``amp="auto"`` trains ``workload`` (a ``TrainConfig``) in bf16 on this CPU, and why. CPU bf16
+    pays only with native instructions, and not always, so ``bf16_probe`` times the workload once per
+    machine (without one the instructions decide); ``MUFFIN_CPU_BF16=0``/``1`` overrides everything."""
     forced = os.environ.get("MUFFIN_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1", f"{'bf16' if forced == '1' else 'fp32'}: MUFFIN_CPU_BF16={forced}"
@@ -220,16 +182,15 @@ def cpu_bf16_choice(workload=None) -> tuple[bool, str]:
         return False, "fp32: this torch build has no oneDNN, which runs bf16 convolutions on the CPU"
     if workload is None:
         return True, f"bf16: {', '.join(present)} (no model given to probe)"
-    verdict = bf16_probe.cpu_bf16_verdict(
-        workload.model, workload.in_channels, workload.image_size,
-        channels_last_for("cpu", workload.channels_last), f"{cpu_model()} {cpu_generation()}", flags,
-    )
+    verdict = bf16_probe.cpu_bf16_verdict(workload.model, workload.in_channels, workload.image_size,
+                                          channels_last_for("cpu", workload.channels_last),
+                                          f"{cpu_model()} {cpu_generation()}", flags,
+                                          pretrained=getattr(workload, "pretrained", False))
     return verdict.use, verdict.reason
 
 
 def policy_device_type(device: str | torch.device) -> str:
-    """The device type whose rules (``resolve_amp``, ``channels_last_for``) apply to ``device``: its own type.
-    The one seam for tests: patched to return "mps", they run Apple MPS's choices on the CPU."""
+    """The device type whose rules apply to ``device``: its own (tests patch it to run MPS's rules)."""
     return torch.device(device).type
 
 
@@ -241,19 +202,16 @@ def _torch_at_least(major: int, minor: int) -> bool:
         return True
 
 
-# amp="auto" on Apple MPS: fp32. Autocast exists there only from torch 2.5 (pytorch/pytorch#99272; this project
-# allows torch >= 2.3); GradScaler, which fp16 needs, failed on MPS (no float64: #142397, MPS kernels in #150255)
-# and then zeroed fp16/bf16 gradients until #184286 (2026); and no Mac has measured fp16 to pay for these small
-# CNNs. amp="fp16" (or "bf16", macOS 14+) asks for it explicitly on torch >= 2.5.
+# amp="auto" on Apple MPS is fp32: autocast there needs torch >= 2.5, GradScaler zeroed fp16/bf16 gradients
+# until pytorch/pytorch#184286 (2026), and no Mac has measured fp16 to pay for these small CNNs.
 MPS_AUTO_AMP_REASON = (
-    "amp 'auto' trains in fp32 on Apple MPS: autocast there needs torch >= 2.5 and its fp16 GradScaler was broken "
-    "until recently (pytorch/pytorch#142397, #184286); amp='fp16' asks for it"
+    "amp 'auto' trains in fp32 on Apple MPS: autocast there needs torch >= 2.5 and its fp16 GradScaler was "
+    "broken until recently (pytorch/pytorch#142397, #184286); amp='fp16' asks for it"
 )
 
 
 def resolve_amp(amp: str, device: torch.device, workload=None) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = full float32); on a CPU, "auto" depends on the
-    ``workload`` about to train (``cpu_bf16_choice``)."""
+    """The autocast dtype for ``amp`` on ``device`` (None = float32); a CPU's "auto": ``cpu_bf16_choice``."""
     if amp not in AMP_MODES:
         raise MuffinError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "off":
@@ -264,7 +222,8 @@ def resolve_amp(amp: str, device: torch.device, workload=None) -> torch.dtype | 
         if amp == "auto":
             return torch.bfloat16 if bf16_ok else torch.float16
         if amp == "bf16" and not bf16_ok:
-            raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; use --amp fp16")
+            raise MuffinError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; "
+                              "use --amp fp16")
         return torch.bfloat16 if amp == "bf16" else torch.float16
     if kind == "cpu":
         if amp == "fp16":
@@ -276,35 +235,22 @@ def resolve_amp(amp: str, device: torch.device, workload=None) -> torch.dtype | 
     if amp == "auto":
         return None
     if not _torch_at_least(2, 5):
-        raise MuffinError(
-            f"amp={amp!r} on Apple MPS needs torch >= 2.5 (autocast for MPS), this is torch {torch.__version__}; "
-            "use amp='auto' or 'off' (fp32), or upgrade torch"
-        )
+        raise MuffinError(f"amp={amp!r} on Apple MPS needs torch >= 2.5 (autocast for MPS), this is torch "
+                          f"{torch.__version__}; use amp='auto' or 'off' (fp32), or upgrade torch")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-# ----------------------------------------------------------------------------- memory format
-
-# Device types that train and predict in the contiguous (NCHW) memory format even when channels-last is asked
-# for (TrainConfig.channels_last, the default), and why; fit logs the reason. Apple MPS: its 2-D convolution
-# backward builds an NCHW graph and reaches channels-last tensors through MPSGraph's strided path, about 30x
-# slower than contiguous (pytorch/pytorch#193349, fixed by #193623 in 2026); conv2d gave silently wrong
-# results on a channel slice of a channels-last tensor (#180984, fixed by #180992) and BatchNorm's
-# channels-last backward failed (#182269, #188371). This project allows torch >= 2.3, every release before
-# those fixes: NCHW is the layout MPS's kernels are built for, fast and right on all of them.
+# Device types that stay contiguous (NCHW) even when channels-last is asked for, and why (fit logs it): on
+# every torch this project allows, MPS's channels-last conv2d backward is slow and some of its kernels wrong.
 CHANNELS_LAST_AVOIDED = {
-    "mps": (
-        "memory format contiguous (NCHW) on Apple MPS, not channels-last: there channels-last conv2d backward is "
-        "about 30x slower (pytorch/pytorch#193349) and a channel slice of a channels-last tensor gave wrong "
-        "conv2d results (#180984)"
-    ),
+    "mps": ("memory format contiguous (NCHW) on Apple MPS, not channels-last: there channels-last conv2d "
+            "backward is about 30x slower (pytorch/pytorch#193349) and a channel slice of a channels-last "
+            "tensor gave wrong conv2d results (#180984)"),
 }
 
 
 def channels_last_for(device: str | torch.device, requested: bool = True) -> bool:
-    """Whether models and batches on ``device`` use the channels-last memory format: when ``requested``
-    (``TrainConfig.channels_last``, or how a model's weights are laid out), except on the device types of
-    ``CHANNELS_LAST_AVOIDED`` (Apple MPS)."""
+    """Whether ``device`` uses channels-last: if ``requested``, unless in ``CHANNELS_LAST_AVOIDED``."""
     return bool(requested) and policy_device_type(device) not in CHANNELS_LAST_AVOIDED
 
 
@@ -319,8 +265,7 @@ def memory_format_name(device: str | torch.device, requested: bool = True) -> st
 
 
 def device_notes(device: str | torch.device, amp: str, channels_last: bool) -> list[str]:
-    """Why ``device`` trains otherwise than asked (``amp``, ``channels_last``): one sentence per choice, for
-    the log line fit writes when training starts; empty where the request is followed as it stands."""
+    """Why ``device`` trains otherwise than asked (``amp``, ``channels_last``): a sentence each, for fit."""
     kind = policy_device_type(device)
     notes = []
     if channels_last and not channels_last_for(device, channels_last):
@@ -334,8 +279,7 @@ _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def precision_reason(amp: str, device: str | torch.device = "auto", workload=None) -> str:
-    """The precision ``amp`` trains ``workload`` in on ``device``, and why, in one line for logs and summaries:
-    e.g. "bf16: probe 1.90x bf16 vs fp32, parity ok; avx512_bf16" or "fp32: amp off"."""
+    """The precision ``amp`` trains ``workload`` in on ``device``, and why: e.g. "fp32: amp off"."""
     device = resolve_device(device)
     name = _PRECISION_NAMES[resolve_amp(amp, device, workload)]
     if amp != "auto":
@@ -350,9 +294,6 @@ def precision_reason(amp: str, device: str | torch.device = "auto", workload=Non
 
 
 def execution_key(amp: str, device: str | torch.device = "auto", workload=None) -> str:
-    """``"<device type>/<precision>"`` a run with ``amp`` on ``device`` trains in, e.g. ``cpu/fp32``,
-    ``cuda/bf16``, ``cuda/fp16``: the resolved device (``auto`` -> what this machine has) and autocast
-    dtype (``resolve_amp``; none = fp32). Part of trial keys and checkpoint reuse, so results of another
-    device type or precision are never taken for this one."""
+    """``"<device type>/<precision>"`` a run trains in, e.g. ``cuda/bf16`` (trial keys, checkpoint reuse)."""
     device = resolve_device(device)
     return f"{device.type}/{_PRECISION_NAMES[resolve_amp(amp, device, workload)]}"

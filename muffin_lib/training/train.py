@@ -1,12 +1,6 @@
-"""Train one model on the train split (hold-out validation from the saved split plan) and keep a
-checkpoint; score a checkpoint on a split. Used by the ``train`` CLI and notebooks 03-05.
-
-A checkpoint made for the same ``TrainConfig.key()``, data fingerprint, split, image size and colour
-mode, model/training code version (``recipe.CODE_VERSION``), preprocessing version
-(``imageio.PREPROCESS_VERSION``) and execution (resolved device type and precision,
-``runtime.execution_key``, e.g. ``cpu/fp32``) is reused instead of training again, so re-running a
-notebook costs seconds; any difference in these (kept in the checkpoint's ``extra``) trains again.
-"""
+"""Train one model on the train split and keep a checkpoint; score a checkpoint on a split (``train``
+CLI, notebooks 03-05). A checkpoint of the same config key and ``REUSE_KEYS`` is reused: a re-run costs
+seconds."""
 
 from __future__ import annotations
 
@@ -33,15 +27,8 @@ log = logging.getLogger(__name__)
 
 SPLIT_SEED = 0  # the one validation split every notebook and CLI run shares
 # What a checkpoint's ``extra`` must match (besides its config key) to be reused.
-REUSE_KEYS = (
-    "data_fingerprint",
-    "split",
-    "color_mode",
-    "image_size",
-    "code_version",
-    "preprocess_version",
-    "execution",
-)
+REUSE_KEYS = ("data_fingerprint", "split", "color_mode", "image_size", "code_version", "preprocess_version",
+              "execution")
 
 
 @dataclass
@@ -54,41 +41,27 @@ class TrainRun:
     device: str
     resumed: bool  # True when the checkpoint was reused instead of training
     val_scores: dict = field(default_factory=dict)  # loss, accuracy, zero_one_loss, errors, n
-    # relpaths, labels, predicted, confidence (probability of the predicted class), probabilities (one row per
-    # image, one column per class), class_names
+    # relpaths, labels, predicted, confidence (of the predicted class), probabilities (per class), class_names
     val_predictions: dict = field(default_factory=dict)
     temperature: float = 1.0  # fitted on the validation predictions (calibration.fit_temperature)
     class_names: tuple[str, ...] = CLASSES  # label i = class_names[i]: the data's class folders
-    precision: str = ""  # which precision trained it and why, e.g. "bf16: probe 1.73x bf16 vs fp32, parity ok"
+    precision: str = ""  # which precision trained it and why, e.g. "bf16: probe 1.73x bf16 vs fp32, ..."
 
 
-def _predictions(model, images, labels, relpaths, normalization, device, class_names=CLASSES) -> tuple[dict, dict, np.ndarray]:
+def _predictions(model, images, labels, relpaths, normalization, device, class_names=CLASSES):
+    """(scores, per-image predictions, probabilities) of ``model`` on ``images``."""
     proba = loop.predict_proba(model, images, normalization, device=device)
-    predicted = proba.argmax(axis=1)
-    labels = np.asarray(labels)
-    errors = int((predicted != labels).sum())
-    logits_loss = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    scores = {
-        "loss": logits_loss,
-        "accuracy": 1 - errors / len(labels),
-        "zero_one_loss": errors / len(labels),
-        "errors": errors,
-        "n": len(labels),
-    }
-    predictions = {
-        "relpaths": list(relpaths),
-        "labels": labels.tolist(),
-        "predicted": predicted.tolist(),
-        "confidence": proba[np.arange(len(labels)), predicted].tolist(),
-        "probabilities": proba.tolist(),
-        "class_names": list(class_names),
-    }
+    predicted, labels, rows = proba.argmax(axis=1), np.asarray(labels), np.arange(len(labels))
+    loss = float(-np.log(np.clip(proba[rows, labels], 1e-12, None)).mean())
+    scores = loop.scores_of(int((predicted != labels).sum()), len(labels), loss)
+    predictions = {"relpaths": list(relpaths), "labels": labels.tolist(), "predicted": predicted.tolist(),
+                   "confidence": proba[rows, predicted].tolist(), "probabilities": proba.tolist(),
+                   "class_names": list(class_names)}
     return scores, predictions, proba
 
 
 def _reusable(path: Path, config: recipe.TrainConfig, extra: dict) -> dict | None:
-    """The checkpoint at ``path`` when it was made by this config on these data and split, by this code and
-    preprocessing version, on this device type and precision (``REUSE_KEYS`` of ``extra``), else None."""
+    """The checkpoint at ``path`` when its config key and ``REUSE_KEYS`` match, else None."""
     if not path.is_file():
         return None
     try:
@@ -114,35 +87,25 @@ def _fit_split(data_dir, work_dir, config: recipe.TrainConfig, val_fraction: flo
 
 
 def _checkpoint_extra(cache, plan, config: recipe.TrainConfig, device: str) -> dict:
-    """What a checkpoint of ``config`` trained on ``cache``'s fit split records (``REUSE_KEYS`` decide reuse)."""
-    return {
-        "data_fingerprint": cache.fingerprint,
-        "data_dir": str(cache.data_dir),
-        "synthetic": bool(cache.synthetic),
-        "split": plan.identity,
-        "image_size": config.image_size,
-        "color_mode": config.color_mode,
-        "n_train": len(plan.train_idx),
-        "n_val": len(plan.val_idx),
-        "code_version": recipe.CODE_VERSION,
-        "preprocess_version": imageio.PREPROCESS_VERSION,
-        "execution": runtime.execution_key(config.amp, device, config),
-        "precision": runtime.precision_reason(config.amp, device, config),  # why: for logs and the summary
-    }
+    """What a checkpoint of ``config`` trained on ``cache``'s fit split records (``REUSE_KEYS``: reuse)."""
+    return {"data_fingerprint": cache.fingerprint, "data_dir": str(cache.data_dir),
+            "synthetic": bool(cache.synthetic), "split": plan.identity, "image_size": config.image_size,
+            "color_mode": config.color_mode, "n_train": len(plan.train_idx), "n_val": len(plan.val_idx),
+            "code_version": recipe.CODE_VERSION, "preprocess_version": imageio.PREPROCESS_VERSION,
+            "execution": runtime.execution_key(config.amp, device, config),
+            "precision": runtime.precision_reason(config.amp, device, config)}  # for logs and the summary
 
 
-def trained_checkpoint(data_dir, work_dir, config: recipe.TrainConfig, paths, *, val_fraction: float = VAL_FRACTION,
-                       device: str = "auto") -> Path | None:
-    """The first of the checkpoint ``paths`` that :func:`train_model` would reuse for ``config`` (the same config
-    key, data, split, code and preprocessing version and execution), or None: whether that model exists already."""
+def trained_checkpoint(data_dir, work_dir, config: recipe.TrainConfig, paths, *,
+                       val_fraction: float = VAL_FRACTION, device: str = "auto") -> Path | None:
+    """The first of the checkpoint ``paths`` that :func:`train_model` would reuse for ``config``, or None."""
     cache, plan = _fit_split(data_dir, work_dir, config, val_fraction, progress=False)
     extra = _checkpoint_extra(cache, plan, config, device)
     return next((Path(path) for path in paths if _reusable(Path(path), config, extra) is not None), None)
 
 
 def check_writable(path: Path) -> None:
-    """Refuse a checkpoint path that cannot be written before any training starts (a directory, a read-only
-    folder), naming it and what to do."""
+    """Refuse a checkpoint path that cannot be written (a directory, a read-only folder) before training."""
     if path.is_dir():
         raise MuffinError(f"--out {path} is a directory; give a file path such as {path / 'model.pt'}")
     folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
@@ -161,134 +124,89 @@ def _save_or_rescue(path: Path, workdir: WorkDir, result, class_names, extra: di
                           f"as {rescued}") from None
 
 
-def train_model(
-    data_dir,
-    work_dir,
-    config: recipe.TrainConfig,
-    *,
-    val_fraction: float = VAL_FRACTION,
-    device: str = "auto",
-    progress: bool = True,
-    checkpoint_path=None,
-    resume: bool = True,
-    log_to=None,
-) -> TrainRun:
-    """Fit ``config`` on the training part of the split, validate on its validation part, save a checkpoint.
-
-    The checkpoint defaults to ``work_dir/checkpoints/<model>.pt``; with ``resume`` an existing one made
-    for the same config key, data fingerprint, split, code and preprocessing version and execution
-    (device type and precision) is loaded instead of training again (see the module docstring).
-    """
-    path = Path(checkpoint_path) if checkpoint_path else WorkDir(work_dir).checkpoints_dir / f"{config.model}.pt"
+def train_model(data_dir, work_dir, config: recipe.TrainConfig, *, val_fraction: float = VAL_FRACTION,
+                device: str = "auto", progress: bool = True, checkpoint_path=None,
+                resume: bool = True) -> TrainRun:
+    """Fit ``config`` on the training part of the split, validate on its validation part, save a checkpoint
+    (default ``work_dir/checkpoints/<model>.pt``); with ``resume`` a matching one is loaded instead."""
+    path = Path(checkpoint_path or WorkDir(work_dir).checkpoints_dir / f"{config.model}.pt")
     check_writable(path)
     cache, plan = _fit_split(data_dir, work_dir, config, val_fraction, progress)
     extra = _checkpoint_extra(cache, plan, config, device)
     train_idx = torch.as_tensor(plan.train_idx, dtype=torch.int64)
     val_idx = torch.as_tensor(plan.val_idx, dtype=torch.int64)
     val_images, val_labels = cache.images[val_idx], cache.labels[val_idx]
-    val_relpaths = [cache.relpaths[i] for i in plan.val_idx]
-
     checkpoint = _reusable(path, config, extra) if resume else None
     if checkpoint is not None:
         model, checkpoint = checkpoints.load_checkpoint(path, device=device)
         history, normalization = checkpoint["history"], checkpoint["normalization"]
         used_device = str(runtime.resolve_device(device))
-        log.info("reusing checkpoint %s (same config %s and data); delete it to train again", path, config.key())
+        class_names = tuple(checkpoint.get("class_names", CLASSES))
+        log.info("reusing checkpoint %s (same config %s and data); delete it to train again", path,
+                 config.key())
     else:
-        result = loop.fit(
-            config, (cache.images[train_idx], cache.labels[train_idx]), (val_images, val_labels),
-            device=device,
-            progress=progress,
-            log=log_to,
-            num_classes=len(cache.class_names),
-        )
-        model, history, normalization, used_device = result.model, result.history, result.normalization, result.device
-    class_names = tuple(checkpoint.get("class_names", CLASSES)) if checkpoint is not None else cache.class_names
-    scores, predictions, proba = _predictions(model, val_images, val_labels, val_relpaths, normalization, used_device,
-                                              class_names)
+        train = (cache.images[train_idx], cache.labels[train_idx])
+        result = loop.fit(config, train, (val_images, val_labels), device=device, progress=progress,
+                          num_classes=len(cache.class_names))
+        model, history, normalization = result.model, result.history, result.normalization
+        used_device, class_names = result.device, cache.class_names
+    val_relpaths = [cache.relpaths[i] for i in plan.val_idx]
+    scores, predictions, proba = _predictions(model, val_images, val_labels, val_relpaths, normalization,
+                                              used_device, class_names)
     if checkpoint is None:
         # Calibrated on the validation predictions only; the temperature never changes a predicted class.
         extra["temperature"] = calibration.fit_temperature(proba, val_labels.numpy())
         _save_or_rescue(path, WorkDir(work_dir), result, cache.class_names, extra)
-    temperature = float((checkpoint or {"extra": extra}).get("extra", {}).get("temperature", 1.0))
-    return TrainRun(
-        model=model,
-        history=history,
-        checkpoint_path=path,
-        normalization=normalization,
-        config=config,
-        device=used_device,
-        resumed=checkpoint is not None,
-        val_scores=scores,
-        val_predictions=predictions,
-        temperature=temperature,
-        class_names=tuple(class_names),
-        precision=(checkpoint or {"extra": extra}).get("extra", {}).get("precision", ""),
-    )
+    kept = (checkpoint or {"extra": extra}).get("extra", {})
+    return TrainRun(model=model, history=history, checkpoint_path=path, normalization=normalization,
+                    config=config, device=used_device, resumed=checkpoint is not None, val_scores=scores,
+                    val_predictions=predictions, temperature=float(kept.get("temperature", 1.0)),
+                    class_names=tuple(class_names), precision=kept.get("precision", ""))
 
 
-def evaluate_on_split(
-    checkpoint,
-    data_dir,
-    work_dir,
-    split: str = "test",
-    *,
-    device: str = "auto",
-    confidence: float = 0.95,
-    progress: bool = True,
-    allow_new_look: bool = False,
-) -> dict:
-    """Score a checkpoint on ``split`` of ``data_dir``: zero-one loss with its binomial (Wilson) interval,
-    on the test split also on its twin-free part (``twin_free``: images with no near-duplicate in train),
-    confusion matrix, per-class report and one prediction per file (JSON-friendly). The test split is scored
-    only past ``test_looks.gate`` (recorded first; a new look refused unless ``allow_new_look``)."""
+def evaluate_on_split(checkpoint, data_dir, work_dir, split: str = "test", *, device: str = "auto",
+                      confidence: float = 0.95, progress: bool = True, allow_new_look: bool = False) -> dict:
+    """Score a checkpoint on ``split`` (JSON-friendly): zero-one loss, Wilson interval, twin-free part,
+    confusion, per-class report, per-file predictions; the test split only past ``test_looks.gate``."""
+    from muffin_lib import test_looks
     from muffin_lib.data.cache import load_images
+    from muffin_lib.data.splits import twin_free_test_images
 
     model, stored = checkpoints.load_checkpoint(checkpoint, device=device)
-    cache = load_images(data_dir, work_dir, split, stored["image_size"], stored["color_mode"], progress=progress)
-    class_names = list(stored.get("class_names", CLASSES))  # checkpoints made before class names: the default two
+    cache = load_images(data_dir, work_dir, split, stored["image_size"], stored["color_mode"],
+                        progress=progress)
+    class_names = list(stored.get("class_names", CLASSES))  # checkpoints before class names: the default two
     if list(cache.class_names) != class_names:
         raise MuffinError(
-            f"checkpoint {checkpoint} was trained on the classes {', '.join(class_names)} but {cache.data_dir} holds "
-            f"{', '.join(cache.class_names)}; score it on a dataset with its classes, or train a model on this one"
-        )
-    look = None
+            f"checkpoint {checkpoint} was trained on the classes {', '.join(class_names)} but "
+            f"{cache.data_dir} holds {', '.join(cache.class_names)}; score it on a dataset with its classes, "
+            "or train a model on this one")
+    look, twin_free, name = None, None, stored["model_name"]
     if split == "test":  # the gate before any prediction: recorded first, refused if it would be a new look
-        from muffin_lib import test_looks
-
-        name = stored["model_name"]
-        look = test_looks.gate("evaluate_on_split", {name: checkpoint}, data_dir, data_fingerprint=cache.fingerprint,
-                               config_keys={name: stored.get("config_key")}, allow_new_look=allow_new_look)
-    scores, predictions, _ = _predictions(
-        model, cache.images, cache.labels, cache.relpaths, stored["normalization"], device, class_names
-    )
+        keys = {name: stored.get("config_key")}
+        look = test_looks.gate("evaluate_on_split", {name: checkpoint}, data_dir, config_keys=keys,
+                               data_fingerprint=cache.fingerprint, allow_new_look=allow_new_look)
+    scores, predictions, _ = _predictions(model, cache.images, cache.labels, cache.relpaths,
+                                          stored["normalization"], device, class_names)
     low, high = metrics.binomial_interval(scores["errors"], scores["n"], confidence)
     y_true, y_pred = predictions["labels"], predictions["predicted"]
-    by_part = None
     if split == "test":
-        from muffin_lib.data.splits import twin_free_test_images
-        from muffin_lib.training.metrics import scores_by_part
-
-        _, twin_free = twin_free_test_images(data_dir, work_dir, cache.relpaths)
-        by_part = scores_by_part(np.asarray(y_true) == np.asarray(y_pred), twin_free, confidence)
+        _, free = twin_free_test_images(data_dir, work_dir, cache.relpaths)
+        correct = np.asarray(y_true) == np.asarray(y_pred)
+        twin_free = metrics.scores_by_part(correct, free, confidence)["twin_free"]
     return {
-        "checkpoint": str(checkpoint),
-        "model": stored["model_name"],
-        "split": split,
-        "synthetic": bool(cache.synthetic),
-        **scores,
-        "ci_low": low,
-        "ci_high": high,
-        "confidence": confidence,
-        "twin_free": by_part["twin_free"] if by_part else None,  # test images with no twin in train
-        "n_test_looks": look and look["n_looks"],  # looks at this test split so far (None for other splits)
+        "checkpoint": str(checkpoint), "model": name, "split": split, "synthetic": bool(cache.synthetic),
+        **scores, "ci_low": low, "ci_high": high, "confidence": confidence,
+        "twin_free": twin_free,  # test images with no twin in train (None for other splits)
+        "n_test_looks": look and look["n_looks"],  # looks at this test split so far
         "class_names": class_names,
         "confusion": metrics.confusion(y_true, y_pred, len(class_names)).tolist(),
         "per_class": metrics.per_class_report(y_true, y_pred, class_names),
         "predictions": [
             {"relpath": r, "label": class_names[t], "predicted": class_names[p],
              "probabilities": dict(zip(class_names, q, strict=True)), "correct": t == p}
-            for r, t, p, q in zip(predictions["relpaths"], y_true, y_pred, predictions["probabilities"], strict=True)
+            for r, t, p, q in zip(predictions["relpaths"], y_true, y_pred, predictions["probabilities"],
+                                  strict=True)
         ],
     }
 
@@ -298,18 +216,18 @@ def evaluate_on_split(
 
 def parse_bool(text: str) -> bool:
     value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
+    if value in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value in ("1", "true", "yes", "on")
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) -> None:
     """One ``--flag`` for a TrainConfig field: its type, choices and default read off the field itself."""
-    flags = ["--" + item.name.replace("_", "-")] + (["--early-stopping"] if item.name == "early_stopping_patience" else [])
+    flags = ["--" + item.name.replace("_", "-")]
+    flags += ["--early-stopping"] if item.name == "early_stopping_patience" else []
     default, choices = item.default, recipe.setting_choices().get(item.name)
-    help_text = f"{recipe.SETTING_HELP.get(item.name, item.name)} (default: {'off' if default is None else default})"
+    shown = "off" if default is None else default
+    help_text = f"{recipe.SETTING_HELP.get(item.name, item.name)} (default: {shown})"
     if isinstance(default, bool):  # --compile alone means true, as before; --compile false too
         parser.add_argument(*flags, dest=item.name, type=parse_bool, nargs="?", const=True, default=default,
                             metavar="true|false", help=help_text)
@@ -317,47 +235,44 @@ def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) 
         parser.add_argument(*flags, dest=item.name, choices=choices, default=default, help=help_text)
     else:
         kind = int if default is None else type(default)
-        parser.add_argument(*flags, dest=item.name, type=kind, default=default, metavar="N" if kind is int else "X",
-                            help=help_text)
+        parser.add_argument(*flags, dest=item.name, type=kind, default=default,
+                            metavar="N" if kind is int else "X", help=help_text)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every TrainConfig field as a flag (the recipe's defaults shown), then where data and results go."""
     for item in dataclasses.fields(recipe.TrainConfig):
         _add_setting_flag(parser, item)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (default: %(default)s)")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                        help="split, cache and checkpoints (default: %(default)s)")
-    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
-                        help="share of the training split held out for validation (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    parser.add_argument("--out", type=Path, default=None, metavar="CKPT",
-                        help="checkpoint path (default: WORK_DIR/checkpoints/MODEL.pt)")
-    parser.add_argument("--no-resume", action="store_true", help="train even if a matching checkpoint exists")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
+    add = parser.add_argument
+    add("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (default: %(default)s)")
+    add("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+        help="split, cache and checkpoints (default: %(default)s)")
+    add("--val-fraction", type=float, default=VAL_FRACTION,
+        help="share of the training split held out for validation (default: %(default)s)")
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    add("--out", type=Path, default=None, metavar="CKPT",
+        help="checkpoint path (default: WORK_DIR/checkpoints/MODEL.pt)")
+    add("--no-resume", action="store_true", help="train even if a matching checkpoint exists")
+    add("--quiet", action="store_true", help="no progress bars")
+    add("--json", action="store_true", help="last line: one JSON object with the results")
 
 
 def format_history(history: list[dict]) -> str:
-    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_zero_one_loss", "lr", "seconds", "images_per_s"]
-    header = "  ".join(f"{c:>17s}" if c != "epoch" else "epoch" for c in columns)
-    lines = [header]
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_zero_one_loss", "lr", "seconds",
+               "images_per_s"]
+    lines = ["  ".join(f"{c:>17s}" if c != "epoch" else "epoch" for c in columns)]
     for record in history:
-        cells = [f"{record['epoch']:5d}"]
-        for column in columns[1:]:
-            value = record.get(column)
-            cells.append(f"{'-':>17s}" if value is None else f"{value:17.4g}")
-        lines.append("  ".join(cells))
+        cells = [f"{'-':>17s}" if record.get(c) is None else f"{record[c]:17.4g}" for c in columns[1:]]
+        lines.append("  ".join([f"{record['epoch']:5d}", *cells]))
     return "\n".join(lines)
 
 
 def config_from_args(args: argparse.Namespace) -> recipe.TrainConfig:
-    """The ``TrainConfig`` of parsed ``train`` arguments; a bad value is named by its flag. A model starts from
-    its own recipe (``recipe.recipe_for``: ``--model transfer`` is pretrained, with its lr and epochs) where a
-    flag is left at the from-scratch default."""
+    """The ``TrainConfig`` of ``train``'s flags (a bad value named by its flag; defaults: the model's own)."""
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(recipe.TrainConfig)}
     scratch, own = recipe.TrainConfig().to_dict(), recipe.recipe_for(values["model"]).to_dict()
-    values = {name: own.get(name, value) if value == scratch[name] else value for name, value in values.items()}
+    values = {name: own.get(name, value) if value == scratch[name] else value
+              for name, value in values.items()}
     try:
         return recipe.TrainConfig(**values)
     except MuffinError as error:
@@ -367,34 +282,16 @@ def config_from_args(args: argparse.Namespace) -> recipe.TrainConfig:
 
 def train_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    run = train_model(
-        args.data_dir,
-        args.work_dir,
-        config,
-        val_fraction=args.val_fraction,
-        device=args.device,
-        progress=not args.quiet,
-        checkpoint_path=args.out,
-        resume=not args.no_resume,
-    )
-    if not args.json:
-        print(format_history(run.history))
+    run = train_model(args.data_dir, args.work_dir, config, val_fraction=args.val_fraction,
+                      device=args.device, progress=not args.quiet, checkpoint_path=args.out,
+                      resume=not args.no_resume)
     scores = run.val_scores
-    how = "reused" if run.resumed else "saved"
-    if not args.json:
-        print(
-            f"validation zero-one loss {scores['zero_one_loss']:.4f} ({scores['errors']}/{scores['n']}); "
-            f"checkpoint {how}: {run.checkpoint_path}"
-        )
-    else:
-        print(json.dumps({
-            "checkpoint": str(run.checkpoint_path),
-            "resumed": run.resumed,
-            "config": config.to_dict(),
-            "config_key": config.key(),
-            "device": run.device,
-            "val": scores,
-            "history": run.history,
-        }))
+    if args.json:
+        print(json.dumps({"checkpoint": str(run.checkpoint_path), "resumed": run.resumed,
+                          "config": config.to_dict(), "config_key": config.key(), "device": run.device,
+                          "val": scores, "history": run.history}))
+        return 0
+    print(format_history(run.history))
+    print(f"validation zero-one loss {scores['zero_one_loss']:.4f} ({scores['errors']}/{scores['n']}); "
+          f"checkpoint {'reused' if run.resumed else 'saved'}: {run.checkpoint_path}")
     return 0
-

@@ -7,21 +7,29 @@ from collections.abc import Sequence
 import numpy as np
 
 from muffin_lib.config import CLASSES
-from muffin_lib.study.report.text import format_ci
+from muffin_lib.results import load_all_results
 from muffin_lib.text import plural
 
-# ----------------------------------------------------------------------------- one model (03-05, 08)
+__all__ = ["confusion_finding", "confusion_table", "curve_finding", "format_ci", "initialisation_note",
+           "initialisation_text", "model_results", "most_confident_errors", "per_class_frame",
+           "training_note", "validation_comparison", "validation_finding", "validation_summary"]
+
+
+def format_ci(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
+    """``0.102 [0.085, 0.123]``; the interval is left out when it is unknown (NaN/None)."""
+    if low is None or high is None or not np.isfinite(low) or not np.isfinite(high):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def validation_summary(val_predictions: dict, confidence: float = 0.95) -> dict:
     """Zero-one loss on the validation images with its Wilson interval, confusion matrix, per-class report."""
     from muffin_lib.training import metrics
-    from muffin_lib.training.metrics import scores
 
     labels = np.asarray(val_predictions["labels"])
     predicted = np.asarray(val_predictions["predicted"])
     class_names = list(val_predictions.get("class_names", CLASSES))
-    summary = scores(labels == predicted, confidence)
+    summary = metrics.scores(labels == predicted, confidence)
     summary["class_names"] = class_names
     summary["confusion"] = metrics.confusion(labels, predicted, len(class_names)).tolist()
     summary["per_class"] = metrics.per_class_report(labels, predicted, class_names)
@@ -30,11 +38,10 @@ def validation_summary(val_predictions: dict, confidence: float = 0.95) -> dict:
 
 def most_confident_errors(val_predictions: dict, k: int) -> list[dict]:
     """The ``k`` wrong predictions with the highest probability for the predicted class."""
-    rows = []
-    for path, label, guess, sure in zip(val_predictions["relpaths"], val_predictions["labels"],
-                                        val_predictions["predicted"], val_predictions["confidence"], strict=True):
-        if label != guess:
-            rows.append({"relpath": path, "label": label, "predicted": guess, "confidence": sure})
+    p = val_predictions
+    rows = [{"relpath": path, "label": label, "predicted": guess, "confidence": sure}
+            for path, label, guess, sure in zip(p["relpaths"], p["labels"], p["predicted"], p["confidence"],
+                                                strict=True) if label != guess]
     return sorted(rows, key=lambda row: row["confidence"], reverse=True)[:k]
 
 
@@ -47,11 +54,10 @@ def confusion_table(confusion, class_names: Sequence[str] = CLASSES):
 
 
 def confusion_finding(confusion, class_names: Sequence[str] = CLASSES) -> str:
-    """The errors class by class, e.g. "3 of 40 chihuahuas taken for muffins, 5 of 41 muffins taken for
-    chihuahuas" (with more than two classes: "5 of 41 muffins taken for others (4 for chihuahuas, 1 for cakes)")."""
+    """The errors class by class: "3 of 40 chihuahuas taken for muffins, ..."."""
     parts = []
     for t, row in enumerate(confusion):
-        wrong = sorted(((n, class_names[p]) for p, n in enumerate(row) if p != t and n), key=lambda item: -item[0])
+        wrong = sorted(((n, class_names[p]) for p, n in enumerate(row) if p != t and n), key=lambda w: -w[0])
         n_wrong = sum(n for n, _ in wrong)
         if len(class_names) == 2:
             parts.append(f"{n_wrong} of {sum(row)} {class_names[t]}s taken for {class_names[1 - t]}s")
@@ -65,59 +71,44 @@ def curve_finding(model: str, history: Sequence[dict]) -> str:
     """Last and lowest validation zero-one loss, against the training batches' error."""
     last = history[-1]
     values = [h["val_zero_one_loss"] for h in history]
-    best_epoch = int(np.argmin(values)) + 1
     train_error = 1.0 - last["train_accuracy"]
     return (
         f"{model}: validation zero-one loss {last['val_zero_one_loss']:.3f} after "
-        f"{plural(len(history), 'epoch')} (lowest {min(values):.3f}, at epoch {best_epoch}), against {train_error:.3f} on the augmented training "
-        f"batches of the last epoch (difference {last['val_zero_one_loss'] - train_error:+.3f})."
+        f"{plural(len(history), 'epoch')} (lowest {min(values):.3f}, at epoch {int(np.argmin(values)) + 1}), "
+        f"against {train_error:.3f} on the augmented training batches of the last epoch (difference "
+        f"{last['val_zero_one_loss'] - train_error:+.3f})."
     )
 
 
 def validation_finding(model: str, summary: dict) -> str:
-    confusion = summary["confusion"]
-    names = summary.get("class_names", CLASSES)
+    confusion, names = summary["confusion"], summary.get("class_names", CLASSES)
     # the class whose images are most often wrong, and the class they are most often taken for
-    worst = max(range(len(names)), key=lambda c: (sum(confusion[c]) - confusion[c][c]) / max(1, sum(confusion[c])))
+    share_wrong = [(sum(row) - row[c]) / max(1, sum(row)) for c, row in enumerate(confusion)]
+    worst = max(range(len(names)), key=lambda c: share_wrong[c])
     taken = max((p for p in range(len(names)) if p != worst), key=lambda p: confusion[worst][p])
+    loss = format_ci(summary["zero_one_loss"], summary["ci_low"], summary["ci_high"])
     return (
-        f"{model}: validation zero-one loss "
-        f"{format_ci(summary['zero_one_loss'], summary['ci_low'], summary['ci_high'])} ({summary['errors']} errors "
-        f"in {summary['n']} validation images, 95% Wilson interval; no twin of a validation image was trained on). "
-        f"Most errors are {names[worst]}s taken for {names[taken]}s ({confusion[worst][taken]} of "
-        f"{sum(confusion[worst])}). The test split is scored once, for every model together, in notebook 09."
+        f"{model}: validation zero-one loss {loss} ({summary['errors']} errors in {summary['n']} validation "
+        "images, 95% Wilson interval; no twin of a validation image was trained on). Most errors are "
+        f"{names[worst]}s taken for {names[taken]}s ({confusion[worst][taken]} of {sum(confusion[worst])}). "
+        "The test split is scored once, for every model together, in notebook 09."
     )
 
 
 def model_results(run, summary: dict, findings: list[str], synthetic: bool, name: str | None = None) -> dict:
     """The results file of a training notebook: config, history, validation scores, the models row."""
-    seconds = sum(h.get("seconds") or 0 for h in run.history)
-    name = name or run.config.model
-    return {
-        "synthetic": synthetic,
-        "config": run.config.to_dict(),
-        "checkpoint": run.checkpoint_path,
-        "resumed": run.resumed,
-        "history": run.history,
-        "validation": {k: v for k, v in summary.items() if k not in ("confusion", "per_class")},
-        "models": {
-            name: {
-                "val_zero_one_loss": summary["zero_one_loss"],
-                "val_ci": [summary["ci_low"], summary["ci_high"]],
-                "epochs": len(run.history),
-                "off_recipe": off_recipe(run.config),  # e.g. `-p epochs 5` or the smoke profile; None at the recipe
-                "train_seconds": seconds,
-                "precision": run.precision,
-                "checkpoint": str(run.checkpoint_path),
-            }
-        },
-        "findings": findings,
-    }
+    row = {"val_zero_one_loss": summary["zero_one_loss"], "val_ci": [summary["ci_low"], summary["ci_high"]],
+           "epochs": len(run.history), "off_recipe": off_recipe(run.config),  # e.g. after `-p epochs 5`
+           "train_seconds": sum(h.get("seconds") or 0 for h in run.history), "precision": run.precision,
+           "checkpoint": str(run.checkpoint_path)}
+    return {"synthetic": synthetic, "config": run.config.to_dict(), "checkpoint": run.checkpoint_path,
+            "resumed": run.resumed, "history": run.history,
+            "validation": {k: v for k, v in summary.items() if k not in ("confusion", "per_class")},
+            "models": {name or run.config.model: row}, "findings": findings}
 
 
 def off_recipe(config) -> str | None:
-    """How ``config`` differs from its recipe in size and schedule (``recipe.TrainConfig``, or
-    ``TRANSFER_RECIPE`` for the transfer model), for the summary beside the model's name; None when it does not."""
+    """How ``config`` differs from its recipe in size and schedule (for the summary), or None."""
     from muffin_lib.selection.budget import settings_label
     from muffin_lib.training.recipe import TRANSFER_RECIPE, recipe_for
 
@@ -131,19 +122,17 @@ def off_recipe(config) -> str | None:
 
 
 def training_note(run) -> str:
-    seconds = sum(h.get("seconds") or 0 for h in run.history)
     if run.resumed:
-        return f"Reused the checkpoint `{run.checkpoint_path}` (same configuration, data, code and precision)."
+        return (f"Reused the checkpoint `{run.checkpoint_path}` (same configuration, data, code and "
+                "precision).")
+    seconds = sum(h.get("seconds") or 0 for h in run.history)
     return (f"Trained {plural(len(run.history), 'epoch')} in {seconds:.0f} s on {run.device}; "
             f"checkpoint `{run.checkpoint_path}`.")
 
 
 def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence[str]):
-    """Validation zero-one loss with its interval for ``summaries`` (name -> validation_summary) and the
-    models of ``others`` whose training notebook saved results (same validation images)."""
+    """Validation zero-one loss [interval] of ``summaries`` and of the saved models named in ``others``."""
     import pandas as pd
-
-    from muffin_lib.results import load_all_results
 
     rows = {name: (s["zero_one_loss"], s["ci_low"], s["ci_high"]) for name, s in summaries.items()}
     saved = {}
@@ -157,12 +146,12 @@ def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence
 
 
 def initialisation_text(pretrained: bool, use_pretrained: bool) -> str:
-    """What notebook 08's network starts from, given ``pretrained`` (asked for) and ``use_pretrained``
-    (``training.models.try_pretrained``'s answer: the weights could be loaded)."""
+    """What notebook 08's network starts from (``use_pretrained``: the ImageNet weights could be loaded)."""
     from muffin_lib.training.models import WEIGHTS_PACKAGE
 
     if use_pretrained:
-        return f"ImageNet-pretrained EfficientNet-Lite0 (timm's tf_efficientnet_lite0, weights from {WEIGHTS_PACKAGE})"
+        return ("ImageNet-pretrained EfficientNet-Lite0 (timm's tf_efficientnet_lite0, weights from "
+                f"{WEIGHTS_PACKAGE})")
     if pretrained:
         return "EfficientNet-Lite0 from RANDOM initialisation (the ImageNet weights could not be loaded)"
     return "EfficientNet-Lite0 from random initialisation (pretrained=False)"

@@ -6,10 +6,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from muffin_lib.study.report.text import format_ci
+from muffin_lib.results import load_all_results
+from muffin_lib.study.report.models import format_ci
+from muffin_lib.test_looks import look_label
 from muffin_lib.text import plural
 
-# ----------------------------------------------------------------------------- cross-validation (06, 07)
+__all__ = ["best_by_cv", "calibration_finding", "comparison_finding", "cv_finding", "cv_results", "cv_table",
+           "final_results", "final_test_findings", "grid_findings", "grid_plan", "grid_results", "grid_table",
+           "most_confident_test_errors", "nested_finding"]
 
 
 def grid_plan(base, grid: dict, folds, rung_epochs: Sequence[int], n_images: int) -> str:
@@ -24,17 +28,15 @@ def grid_plan(base, grid: dict, folds, rung_epochs: Sequence[int], n_images: int
             trials += survivors * k
             survivors = max(1, int(np.ceil(survivors / 3)))
         plan = (f"successive halving over {plural(n_configs, 'configuration')} at "
-                f"{' -> '.join(map(str, schedule))} epochs (the best third goes on): at most **{trials} trials** instead of {n_configs * k} at "
-                f"{plural(base.epochs, 'epoch')}")
+                f"{' -> '.join(map(str, schedule))} epochs (the best third goes on): at most "
+                f"**{trials} trials** instead of {n_configs * k} at {plural(base.epochs, 'epoch')}")
     else:
         plan = (f"{plural(n_configs, 'configuration')} x {k} folds = **{n_configs * k} trials** at "
                 f"{plural(base.epochs, 'epoch')}")
-    return (
-        f"{plan}, of `{base.model}` ({base.image_size} px {base.color_mode}); each trains on {len(folds[0][0]):,} "
-        f"images and is scored on {len(folds[0][1]):,} others"
-        + (f" (a stratified, twin-grouped subset of {subset:,} of the {n_images:,} training images)." if subset < n_images
-           else ".")
-    )
+    part = (f" (a stratified, twin-grouped subset of {subset:,} of the {n_images:,} training images)."
+            if subset < n_images else ".")
+    return (f"{plan}, of `{base.model}` ({base.image_size} px {base.color_mode}); each trains on "
+            f"{len(folds[0][0]):,} images and is scored on {len(folds[0][1]):,} others{part}")
 
 
 def grid_table(result):
@@ -44,66 +46,56 @@ def grid_table(result):
 
 
 def grid_findings(result, model: str, n_folds: int) -> list[str]:
-    """The best configuration (and how many others the last rung cannot tell apart) and each parameter's effect."""
+    """The best configuration (and how many of the last rung it cannot be told apart from), each effect."""
     best = result.best_result.summary
     last = result.table[result.table["rung"] == result.table["rung"].max()]
     within = int((last["mean"] <= best["ci_high"]).sum()) - 1
     setting = ", ".join(f"{name}={getattr(result.best, name):g}" for name in result.varied)
+    if within > 0:
+        one = within == 1
+        apart = (f"{plural(within, 'other configuration')} of the last rung {'has' if one else 'have'} a "
+                 f"mean inside its interval, so the grid cannot tell {'it' if one else 'them'} apart from "
+                 "the best.")
+    else:
+        apart = "No other configuration of the last rung has a mean inside its interval."
     best_finding = (
         f"Best of {plural(len(result.rungs[0]), 'configuration')} for {model}: {setting}, CV zero-one risk "
-        f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds at {settings_of(result.best)}; "
-        f"{best['interval']} interval). "
-        + (f"{plural(within, 'other configuration')} of the last rung {'has' if within == 1 else 'have'} a mean "
-           "inside its interval, so the grid cannot tell "
-           f"{'it' if within == 1 else 'them'} apart from the best." if within > 0 else "No other configuration of the last rung has a mean "
-           "inside its interval.")
+        f"{format_ci(best['mean'], best['ci_low'], best['ci_high'])} ({n_folds} folds at "
+        f"{settings_of(result.best)}; {best['interval']} interval). {apart}"
     )
     first = result.table[result.table["rung"] == 0]
     effects = []
     for name in result.varied:
         series = first.groupby(name)["mean"].mean()
         if len(series) > 1:
-            effects.append(f"{name} moves the average first-rung risk from {series.min():.3f} (at {series.idxmin():g}) "
-                           f"to {series.max():.3f} (at {series.idxmax():g})")
-    effect_finding = "Effect of each hyper-parameter: " + ("; ".join(effects) or "only one value of each was tried") + "."
-    return [best_finding, effect_finding]
+            effects.append(f"{name} moves the average first-rung risk from {series.min():.3f} (at "
+                           f"{series.idxmin():g}) to {series.max():.3f} (at {series.idxmax():g})")
+    effects_text = "; ".join(effects) or "only one value of each was tried"
+    return [best_finding, f"Effect of each hyper-parameter: {effects_text}."]
 
 
 def grid_results(result, base, grid: dict, folds, settings, findings: list[str], synthetic: bool) -> dict:
     """The results file of notebook 06 (read by 07 and 09)."""
     best = result.best_result.summary
-    return {
-        "synthetic": synthetic,
-        "base_config": base.to_dict(),
-        "grid": grid,
-        "rung_epochs": list(settings.rung_epochs),
-        "n_folds": len(folds),
-        "max_images": settings.max_images,
-        "best_config": result.best.to_dict(),
-        "best": {
-            **{name: getattr(result.best, name) for name in result.varied},
-            "cv_risk": best["mean"],
-            "cv_ci": [best["ci_low"], best["ci_high"]],
-            "cv_interval": best["interval"],
-        },
-        "table": result.table.drop(columns=["config_key"]).to_dict(orient="records"),
-        "findings": findings,
-    }
+    return {"synthetic": synthetic, "base_config": base.to_dict(), "grid": grid,
+            "rung_epochs": list(settings.rung_epochs), "n_folds": len(folds),
+            "max_images": settings.max_images, "best_config": result.best.to_dict(),
+            "best": {**{name: getattr(result.best, name) for name in result.varied}, "cv_risk": best["mean"],
+                     "cv_ci": [best["ci_low"], best["ci_high"]], "cv_interval": best["interval"]},
+            "table": result.table.drop(columns=["config_key"]).to_dict(orient="records"),
+            "findings": findings}
 
 
 def cv_table(results: dict) -> object:
-    """One row per model: CV mean (``cv``), its corrected interval (``cv_low``, ``cv_high``), the naive one,
-    and the per-fold losses."""
+    """One row per model: CV mean, corrected and naive intervals, and the per-fold losses."""
     import pandas as pd
 
     rows = []
     for name, result in results.items():
         s = result.summary
-        rows.append({
-            "model": name, "cv": s["mean"], "cv_low": s["ci_low"], "cv_high": s["ci_high"],
-            "naive_ci_low": s["naive_ci_low"], "naive_ci_high": s["naive_ci_high"],
-            **{f"fold {i + 1}": loss for i, loss in enumerate(result.losses)},
-        })
+        rows.append({"model": name, "cv": s["mean"], "cv_low": s["ci_low"], "cv_high": s["ci_high"],
+                     "naive_ci_low": s["naive_ci_low"], "naive_ci_high": s["naive_ci_high"],
+                     **{f"fold {i + 1}": loss for i, loss in enumerate(result.losses)}})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -114,24 +106,27 @@ def settings_of(config) -> str:
     return settings_label(config.image_size, config.epochs)
 
 
+def _ci_of(summary: dict) -> str:
+    return format_ci(summary["mean"], summary["ci_low"], summary["ci_high"])
+
+
 def cv_finding(results: dict, n_folds: int) -> str:
     ranked = sorted(results, key=lambda m: results[m].summary["mean"])
     interval = results[ranked[0]].summary["interval"]
-    parts = [f"{m} {format_ci(results[m].summary['mean'], results[m].summary['ci_low'], results[m].summary['ci_high'])}"
-             for m in ranked]
+    parts = [f"{m} {_ci_of(results[m].summary)}" for m in ranked]
     return (f"{n_folds}-fold twin-grouped CV zero-one risk at {settings_of(results[ranked[0]].config)} "
             f"({interval} interval): " + ", ".join(parts) + f" (lowest: {ranked[0]}).")
 
 
 def comparison_finding(row: dict, alpha: float = 0.05) -> str:
-    """One pair of ``selection.compare_all``: judged by its Holm-adjusted ``p_holm`` (over all pairs of the
-    notebook, as notebook 09 does), never by the unadjusted ``p_value``; both are shown."""
+    """One pair of ``selection.compare_all``, judged by its Holm-adjusted p (the raw one shown too)."""
     better, worse = (row["a"], row["b"]) if row["mean_diff"] < 0 else (row["b"], row["a"])
     verdict = "a significant difference" if row["p_holm"] < alpha else "not a significant difference"
     return (
-        f"{better} vs {worse}: CV risk lower by {abs(row['mean_diff']):.3f} (corrected 95% CI of the difference "
-        f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}], corrected resampled t-test p = {row['p_value']:.3f}, "
-        f"Holm-adjusted {row['p_holm']:.3f}): {verdict} at the {100 * alpha:g}% level after Holm's correction"
+        f"{better} vs {worse}: CV risk lower by {abs(row['mean_diff']):.3f} (corrected 95% CI of the "
+        f"difference [{row['ci_low']:.3f}, {row['ci_high']:.3f}], corrected resampled t-test p = "
+        f"{row['p_value']:.3f}, Holm-adjusted {row['p_holm']:.3f}): {verdict} at the {100 * alpha:g}% level "
+        "after Holm's correction"
     )
 
 
@@ -140,13 +135,12 @@ def nested_finding(nested, grid_best_risk: float, model: str, grid_names: Sequen
     s = nested.summary
     chosen = nested.table.groupby(list(grid_names)).size()
     return (
-        f"Nested CV ({n_outer} outer x {n_inner} inner folds, twin-grouped, at {settings_of(nested.inner[0].best)}) "
-        f"puts the risk of tuning {model} over "
-        f"{', '.join(grid_names)} at {format_ci(s['mean'], s['ci_low'], s['ci_high'])} ({s['interval']} interval), "
-        f"against {grid_best_risk:.3f} for the best grid entry's own CV risk (optimism "
-        f"{s['mean'] - grid_best_risk:+.3f}); "
-        + ("the inner searches chose the same configuration in every outer fold." if len(chosen) == 1
-           else f"the inner searches chose {len(chosen)} different configurations over {n_outer} outer folds.")
+        f"Nested CV ({n_outer} outer x {n_inner} inner folds, twin-grouped, at "
+        f"{settings_of(nested.inner[0].best)}) puts the risk of tuning {model} over {', '.join(grid_names)} "
+        f"at {_ci_of(s)} ({s['interval']} interval), against {grid_best_risk:.3f} for the best grid entry's "
+        f"own CV risk (optimism {s['mean'] - grid_best_risk:+.3f}); the inner searches chose "
+        + ("the same configuration in every outer fold." if len(chosen) == 1
+           else f"{len(chosen)} different configurations over {n_outer} outer folds.")
     )
 
 
@@ -154,53 +148,31 @@ def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, fi
                synthetic: bool) -> dict:
     """The results file of notebook 07: CV risk per model (corrected interval), comparisons, nested CV."""
     from muffin_lib.selection.budget import budget_for
-
-    def deployed(config) -> bool:
-        named = budget_for(config.image_size, config.epochs)
-        return bool(named and named.deployed)
-
-    models = {
-        name: {"cv_risk": r.summary["mean"], "cv_ci": [r.summary["ci_low"], r.summary["ci_high"]],
-               "cv_interval": r.summary["interval"], "cv_losses": r.losses, "cv_settings": settings_of(r.config),
-               "cv_deployed": deployed(r.config)}
-        for name, r in cv.items()
-    }
     from muffin_lib.selection.evaluation import tuned_name
 
+    def numbers(summary: dict, config, **extra) -> dict:
+        named = budget_for(config.image_size, config.epochs)
+        return {"cv_risk": summary["mean"], "cv_ci": [summary["ci_low"], summary["ci_high"]],
+                "cv_interval": summary["interval"], **extra, "cv_settings": settings_of(config),
+                "cv_deployed": bool(named and named.deployed)}
+
+    models = {name: numbers(r.summary, r.config, cv_losses=r.losses) for name, r in cv.items()}
     best = grid_results["best_config"]
-    models[tuned_name(best)] = {
-        "cv_risk": nested.summary["mean"],
-        "cv_ci": [nested.summary["ci_low"], nested.summary["ci_high"]],
-        "cv_interval": nested.summary["interval"],
-        "cv_kind": "nested",
-        "cv_settings": settings_of(nested.inner[0].best),
-        "cv_deployed": deployed(nested.inner[0].best),
-    }
-    return {
-        "synthetic": synthetic,
-        "models": models,
-        "comparisons": comparisons,
-        "nested": {**nested.to_dict(), "grid": grid_results["grid"]},
-        "tuned_config": best,
-        "findings": findings,
-    }
-
-
-# ----------------------------------------------------------------------------- the one test evaluation (09)
+    models[tuned_name(best)] = numbers(nested.summary, nested.inner[0].best, cv_kind="nested")
+    return {"synthetic": synthetic, "models": models, "comparisons": comparisons,
+            "nested": {**nested.to_dict(), "grid": grid_results["grid"]}, "tuned_config": best,
+            "findings": findings}
 
 
 def final_test_findings(final) -> list[str]:
-    """Sentences for notebook 09 from ``evaluation.evaluate_candidates``; after a forced look each test number
-    says which look it is ("look 2 of this test split")."""
-    from muffin_lib.test_looks import look_label
-
-    table = final.table
+    """Notebook 09's sentences; after a forced look each test number says which look it is."""
     label = look_label({"n_looks": final.n_looks})
     look = f"; {label}" if label else ""
     lines = []
-    for name, row in table.iterrows():
+    for name, row in final.table.iterrows():
         members = (final.predictions.get(name) or {}).get("members")
-        what = f" (mean of the calibrated probabilities of {', '.join(members)}; no training)" if members else ""
+        what = (f" (mean of the calibrated probabilities of {', '.join(members)}; no training)" if members
+                else "")
         lines.append(
             f"{name}{what}: test zero-one loss on the twin-free part "
             f"{format_ci(row['twin_free'], row['twin_free_low'], row['twin_free_high'])} "
@@ -208,25 +180,18 @@ def final_test_findings(final) -> list[str]:
             f"{format_ci(row['all'], row['all_low'], row['all_high'])} ({final.n_test} images{look})."
         )
     for pair in final.paired:
-        if pair["better"] is None:
-            verdict = "a tie"
-        else:
-            verdict = (f"{pair['better']} ahead, {'significant' if pair['significant'] else 'not significant'} "
-                       "at the 5% level")
+        verdict = "a tie" if pair["better"] is None else (
+            f"{pair['better']} ahead, {'' if pair['significant'] else 'not '}significant at the 5% level")
         lines.append(
-            f"{pair['a']} vs {pair['b']} on the twin-free test images: {pair['only_a_wrong']} only {pair['a']} gets "
-            f"wrong, {pair['only_b_wrong']} only {pair['b']} (exact McNemar p = {pair['p_value']:.3g}, Holm-adjusted "
-            f"{pair['p_holm']:.3g}; {verdict}{look})."
+            f"{pair['a']} vs {pair['b']} on the twin-free test images: {pair['only_a_wrong']} only "
+            f"{pair['a']} gets wrong, {pair['only_b_wrong']} only {pair['b']} (exact McNemar p = "
+            f"{pair['p_value']:.3g}, Holm-adjusted {pair['p_holm']:.3g}; {verdict}{look})."
         )
     return lines
 
 
 def best_by_cv(work_dir, names: Sequence[str]) -> str:
-    """Of ``names``, the one with the lowest CV risk in notebook 07's results, counting only risks measured at
-    the recipe the candidates were trained with (profile full); with none (profile quick: CV at 64 px), the
-    lowest validation error of notebooks 03-05 and 08; else the first name."""
-    from muffin_lib.results import load_all_results
-
+    """The lowest CV risk at the candidates' recipe, else the lowest validation error, else the first."""
     results = load_all_results(work_dir)
     models = (results.get("07_cv_risk") or {}).get("models") or {}
     scored = [name for name in names if models.get(name, {}).get("cv_deployed") and "cv_risk" in models[name]]
@@ -257,25 +222,25 @@ def most_confident_test_errors(final, name: str, k: int) -> list[dict]:
 def calibration_finding(model: str, check: dict) -> str:
     """What the reliability diagram says, with the ECE before and after temperature scaling."""
     before, after = check["before"], check["after"]
+    ece = f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images"
     if check.get("members"):  # the ensemble (selection.evaluation.ENSEMBLE): no temperature of its own
-        return (f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images for "
-                f"the mean of the calibrated probabilities of {', '.join(check['members'])} (each member's temperature "
-                "was fitted on its validation split; the ensemble has none of its own).")
+        return (f"{ece} for the mean of the calibrated probabilities of {', '.join(check['members'])} (each "
+                "member's temperature was fitted on its validation split; the ensemble has none of its own).")
     if not check["fitted"]:
-        return (f"{model}: expected calibration error {before['ece']:.3f} on {check['n']} twin-free test images; "
-                "its checkpoint predates temperature scaling, so its probabilities are used as they are.")
+        return (f"{ece}; its checkpoint predates temperature scaling, so its probabilities are used as they "
+                "are.")
     direction = "overconfident" if check["temperature"] > 1 else "underconfident"
     return (
-        f"{model}: on the {check['n']} twin-free test images its raw probabilities have an expected calibration "
-        f"error of {before['ece']:.3f}; the temperature {check['temperature']:.2f} fitted on the validation split "
-        f"(raw model {direction}) brings it to {after['ece']:.3f}. Accuracy is unchanged "
-        f"({after['accuracy']:.3f}): scaling never changes which class wins. `predict` reports these calibrated "
-        "probabilities."
+        f"{model}: on the {check['n']} twin-free test images its raw probabilities have an expected "
+        f"calibration error of {before['ece']:.3f}; the temperature {check['temperature']:.2f} fitted on the "
+        f"validation split (raw model {direction}) brings it to {after['ece']:.3f}. Accuracy is unchanged "
+        f"({after['accuracy']:.3f}): scaling never changes which class wins. `predict` reports these "
+        "calibrated probabilities."
     )
 
 
 def final_results(final, calibration: dict, findings: list[str], synthetic: bool) -> dict:
-    """The results block of notebook 09: test scores, paired tests, calibration, findings and the recorded looks at
-    the test split (``n_test_looks``, ``test_looks``: the record ``test_looks.gate`` keeps)."""
-    return {"synthetic": synthetic, **final.to_dict(), "models": final.models_summary(), "calibration": calibration,
-            "findings": findings, "n_test_looks": final.n_looks, "test_looks": final.looks}
+    """The results block of notebook 09, with the recorded looks at the test split."""
+    return {"synthetic": synthetic, **final.to_dict(), "models": final.models_summary(),
+            "calibration": calibration, "findings": findings, "n_test_looks": final.n_looks,
+            "test_looks": final.looks}
