@@ -1,6 +1,5 @@
 """Help and messages a user can act on (issue 30, item 8): every flag's help states its default,
-``--version``,
-``audit --data-dir``, the program named as it was invoked, and counts that read right."""
+``--version``, ``audit --data-dir``, the program named as it was invoked, and counts that read right."""
 
 from __future__ import annotations
 
