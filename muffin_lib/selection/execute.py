@@ -46,8 +46,8 @@ class TrialCaches:
         cache = self._cache_for(*setting)
         if cache_setting(cache) != setting:
             raise MuffinError(f"cache_for{setting} returned a cache of {cache_setting(cache)} images")
-        if list(cache.relpaths) != list(self.base.relpaths) or not np.array_equal(np.asarray(cache.labels),
-                                                                                  np.asarray(self.base.labels)):
+        same_labels = np.array_equal(np.asarray(cache.labels), np.asarray(self.base.labels))
+        if list(cache.relpaths) != list(self.base.relpaths) or not same_labels:
             raise MuffinError(
                 f"the {setting[0]} px {setting[1]} cache lists other images (or another order) than the "
                 f"{cache_setting(self.base)} cache, so the folds would not match; load both from the same "

@@ -113,14 +113,12 @@ def run_task(task: TrialTask, images, labels, *, device: str = "auto", progress:
 def trial_outcome(fitted, scores: dict, *, seed: int, n_fit: int, seconds: float) -> dict:
     """What a trial stores from its fitted model (``loop.fit``) and held-out scores (``loop.evaluate``),
     whoever trained it."""
-    from muffin_lib.training import runtime
+    from muffin_lib.training import loop, runtime
 
     n_test = int(scores["n"])
-    # Exact errors / n: the engine's float32 accuracy would store 0.40909093... for 9/22.
+    # Exact errors / n: a float32 zero-one loss would store 0.40909093... for 9/22.
     errors = int(round(float(scores["zero_one_loss"]) * n_test))
-    metrics = {"zero_one_loss": errors / n_test, "loss": float(scores["loss"]),
-               "accuracy": 1.0 - errors / n_test, "n": n_test, "errors": errors,
-               "history": jsonable(fitted.history)}
+    metrics = {**loop.scores_of(errors, n_test, float(scores["loss"])), "history": jsonable(fitted.history)}
     if "flip_tta_errors" in scores:  # loop.evaluate(..., flip_tta=True): the same fold with flip TTA
         metrics["flip_tta_errors"] = int(scores["flip_tta_errors"])
         metrics["flip_tta_zero_one_loss"] = int(scores["flip_tta_errors"]) / n_test

@@ -118,7 +118,9 @@ def check_parameter(name: str, value: Any, default: Any) -> None:
             except MuffinError as error:
                 raise MuffinError(f"{name}: each item {str(error).split(': ', 1)[1]}") from None
     elif default not in (None, "auto") and value is not None:  # "auto" parameters also take numbers
-        kind, text = next(((k, t) for k, t in _KINDS if isinstance(default, k)), (object, None))
+        kind, text = next(((k, t) for k, t in _KINDS if isinstance(default, k)), (None, None))
+        if kind is None:  # a default of another kind (a dict, a tuple): no rule to check it by
+            return
         fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float:
             fits = isinstance(value, (int, float)) and not isinstance(value, bool)
