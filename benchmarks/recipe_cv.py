@@ -34,6 +34,11 @@ from muffin_lib.training import runtime
 from muffin_lib.training.recipe import TrainConfig
 
 MODEL = "deeper_cnn"  # the study's best architecture by CV, and the one 04 deploys
+# Transfer candidates (issue 27): EfficientNet-Lite0 from its ImageNet weights, fine-tuned (every layer) or
+# probed (only a new linear head, on features computed once); the fine-tuning settings are 08's first recipe.
+_FINETUNE = {"model": "transfer", "pretrained": True, "epochs": 6, "lr": 3e-4, "augment": "flip_rotate",
+             "label_smoothing": 0.0}
+_PROBE = {**_FINETUNE, "train_layers": "head", "augment": "none", "epochs": 30, "lr": 3e-3}
 # name -> the changes to the deployed recipe; in the order worth running on a CPU (cheapest first)
 CANDIDATES = {
     "wd0.1": {"weight_decay": 0.1},
@@ -43,6 +48,11 @@ CANDIDATES = {
     # Not a training change: the deployed trials' own held-out folds scored with flip test-time augmentation
     # (every trial records it since it was added; trials stored before that lack it and must be trained anew).
     "flip_tta": {},
+    "transfer-probe128": _PROBE,
+    "transfer-probe224": {**_PROBE, "image_size": 224},
+    "transfer-finetune128-3": {**_FINETUNE, "epochs": 3},
+    "transfer-finetune128-6": _FINETUNE,
+    "transfer-finetune224-3": {**_FINETUNE, "image_size": 224, "epochs": 3},
 }
 
 
@@ -76,7 +86,8 @@ def main() -> None:
                         progress=False)
     plan = plan_for_cache(cache, args.work_dir)
     store = TrialStore(f"{args.work_dir}/trials.sqlite")
-    options = RunOptions(store=store, device=args.device, progress=False)
+    options = RunOptions(store=store, device=args.device, progress=False, data_dir=args.data_dir,
+                         work_dir=args.work_dir)  # a candidate at another image size loads that cache
     print(json.dumps({"machine": runtime.describe_environment(args.device), "model": MODEL}), flush=True)
 
     def run(config):

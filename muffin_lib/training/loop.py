@@ -139,8 +139,9 @@ def train_one_epoch(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _logits(model: nn.Module, images, normalization: dict, device, batch_size: int,
-            mirror: bool = False) -> tuple[torch.Tensor, torch.device]:
-    """float32 logits of ``model`` in eval mode for every image (or its left-right mirror), on ``device``."""
+            mirror: bool = False, pooled: bool = False) -> tuple[torch.Tensor, torch.device]:
+    """float32 logits of ``model`` in eval mode for every image (or its left-right mirror), on ``device``;
+    ``pooled``: the pooled features its classifier reads instead (timm's ``pre_logits``)."""
     device = runtime.resolve_device(device)
     spec = model_spec(model)
     size = spec.get("image_size")
@@ -155,10 +156,11 @@ def _logits(model: nn.Module, images, normalization: dict, device, batch_size: i
     was_training = model.training
     model.eval()
     outputs = []
+    forward = (lambda x: model.forward_head(model.forward_features(x), pre_logits=True)) if pooled else model
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
             batch = take_batch(images, torch.arange(start, min(start + batch_size, images.shape[0])), device)
-            outputs.append(model(normalize(batch.flip(-1) if mirror else batch)).float())
+            outputs.append(forward(normalize(batch.flip(-1) if mirror else batch)).float())
     model.train(was_training)
     return torch.cat(outputs), device
 
@@ -278,6 +280,70 @@ def _summary(history: list[dict], best_epoch: int | None) -> str:
             + (f"; restored the weights of epoch {best_epoch}" if best_epoch is not None else ""))
 
 
+def _epochs(config: TrainConfig, model: nn.Module, train, val, normalization: dict, device, progress: bool):
+    """Every layer trains (from scratch, or fine-tuning): one ``TrainStep`` per batch; yields each epoch."""
+    images, labels = place_images(train[0], device), train[1].to(device)
+    val = None if val is None else (place_images(val[0], device), val[1])
+    step = TrainStep(model, config, device, normalization,
+                     config.epochs * steps_per_epoch(images.shape[0], config.batch_size))
+    order = torch.Generator().manual_seed(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        batches = progress_bar(epoch_batches(images.shape[0], config.batch_size, order), enabled=progress,
+                               desc=f"epoch {epoch}", unit="batch", leave=False)
+        record = {"epoch": epoch, **train_one_epoch(step, images, labels, batches), "val_loss": None,
+                  "val_accuracy": None, "val_zero_one_loss": None, "lr": step.optimizer.param_groups[0]["lr"]}
+        if val is not None:
+            scores = evaluate(model, *val, normalization, device=device, batch_size=2 * config.batch_size)
+            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"],
+                          val_zero_one_loss=scores["zero_one_loss"])
+        yield {**record, "seconds": time.perf_counter() - started}
+
+
+def _head_epochs(config: TrainConfig, model: nn.Module, train, val, normalization: dict, device,
+                 progress: bool):
+    """The linear probe: the pretrained network frozen, each image's pooled features computed once (eval
+    mode, no augmentation), then only its new head trained on them with the recipe's optimizer and
+    schedule, in seconds; yields each epoch (the first one's seconds include the features)."""
+    started = time.perf_counter()
+    features = _logits(model, train[0], normalization, device, 2 * config.batch_size, pooled=True)[0]
+    labels = train[1].to(device)
+    val = None if val is None else (_logits(model, val[0], normalization, device, 2 * config.batch_size,
+                                            pooled=True)[0], val[1].to(device))
+    # The network's rate is the features' (each image once); the head's epochs take milliseconds.
+    images_per_s = (len(labels) + (0 if val is None else len(val[1]))) / (time.perf_counter() - started)
+    head = model.get_classifier()
+    optimizer = make_optimizer(head, config, device)
+    steps = config.epochs * steps_per_epoch(len(labels), config.batch_size)
+    scheduler = make_schedule(optimizer, config, steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    order = torch.Generator().manual_seed(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        loss_sum, correct = 0.0, 0
+        for idx in epoch_batches(len(labels), config.batch_size, order):
+            logits = head(features[idx])
+            loss = criterion(logits, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(dim=1) == labels[idx]).sum())
+        seconds, n = time.perf_counter() - started, len(labels)
+        record = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
+                  "images_per_s": images_per_s, "val_loss": None, "val_accuracy": None,
+                  "val_zero_one_loss": None, "lr": optimizer.param_groups[0]["lr"]}
+        if val is not None:
+            with torch.no_grad():
+                val_logits = head(val[0])
+            errors = int((val_logits.argmax(dim=1) != val[1]).sum())
+            record.update(val_loss=F.cross_entropy(val_logits, val[1]).item(),
+                          val_accuracy=1 - errors / len(val[1]), val_zero_one_loss=errors / len(val[1]))
+        yield {**record, "seconds": seconds}
+        started = time.perf_counter()
+
+
 def fit(config: TrainConfig, train, val=None, *, device: str | torch.device = "auto", progress: bool = True,
         on_epoch: Callable[[dict], bool | None] | None = None, log=None, num_classes: int | None = None
         ) -> FitResult:
@@ -294,36 +360,24 @@ def fit(config: TrainConfig, train, val=None, *, device: str | torch.device = "a
     if config.early_stopping_patience is not None and val is None:
         raise MuffinError("early_stopping_patience needs a validation set; pass val=(images, labels)")
     device, model, normalization = _build(config, device, images, num_classes)
-    images, labels = place_images(images, device), labels.to(device)
-    val = None if val is None else (place_images(val[0], device), val[1])
     steps = steps_per_epoch(images.shape[0], config.batch_size)
-    step = TrainStep(model, config, device, normalization, config.epochs * steps)
-    order = torch.Generator().manual_seed(config.seed)
     say(_describe(config, device, images.shape[0], 0 if val is None else val[0].shape[0], steps))
     for note in runtime.device_notes(device, config.amp, config.channels_last):
         say(f"on {device}: {note}")
+    each_epoch = _head_epochs if config.train_layers == "head" else _epochs
     history, stopper, stopped_early = [], _EarlyStopping(config.early_stopping_patience), False
-    epochs = progress_bar(range(1, config.epochs + 1), enabled=progress, desc=config.model, unit="epoch")
-    for epoch in epochs:
-        started = time.perf_counter()
-        batches = progress_bar(epoch_batches(images.shape[0], config.batch_size, order), enabled=progress,
-                               desc=f"epoch {epoch}", unit="batch", leave=False)
-        record = {"epoch": epoch, **train_one_epoch(step, images, labels, batches), "val_loss": None,
-                  "val_accuracy": None, "val_zero_one_loss": None, "lr": step.optimizer.param_groups[0]["lr"]}
+    epochs = progress_bar(each_epoch(config, model, (images, labels), val, normalization, device, progress),
+                          enabled=progress, total=config.epochs, desc=config.model, unit="epoch")
+    for record in epochs:
         if not math.isfinite(record["train_loss"]):
-            raise MuffinError(f"training diverged in epoch {epoch} (loss {record['train_loss']}); lower the "
-                              f"learning rate (lr={config.lr:g}) or use amp='off'")
-        if val is not None:
-            scores = evaluate(model, *val, normalization, device=device, batch_size=2 * config.batch_size)
-            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"],
-                          val_zero_one_loss=scores["zero_one_loss"])
-        record["seconds"] = time.perf_counter() - started
+            raise MuffinError(f"training diverged in epoch {record['epoch']} (loss {record['train_loss']}); "
+                              f"lower the learning rate (lr={config.lr:g}) or use amp='off'")
         history.append(record)
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", **({} if val is None else {
             "val_err": f"{record['val_zero_one_loss']:.3f}"}))
         stopped_early = stopper.stop(record, model) | bool(on_epoch is not None and on_epoch(dict(record)))
         if stopped_early:
-            say(f"stopped after epoch {epoch}")
+            say(f"stopped after epoch {record['epoch']}")
             break
     epochs.close()
     if stopper.state is not None:
@@ -331,6 +385,7 @@ def fit(config: TrainConfig, train, val=None, *, device: str | torch.device = "a
     model.eval()
     best_epoch = stopper.epoch if stopper.state is not None else None
     say(_summary(history, best_epoch))
-    amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[step.amp_dtype]
+    amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[runtime.resolve_amp(config.amp, device,
+                                                                                          config)]
     return FitResult(model=model, history=history, normalization=normalization, device=str(device),
                      config=config, amp=amp, best_epoch=best_epoch, stopped_early=stopped_early)

@@ -17,11 +17,16 @@ from muffin_lib.training.models import ARCHITECTURE_VERSIONS, MIN_IMAGE_SIZE, MO
 from muffin_lib.training.runtime import AMP_MODES
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+# "all": every layer trains (from scratch, or fine-tuning); "head": a linear probe on frozen features.
+TRAIN_LAYERS = ("all", "head")
 SCHEDULES = ("onecycle", "cosine", "constant")
 # In every trial key and checkpoint check: bump when a model or the training step changes results.
 CODE_VERSION = 2
 # Not in TrainConfig.key(): speed switches, and amp, whose outcome every key holds through execution_key.
 _PERFORMANCE_ONLY_FIELDS = ("channels_last", "compile", "amp")
+# Fields added after results were stored: at these defaults they are left out of the key, so the keys of
+# every earlier trial and checkpoint stay what they were.
+_LATER_FIELDS = {"train_layers": "all"}
 
 
 def _whole(low: int) -> tuple[str, Callable]:
@@ -43,7 +48,7 @@ _FLAG = ("true or false", lambda v: isinstance(v, bool))
 def setting_choices() -> dict[str, tuple[str, ...]]:
     """The TrainConfig fields that take one of a few names, and those names (the CLI's ``choices``)."""
     return {"model": MODEL_NAMES, "color_mode": COLOR_MODES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-            "augment": tuple(augment.AUGMENT_PRESETS), "amp": AMP_MODES}
+            "augment": tuple(augment.AUGMENT_PRESETS), "amp": AMP_MODES, "train_layers": TRAIN_LAYERS}
 
 
 _PATIENCE = _whole(1)
@@ -83,6 +88,8 @@ SETTING_HELP = {
     "channels-last memory format where it is fast", "compile": "torch.compile the model",
     "seed": "seed of weights, batch order and augmentation",
     "pretrained": "ImageNet weights (model transfer)",
+    "train_layers": "all (every layer trains) or head (a linear probe: only the new head, on the frozen "
+                    "pretrained network's features computed once; model transfer, augment none)",
 }
 
 
@@ -108,12 +115,19 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     pretrained: bool = False
+    train_layers: str = "all"
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             check_setting(item.name, getattr(self, item.name))
         if self.pretrained and self.model != "transfer":
             raise MuffinError(f"pretrained: true needs model 'transfer', got model {self.model!r}")
+        if self.train_layers == "head" and not self.pretrained:
+            raise MuffinError("train_layers: 'head' (a linear probe) needs pretrained features: model "
+                              f"'transfer' with pretrained true, got model {self.model!r}, pretrained false")
+        if self.train_layers == "head" and self.augment != "none":
+            raise MuffinError(f"train_layers: 'head' computes each image's features once, so it cannot "
+                              f"augment; set augment 'none' (got {self.augment!r})")
 
     @property
     def in_channels(self) -> int:
@@ -139,6 +153,9 @@ class TrainConfig:
     def key(self) -> str:
         """Stable 12-hex-digit hash of the fields that affect results (not channels_last/compile/amp)."""
         relevant = {k: v for k, v in self.to_dict().items() if k not in _PERFORMANCE_ONLY_FIELDS}
+        for name, default in _LATER_FIELDS.items():  # a field added later leaves the keys before it alone
+            if relevant[name] == default:
+                del relevant[name]
         if self.model in ARCHITECTURE_VERSIONS:  # a network replaced under the same name gets new keys
             relevant["architecture"] = ARCHITECTURE_VERSIONS[self.model]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]

@@ -214,7 +214,7 @@ def resolve_amp(amp: str, device: torch.device, workload=None) -> torch.dtype | 
     """The autocast dtype for ``amp`` on ``device`` (None = float32); a CPU's "auto": ``cpu_bf16_choice``."""
     if amp not in AMP_MODES:
         raise MuffinError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    if amp == "off":
+    if amp == "off" or _linear_probe(workload):
         return None
     kind = policy_device_type(device)
     if kind == "cuda":
@@ -278,10 +278,17 @@ def device_notes(device: str | torch.device, amp: str, channels_last: bool) -> l
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def _linear_probe(workload) -> bool:
+    """A linear probe (``train_layers="head"``) is fp32 whatever ``amp`` says: a linear head on features."""
+    return getattr(workload, "train_layers", "all") == "head"
+
+
 def precision_reason(amp: str, device: str | torch.device = "auto", workload=None) -> str:
     """The precision ``amp`` trains ``workload`` in on ``device``, and why: e.g. "fp32: amp off"."""
     device = resolve_device(device)
     name = _PRECISION_NAMES[resolve_amp(amp, device, workload)]
+    if _linear_probe(workload):
+        return "fp32: a linear probe (features computed once, only the head trains)"
     if amp != "auto":
         return f"{name}: amp {amp}"
     kind = policy_device_type(device)
