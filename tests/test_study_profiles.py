@@ -40,8 +40,22 @@ def test_full_profile_trains_06_and_07_with_exactly_the_config_of_03_05(name):
     # The CV of 07 and the last rung of 06 must be the TrainConfig that notebooks 03-05 train.
     params = notebook.apply_profile("full", name, _selection_defaults(name))
     models = params["models"] if "models" in params else [params["model"]]
-    for model in models:
+    for model in (m for m in models if m != "transfer"):  # transfer: at its own recipe (the test below)
         assert notebook.train_config(params, model) == TrainConfig(model=model)
+
+
+@pytest.mark.parametrize("profile", ["full", "quick", "smoke"])
+def test_07_cross_validates_the_transfer_model_that_08_trains_in_each_profile(profile):
+    # "CV at the deployed recipe" for the pretrained network too: 07's transfer row is 08's configuration.
+    cv = notebook.apply_profile(profile, "07_cv_risk", _selection_defaults("07_cv_risk"))
+    name = "08_transfer_learning"
+    deployed = notebook.apply_profile(profile, name, _selection_defaults(name))
+    assert "transfer" in cv["models"]
+    assert notebook.transfer_config(cv) == notebook.train_config(deployed, "transfer")
+    if profile != "smoke":
+        assert notebook.transfer_config(cv) == {"full": FULL, "quick": QUICK}[profile].transfer
+    if profile == "quick":  # the probe, marked in 08's parameters table
+        assert deployed["train_layers"] == "head" and "was `'all'`" in deployed._repr_markdown_()
 
 
 @pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
@@ -126,3 +140,33 @@ def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_
     assert "0.100 [0.080, 0.120] at 64 px, 8 epochs (profile quick: cheaper than the deployed" in text
     assert "| deeper_cnn at 128 px, 5 epochs (not the deployed 128 px / 15 epochs) |" in text
     assert "| transfer |" in text
+
+
+def test_07_names_its_transfer_row_as_08_does_with_its_own_settings_and_the_imagenet_caveat():
+    from muffin_lib.study import report
+
+    class Result:
+        def __init__(self, mean, config):
+            self.summary = {"mean": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01, "naive_ci_low": 0,
+                            "naive_ci_high": 1, "interval": "corrected t (Nadeau-Bengio), 95%"}
+            self.losses, self.config = [mean] * 5, config
+
+    cv = {"deeper_cnn": Result(0.10, TrainConfig(model="deeper_cnn", image_size=64, epochs=8)),
+          "transfer": Result(0.02, QUICK.transfer)}
+    text = report.cv_finding(cv, 5)
+    assert "at a linear probe (head only) from ImageNet weights" in text and "transfer 0.020" in text
+    assert "at 64 px, 8 epochs (profile quick" in text and "not a fair contest of architectures" in text
+
+    class Nested:
+        summary = cv["deeper_cnn"].summary
+        inner = [type("Inner", (), {"best": TrainConfig(model="deeper_cnn")})]
+
+        @staticmethod
+        def to_dict():
+            return {}
+
+    grid = {"best_config": TrainConfig(model="deeper_cnn").to_dict(), "grid": {"lr": [0.003]}}
+    models = report.cv_results(cv, [], Nested, grid, [text], synthetic=False)["models"]
+    row = models[report.transfer_name(True)]  # the name 08 and 09 give it: one summary row
+    assert row["cv_deployed"] and row["cv_settings"].startswith("a linear probe")
+    assert not models["deeper_cnn"]["cv_deployed"]  # 64 px: not the deployed CNN recipe

@@ -84,3 +84,12 @@ def test_train_model_transfer_starts_from_the_transfer_recipe():
     args = _parser().parse_args(["--model", "transfer", "--epochs", "2"])
     config = train.config_from_args(args)
     assert config == recipe.TRANSFER_RECIPE.replace(epochs=2) and config.pretrained
+
+
+def test_train_layers_head_starts_from_the_linear_probe_recipe():
+    args = _parser().parse_args(["--model", "transfer", "--train-layers", "head"])
+    assert train.config_from_args(args) == recipe.LINEAR_PROBE
+    # A probe cannot augment: the flag that asks for it is named.
+    args = _parser().parse_args(["--model", "transfer", "--train-layers", "head", "--augment", "flip_rotate"])
+    with pytest.raises(MuffinError, match="set augment 'none'"):
+        train.config_from_args(args)

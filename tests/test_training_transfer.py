@@ -138,8 +138,9 @@ def test_a_missing_weights_package_is_an_error_not_random_init(monkeypatch):
 
 
 def _key_without_architecture(config: TrainConfig) -> str:
-    """TrainConfig.key() as it was before models.ARCHITECTURE_VERSIONS."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in recipe._PERFORMANCE_ONLY_FIELDS}
+    """TrainConfig.key() as it was before models.ARCHITECTURE_VERSIONS (and before train_layers)."""
+    fields = {k: v for k, v in config.to_dict().items()
+              if k not in recipe._PERFORMANCE_ONLY_FIELDS and k not in recipe._LATER_FIELDS}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -176,3 +177,53 @@ def test_fit_pretrained_one_epoch_and_checkpoint_round_trip(tmp_path, monkeypatc
     before = loop.predict_proba(result.model, images, result.normalization, device="cpu")
     after = loop.predict_proba(model, images, checkpoint["normalization"], device="cpu")
     assert np.array_equal(before, after)
+
+
+# ----------------------------------------------------------------------------- the linear probe
+
+
+def _separable(n: int = 32, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    noise = torch.randint(0, 120, (n, 3, size, size), generator=g)
+    return (noise + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8), labels
+
+
+def test_linear_probe_trains_only_the_head_on_the_pretrained_features():
+    images, labels = _separable()
+    config = recipe.LINEAR_PROBE.replace(image_size=32, epochs=5, batch_size=8, amp="bf16")
+    result = loop.fit(config, (images, labels), (images[:8], labels[:8]), device="cpu", progress=False)
+    weights = dict(models.pretrained_weights().tensors)
+    trained = result.model.state_dict()
+    # Every tensor but the new head is the package's, untouched (BatchNorm statistics included).
+    for (name, tensor), source in zip(list(trained.items())[:-2], list(weights.values())[:-2], strict=True):
+        assert torch.equal(tensor, source), name
+    assert not torch.equal(trained["classifier.weight"], models.build_model(
+        "transfer", in_channels=3, image_size=32, pretrained=True).state_dict()["classifier.weight"])
+    # Features once, head only: fp32 whatever amp says, and each epoch's validation score is the model's own.
+    assert result.amp == "off" and len(result.history) == 5
+    scores = loop.evaluate(result.model, images[:8], labels[:8], result.normalization, device="cpu")
+    assert result.history[-1]["val_zero_one_loss"] == scores["zero_one_loss"]
+    assert result.history[-1]["val_loss"] == pytest.approx(scores["loss"], rel=1e-4)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_linear_probe_settings_are_checked_before_training():
+    with pytest.raises(MuffinError, match="train_layers: 'head'.*set augment 'none'"):
+        recipe.LINEAR_PROBE.replace(augment="flip_rotate")
+    with pytest.raises(MuffinError, match="needs pretrained features"):
+        recipe.LINEAR_PROBE.replace(pretrained=False)
+    with pytest.raises(MuffinError, match="needs pretrained features"):
+        TrainConfig(model="deeper_cnn", train_layers="head", augment="none")
+    with pytest.raises(MuffinError, match="train_layers: expected one of all, head"):
+        recipe.LINEAR_PROBE.replace(train_layers="last")
+
+
+def test_train_layers_leaves_earlier_keys_and_separates_the_probe():
+    # "all" is every key before the field existed; the probe is another result.
+    assert recipe.TRANSFER_RECIPE.key() == "0a8cbc8b1ed5"
+    assert recipe.LINEAR_PROBE.key() != recipe.LINEAR_PROBE.replace(train_layers="all",
+                                                                      augment="none").key()
+    assert recipe.recipe_for("transfer", "head") is recipe.LINEAR_PROBE
+    assert recipe.recipe_for("transfer") is recipe.TRANSFER_RECIPE
+    assert recipe.recipe_for("deeper_cnn", "head") == TrainConfig()

@@ -44,7 +44,7 @@ def label_from_path(path: Path, class_names=CLASSES) -> int | None:
 
 def recipe_shortfall(stored: dict) -> str | None:
     """How a checkpoint falls short of its recipe in size or epochs ("32 px, 1 epoch where ..."), or None."""
-    own = recipe.recipe_for(stored["model_name"])
+    own = recipe.recipe_for(stored["model_name"], stored.get("config", {}).get("train_layers", "all"))
     size, epochs = stored["image_size"], stored.get("config", {}).get("epochs", own.epochs)
     if size >= own.image_size and epochs >= own.epochs:
         return None

@@ -161,12 +161,17 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# Transfer learning (notebook 08): a lower peak lr adapts the pretrained features instead of overwriting
-# them, in a few epochs, with plain flips and rotations; every other setting is the from-scratch recipe's.
+# Transfer learning (notebooks 07-08), chosen by twin-grouped CV (benchmarks/README.md, "Transfer recipe by
+# CV"). Fine-tuning: a lower peak lr adapts the pretrained features instead of overwriting them, in a few
+# epochs, with plain flips and rotations. The linear probe: only a new head, on features computed once.
 TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
                               label_smoothing=0.0)
+LINEAR_PROBE = TRANSFER_RECIPE.replace(train_layers="head", augment="none", epochs=30, lr=3e-3)
 
 
-def recipe_for(model: str) -> TrainConfig:
-    """``TRANSFER_RECIPE`` for the transfer model, else the from-scratch recipe."""
-    return TRANSFER_RECIPE if model == TRANSFER_RECIPE.model else TrainConfig()
+def recipe_for(model: str, train_layers: str = "all") -> TrainConfig:
+    """The recipe of ``model``: ``TRANSFER_RECIPE`` (``LINEAR_PROBE`` for a head only) for the transfer
+    model, else the from-scratch recipe."""
+    if model != TRANSFER_RECIPE.model:
+        return TrainConfig()
+    return LINEAR_PROBE if train_layers == "head" else TRANSFER_RECIPE

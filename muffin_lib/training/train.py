@@ -270,7 +270,8 @@ def format_history(history: list[dict]) -> str:
 def config_from_args(args: argparse.Namespace) -> recipe.TrainConfig:
     """The ``TrainConfig`` of ``train``'s flags (a bad value named by its flag; defaults: the model's own)."""
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(recipe.TrainConfig)}
-    scratch, own = recipe.TrainConfig().to_dict(), recipe.recipe_for(values["model"]).to_dict()
+    scratch = recipe.TrainConfig().to_dict()
+    own = recipe.recipe_for(values["model"], values["train_layers"]).to_dict()
     values = {name: own.get(name, value) if value == scratch[name] else value
               for name, value in values.items()}
     try:

@@ -12,7 +12,18 @@ from muffin_lib.text import plural
 
 __all__ = ["confusion_finding", "confusion_table", "curve_finding", "format_ci", "initialisation_note",
            "initialisation_text", "model_results", "most_confident_errors", "per_class_frame",
-           "training_note", "validation_comparison", "validation_finding", "validation_summary"]
+           "training_note", "transfer_name", "validation_comparison", "validation_finding",
+           "validation_summary"]
+
+# Head start, said wherever the pretrained network meets the from-scratch ones (07, 08, README).
+IMAGENET_CAVEAT = ("ImageNet has a Chihuahua class and bakery classes: the pretrained network has seen this "
+                   "breed and these foods, so this is what a practitioner gets, not a fair contest of "
+                   "architectures")
+
+
+def transfer_name(pretrained: bool) -> str:
+    """The transfer model's name in every table and summary row (08's checkpoint, 07's CV, 09's look)."""
+    return "pretrained (ImageNet, EfficientNet-Lite0)" if pretrained else "EfficientNet-Lite0, random init"
 
 
 def format_ci(value: float, low: float | None, high: float | None, digits: int = 3) -> str:
@@ -110,12 +121,12 @@ def model_results(run, summary: dict, findings: list[str], synthetic: bool, name
 def off_recipe(config) -> str | None:
     """How ``config`` differs from its recipe in size and schedule (for the summary), or None."""
     from muffin_lib.selection.budget import settings_label
-    from muffin_lib.training.recipe import TRANSFER_RECIPE, recipe_for
+    from muffin_lib.training.recipe import recipe_for
 
-    recipe = recipe_for(config.model)
+    recipe = recipe_for(config.model, config.train_layers)
     if (config.image_size, config.epochs) == (recipe.image_size, recipe.epochs):
         return None
-    if recipe is TRANSFER_RECIPE:
+    if recipe.pretrained:
         return (f"{config.image_size} px, {plural(config.epochs, 'epoch')} "
                 f"(not its recipe's {recipe.image_size} px / {recipe.epochs})")
     return settings_label(config.image_size, config.epochs)

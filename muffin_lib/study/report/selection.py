@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from muffin_lib.results import load_all_results
-from muffin_lib.study.report.models import format_ci
+from muffin_lib.study.report.models import IMAGENET_CAVEAT, format_ci, transfer_name
 from muffin_lib.test_looks import look_label
 from muffin_lib.text import plural
 
@@ -100,10 +100,27 @@ def cv_table(results: dict) -> object:
 
 
 def settings_of(config) -> str:
-    """The settings a CV number was produced at, for its table header or sentence (selection.budget)."""
+    """The settings a CV number was produced at, for its table header or sentence (selection.budget); the
+    transfer model's own recipe says how it trained."""
     from muffin_lib.selection.budget import settings_label
 
+    if config.model == "transfer":
+        how = "a linear probe (head only)" if config.train_layers == "head" else "fine-tuned"
+        start = "from ImageNet weights" if config.pretrained else "from random initialisation"
+        return f"{how} {start}, {config.image_size} px, {plural(config.epochs, 'epoch')}"
     return settings_label(config.image_size, config.epochs)
+
+
+def _deployed(config) -> bool:
+    """Whether ``config`` is a recipe the study deploys: a budget's transfer recipe, or the CNNs' size and
+    epochs (selection.budget)."""
+    from muffin_lib.selection.budget import BUDGETS, budget_for
+
+    if config.model == "transfer":
+        return any(config.replace(seed=b.transfer.seed, color_mode=b.transfer.color_mode) == b.transfer
+                   for b in BUDGETS.values())
+    named = budget_for(config.image_size, config.epochs)
+    return bool(named and named.deployed)
 
 
 def _ci_of(summary: dict) -> str:
@@ -111,11 +128,16 @@ def _ci_of(summary: dict) -> str:
 
 
 def cv_finding(results: dict, n_folds: int) -> str:
+    """Each model's CV risk, lowest first, grouped by the settings that produced it."""
     ranked = sorted(results, key=lambda m: results[m].summary["mean"])
     interval = results[ranked[0]].summary["interval"]
-    parts = [f"{m} {_ci_of(results[m].summary)}" for m in ranked]
-    return (f"{n_folds}-fold twin-grouped CV zero-one risk at {settings_of(results[ranked[0]].config)} "
-            f"({interval} interval): " + ", ".join(parts) + f" (lowest: {ranked[0]}).")
+    by_settings: dict[str, list[str]] = {}
+    for m in ranked:
+        by_settings.setdefault(settings_of(results[m].config), []).append(f"{m} {_ci_of(results[m].summary)}")
+    clauses = "; ".join(f"at {label} ({interval} interval): {', '.join(parts)}"
+                        for label, parts in by_settings.items())
+    caveat = f". {IMAGENET_CAVEAT}" if any(results[m].config.model == "transfer" for m in ranked) else ""
+    return f"{n_folds}-fold twin-grouped CV zero-one risk {clauses} (lowest: {ranked[0]}){caveat}."
 
 
 def comparison_finding(row: dict, alpha: float = 0.05) -> str:
@@ -147,16 +169,16 @@ def nested_finding(nested, grid_best_risk: float, model: str, grid_names: Sequen
 def cv_results(cv: dict, comparisons: list[dict], nested, grid_results: dict, findings: list[str],
                synthetic: bool) -> dict:
     """The results file of notebook 07: CV risk per model (corrected interval), comparisons, nested CV."""
-    from muffin_lib.selection.budget import budget_for
     from muffin_lib.selection.evaluation import tuned_name
 
     def numbers(summary: dict, config, **extra) -> dict:
-        named = budget_for(config.image_size, config.epochs)
         return {"cv_risk": summary["mean"], "cv_ci": [summary["ci_low"], summary["ci_high"]],
                 "cv_interval": summary["interval"], **extra, "cv_settings": settings_of(config),
-                "cv_deployed": bool(named and named.deployed)}
+                "cv_deployed": _deployed(config)}
 
-    models = {name: numbers(r.summary, r.config, cv_losses=r.losses) for name, r in cv.items()}
+    # The transfer row under 08's name, so the summary puts its CV risk beside its test and validation.
+    models = {transfer_name(r.config.pretrained) if r.config.model == "transfer" else name:
+              numbers(r.summary, r.config, cv_losses=r.losses) for name, r in cv.items()}
     best = grid_results["best_config"]
     models[tuned_name(best)] = numbers(nested.summary, nested.inner[0].best, cv_kind="nested")
     return {"synthetic": synthetic, "models": models, "comparisons": comparisons,
