@@ -105,9 +105,11 @@ def settings_of(config) -> str:
     from muffin_lib.selection.budget import settings_label
 
     if config.model == "transfer":
-        how = "a linear probe (head only)" if config.train_layers == "head" else "fine-tuned"
-        start = "from ImageNet weights" if config.pretrained else "from random initialisation"
-        return f"{how} {start}, {config.image_size} px, {plural(config.epochs, 'epoch')}"
+        start = "ImageNet weights" if config.pretrained else "random initialisation"
+        if config.train_layers == "head":
+            return (f"{config.image_size} px, a linear probe on the frozen network ({start}; "
+                    f"{plural(config.epochs, 'epoch')} of its head)")
+        return f"{config.image_size} px, {plural(config.epochs, 'epoch')}, fine-tuned from {start}"
     return settings_label(config.image_size, config.epochs)
 
 
