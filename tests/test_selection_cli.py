@@ -48,3 +48,27 @@ def test_a_grid_over_epochs_cannot_also_halve(synthetic_data_dir, tmp_path):
     base = TrainConfig(image_size=32, color_mode="grayscale", epochs=2, batch_size=16)
     with pytest.raises(MuffinError, match="successive halving"):
         grid_search(base, {"epochs": [1, 2]}, cache, folds, rung_epochs=[1], options=RunOptions(device="cpu"))
+
+
+def test_cv_of_the_transfer_model_is_pretrained_at_its_own_recipe(synthetic_data_dir, tmp_path, capsys):
+    from muffin_lib.training.recipe import TRANSFER_RECIPE
+
+    args = ["cv", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path), "--model", "transfer",
+            "--image-size", "32", "--folds", "2", "--device", "cpu", "--quiet", "--json"]
+    assert cli_main([*args, "--epochs", "1"]) == 0
+    records = TrialStore(tmp_path / "trials.sqlite").records()
+    want = TRANSFER_RECIPE.replace(image_size=32, epochs=1)
+    assert len(records) == 2 and all(TrainConfig(**r["config"]).key() == want.key() for r in records)
+    # Mixed with a CNN it would silently take the CNNs' recipe: refused before any work.
+    capsys.readouterr()
+    assert cli_main([*args[:6], "simple_cnn,transfer", *args[7:]]) != 0
+    assert "cross-validate it alone: --model transfer" in capsys.readouterr().err
+
+
+def test_cv_of_the_transfer_model_defaults_to_its_recipes_epochs():
+    from muffin_lib.cli import build_parser
+    from muffin_lib.selection.cli import _search_space
+    from muffin_lib.training.recipe import TRANSFER_RECIPE
+
+    base, grid, _ = _search_space(build_parser("cv").parse_args(["cv", "--model", "transfer"]))
+    assert grid["epochs"] == [TRANSFER_RECIPE.epochs] and base.replace(epochs=6) == TRANSFER_RECIPE

@@ -99,10 +99,17 @@ def _print_table(frame) -> None:
 
 def _search_space(args) -> tuple:
     """``(base config, grid, varied)`` of the flags; with --rung-epochs, --epochs is the last rung's."""
+    from muffin_lib.selection.budget import SELECTION
     from muffin_lib.training import recipe
 
-    base = recipe.TrainConfig(model=args.model[0], image_size=args.image_size[0],
-                              color_mode=args.color_mode[0], seed=args.seed)
+    if "transfer" in args.model and len(args.model) > 1:
+        raise MuffinError("--model: the transfer model trains at its own recipe (pretrained, fewer epochs, a "
+                          "lower lr); cross-validate it alone: --model transfer")
+    own = recipe.recipe_for(args.model[0])  # the transfer model starts from its pretrained recipe
+    if own.pretrained and args.epochs == [SELECTION.epochs]:
+        args.epochs = [own.epochs]  # the CNNs' default epochs are not its recipe's
+    base = own.replace(model=args.model[0], image_size=args.image_size[0], color_mode=args.color_mode[0],
+                       seed=args.seed)
     grid: dict[str, list] = {"model": args.model, "image_size": args.image_size,
                              "color_mode": args.color_mode}
     for name in ("epochs", "lr", "batch_size"):
@@ -175,11 +182,11 @@ def cv_command(args) -> int:
         raise MuffinError(f"--folds and --inner-folds must be >= 2, got {args.folds} and {args.inner_folds}")
     if args.quiet:
         logging.getLogger("muffin_lib.training.loop").setLevel(logging.WARNING)
+    base, grid, varied = _search_space(args)  # a bad combination stops here, before any work
     store = TrialStore(WorkDir(args.work_dir).trials_db)
     cache = load_images(args.data_dir, args.work_dir, "train", args.image_size[0], args.color_mode[0],
                         progress=not args.quiet)
     plan = plan_for_cache(cache, args.work_dir, n_splits=args.folds, seed=args.seed)
-    base, grid, varied = _search_space(args)
     options = _run_options(args, store, varied)
     fixed = ", ".join(f"{name}={values[0]}" for name, values in grid.items() if name not in varied)
     print(f"trial store: {store.path} ({plural(len(store), 'trial')} stored)", flush=True)
