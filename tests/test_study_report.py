@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,3 +76,19 @@ def test_per_class_frame_drops_accuracy_and_keeps_integer_support():
                                     "accuracy": 0.75})
     assert list(frame.index) == ["muffin"] and frame.loc["muffin", "support"] == 2
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_validation_calibration_says_its_temperature_was_fitted_on_the_same_photos():
+    from types import SimpleNamespace
+
+    from muffin_lib.training import calibration
+
+    # An overconfident model: 80 % right at confidence 0.99.
+    labels = [0] * 8 + [1] * 2
+    proba = [[0.99, 0.01]] * 10
+    temperature = calibration.fit_temperature(np.asarray(proba), labels)
+    run = SimpleNamespace(val_predictions={"probabilities": proba, "labels": labels}, temperature=temperature)
+    check, text = report.validation_calibration(run)
+    assert check["before"]["ece"] == pytest.approx(0.19)
+    assert check["after"]["ece"] < 0.05 and temperature > 1
+    assert "overconfident" in text and "fitted on these same photos" in text and "09" in text

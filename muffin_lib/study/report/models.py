@@ -12,8 +12,8 @@ from muffin_lib.text import plural
 
 __all__ = ["confusion_finding", "confusion_table", "curve_finding", "format_ci", "initialisation_note",
            "initialisation_text", "model_results", "most_confident_errors", "per_class_frame",
-           "training_note", "transfer_name", "validation_comparison", "validation_finding",
-           "validation_summary"]
+           "training_note", "transfer_name", "validation_calibration", "validation_comparison",
+           "validation_finding", "validation_summary"]
 
 # Head start, said wherever the pretrained network meets the from-scratch ones (07, 08, README).
 IMAGENET_CAVEAT = ("ImageNet has a Chihuahua class and bakery classes: the pretrained network has seen this "
@@ -154,6 +154,23 @@ def validation_comparison(work_dir, summaries: dict[str, dict], others: Sequence
         if "val_zero_one_loss" in numbers:
             rows[name] = (numbers["val_zero_one_loss"], *numbers["val_ci"])
     return pd.DataFrame(rows, index=["val", "val_low", "val_high"]).T
+
+
+def validation_calibration(run, n_bins: int = 10) -> tuple[dict, str]:
+    """Reliability of ``run``'s validation probabilities, raw and with the temperature fitted on them (the
+    ``plots.reliability_diagram`` input), and a sentence that says the second is in-sample."""
+    from muffin_lib.training import calibration
+
+    proba, labels = np.asarray(run.val_predictions["probabilities"]), run.val_predictions["labels"]
+    scaled = calibration.apply_temperature(proba, run.temperature)
+    check = {"temperature": run.temperature, "before": calibration.reliability(proba, labels, n_bins),
+             "after": calibration.reliability(scaled, labels, n_bins)}
+    direction = "overconfident" if run.temperature > 1 else "underconfident"
+    text = (f"Calibration on the {len(labels)} validation photos: expected calibration error "
+            f"{check['before']['ece']:.3f} raw (the network is {direction}: temperature "
+            f"{run.temperature:.2f}), {check['after']['ece']:.3f} with the temperature, which was fitted on "
+            "these same photos, so only notebook 09's test photos check it.")
+    return check, text
 
 
 def initialisation_text(pretrained: bool, use_pretrained: bool) -> str:
