@@ -154,7 +154,7 @@ def test_07_names_its_transfer_row_as_08_does_with_its_own_settings_and_the_imag
     cv = {"deeper_cnn": Result(0.10, TrainConfig(model="deeper_cnn", image_size=64, epochs=8)),
           "transfer": Result(0.02, QUICK.transfer)}
     text = report.cv_finding(cv, 5)
-    probe = "risk at 128 px, a linear probe on the frozen network (ImageNet weights; 30 epochs of its head) ("
+    probe = "risk at 224 px, a linear probe on the frozen network (ImageNet weights; 30 epochs of its head) ("
     assert probe in text
     assert "transfer 0.020" in text
     assert "at 64 px, 8 epochs (profile quick" in text and "not a fair contest of architectures" in text
@@ -170,5 +170,5 @@ def test_07_names_its_transfer_row_as_08_does_with_its_own_settings_and_the_imag
     grid = {"best_config": TrainConfig(model="deeper_cnn").to_dict(), "grid": {"lr": [0.003]}}
     models = report.cv_results(cv, [], Nested, grid, [text], synthetic=False)["models"]
     row = models[report.transfer_name(True)]  # the name 08 and 09 give it: one summary row
-    assert row["cv_deployed"] and row["cv_settings"].startswith("128 px, a linear probe")
+    assert row["cv_deployed"] and row["cv_settings"].startswith("224 px, a linear probe")
     assert not models["deeper_cnn"]["cv_deployed"]  # 64 px: not the deployed CNN recipe

@@ -166,7 +166,9 @@ class TrainConfig:
 # epochs, with plain flips and rotations. The linear probe: only a new head, on features computed once.
 TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
                               label_smoothing=0.0)
-LINEAR_PROBE = TRANSFER_RECIPE.replace(train_layers="head", augment="none", epochs=30, lr=3e-3)
+# At the network's native 224 px: 0.015 CV risk against 0.033 at 128 px, for 15 s of CPU per training.
+LINEAR_PROBE = TRANSFER_RECIPE.replace(train_layers="head", augment="none", epochs=30, lr=3e-3,
+                                       image_size=224)
 
 
 def recipe_for(model: str, train_layers: str = "all") -> TrainConfig:
