@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 
 import numpy as np
 
@@ -70,6 +71,8 @@ def main() -> None:
                         "family that were stopped early (not run here): each counts in Holm's adjustment "
                         "with p = 1, the conservative bound; e.g. issue 16's decision: --candidates epochs45 "
                         "--seeds 0,1 --stopped epochs30-wd0.1,ema0.995,mixup_cutmix")
+    parser.add_argument("--cost", action="store_true", help="no CV: time one training of each candidate "
+                        "on fold 0's training part, in fp32 and bf16 (run it alone on the machine)")
     args = parser.parse_args()
     stopped = [name for name in args.stopped.split(",") if name]
     try:
@@ -89,6 +92,11 @@ def main() -> None:
     options = RunOptions(store=store, device=args.device, progress=False, data_dir=args.data_dir,
                          work_dir=args.work_dir)  # a candidate at another image size loads that cache
     print(json.dumps({"machine": runtime.describe_environment(args.device), "model": MODEL}), flush=True)
+    if args.cost:
+        for name in names:
+            for row in training_cost(deployed.replace(**CANDIDATES[name]), args, plan.folds[0][0]):
+                print(json.dumps({"candidate": name, **row}), flush=True)
+        return
 
     def run(config):
         return [cross_validate(config.replace(seed=seed), cache, plan.folds, groups=plan.groups,
@@ -111,6 +119,28 @@ def main() -> None:
             row["p_holm_so_far"] = p_holm
         rows[-1]["holm_family"] = [r["candidate"] for r in rows] + stopped
         print(json.dumps(rows[-1]), flush=True)
+
+
+def training_cost(config, args, train_idx) -> list[dict]:
+    """Seconds of one training of ``config`` on the images ``train_idx``, per precision: a fine-tuning
+    timed for one epoch and scaled to its epochs; a linear probe whole (it is fp32 whatever amp says)."""
+    from muffin_lib.training import loop
+
+    cache = load_images(args.data_dir, args.work_dir, "train", config.image_size, config.color_mode,
+                        progress=False)
+    part = (cache.images[train_idx], cache.labels[train_idx])
+    probe = config.train_layers == "head"
+    rows = []
+    for amp in ["off"] if probe else ["off", "bf16"]:
+        timed = config.replace(amp=amp, epochs=config.epochs if probe else 1)
+        loop.fit(timed.replace(epochs=1), (part[0][:128], part[1][:128]), device=args.device, progress=False,
+                 log=lambda line: None)  # warm-up: allocator, kernels, weights file
+        started = time.perf_counter()
+        loop.fit(timed, part, device=args.device, progress=False, log=lambda line: None)
+        seconds = (time.perf_counter() - started) * config.epochs / timed.epochs
+        rows.append({"precision": "fp32" if amp == "off" else amp, "seconds_per_training": round(seconds, 1),
+                     "n_train": len(train_idx), "epochs_timed": timed.epochs})
+    return rows
 
 
 def holm_over_family(p_values: list[float], stopped: list[str]) -> list[float]:
