@@ -139,7 +139,8 @@ def train_one_epoch(step: TrainStep, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _logits(model: nn.Module, images, normalization: dict, device, batch_size: int,
-            mirror: bool = False, pooled: bool = False) -> tuple[torch.Tensor, torch.device]:
+            mirror: bool = False, pooled: bool = False, progress: bool = False
+            ) -> tuple[torch.Tensor, torch.device]:
     """float32 logits of ``model`` in eval mode for every image (or its left-right mirror), on ``device``;
     ``pooled``: the pooled features its classifier reads instead (timm's ``pre_logits``)."""
     device = runtime.resolve_device(device)
@@ -158,7 +159,8 @@ def _logits(model: nn.Module, images, normalization: dict, device, batch_size: i
     outputs = []
     forward = (lambda x: model.forward_head(model.forward_features(x), pre_logits=True)) if pooled else model
     with torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
+        for start in progress_bar(range(0, images.shape[0], batch_size), enabled=progress,
+                                  desc="features" if pooled else "predict", unit="batch", leave=False):
             batch = take_batch(images, torch.arange(start, min(start + batch_size, images.shape[0])), device)
             outputs.append(forward(normalize(batch.flip(-1) if mirror else batch)).float())
     model.train(was_training)
@@ -306,10 +308,12 @@ def _head_epochs(config: TrainConfig, model: nn.Module, train, val, normalizatio
     mode, no augmentation), then only its new head trained on them with the recipe's optimizer and
     schedule, in seconds; yields each epoch (the first one's seconds include the features)."""
     started = time.perf_counter()
-    features = _logits(model, train[0], normalization, device, 2 * config.batch_size, pooled=True)[0]
+    # The features pass is the probe's whole cost: it gets the progress bar (the head's epochs take ms).
+    features = _logits(model, train[0], normalization, device, 2 * config.batch_size, pooled=True,
+                       progress=progress)[0]
     labels = train[1].to(device)
     val = None if val is None else (_logits(model, val[0], normalization, device, 2 * config.batch_size,
-                                            pooled=True)[0], val[1].to(device))
+                                            pooled=True, progress=progress)[0], val[1].to(device))
     # The network's rate is the features' (each image once); the head's epochs take milliseconds.
     images_per_s = (len(labels) + (0 if val is None else len(val[1]))) / (time.perf_counter() - started)
     head = model.get_classifier()
