@@ -180,12 +180,9 @@ def test_cv_cli_defaults_are_the_budget_and_recipe():
 def test_train_cli_defaults_are_the_recipe():
     from muffin_lib.cli import build_parser
     from muffin_lib.training.recipe import TrainConfig
+    from muffin_lib.training.train import config_from_args
 
-    args = build_parser("train").parse_args(["train"])
-    recipe = TrainConfig()
-    for field in ("image_size", "color_mode", "epochs", "lr", "batch_size", "augment", "label_smoothing",
-                  "seed"):
-        assert getattr(args, field) == getattr(recipe, field), field
+    assert config_from_args(build_parser("train").parse_args(["train"])) == TrainConfig()
 
 
 def _library_defaults(name: str) -> dict:

@@ -93,3 +93,9 @@ def test_train_layers_head_starts_from_the_linear_probe_recipe():
     args = _parser().parse_args(["--model", "transfer", "--train-layers", "head", "--augment", "flip_rotate"])
     with pytest.raises(MuffinError, match="set augment 'none'"):
         train.config_from_args(args)
+
+
+def test_a_flag_given_always_wins_over_the_models_recipe():
+    # --epochs 15 is the CNNs' default, and must not be taken for "not given" by the transfer model.
+    args = _parser().parse_args(["--model", "transfer", "--epochs", "15", "--train-layers", "all"])
+    assert train.config_from_args(args) == recipe.FINE_TUNE.replace(epochs=15)

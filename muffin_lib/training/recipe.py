@@ -162,18 +162,20 @@ class TrainConfig:
 
 
 # Transfer learning (notebooks 07-08), chosen by twin-grouped CV (benchmarks/README.md, "Transfer recipe by
-# CV"). Fine-tuning: a lower peak lr adapts the pretrained features instead of overwriting them, in a few
-# epochs, with plain flips and rotations. The linear probe: only a new head, on features computed once.
-TRANSFER_RECIPE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
-                              label_smoothing=0.0)
-# At the network's native 224 px: 0.015 CV risk against 0.033 at 128 px, for 15 s of CPU per training.
-LINEAR_PROBE = TRANSFER_RECIPE.replace(train_layers="head", augment="none", epochs=30, lr=3e-3,
-                                       image_size=224)
+# CV"). The linear probe: the pretrained network frozen, only a new head trained on its features at its
+# native 224 px, computed once.
+LINEAR_PROBE = TrainConfig(model="transfer", pretrained=True, train_layers="head", image_size=224, epochs=30,
+                           lr=3e-3, augment="none", label_smoothing=0.0)
+# Fine-tuning every layer: a lower peak lr adapts the pretrained features instead of overwriting them, in a
+# few epochs, with plain flips and rotations.
+FINE_TUNE = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
+                        label_smoothing=0.0)
+TRANSFER_RECIPE = FINE_TUNE  # what 07 cross-validates and 08 trains in the full profile
 
 
-def recipe_for(model: str, train_layers: str = "all") -> TrainConfig:
-    """The recipe of ``model``: ``TRANSFER_RECIPE`` (``LINEAR_PROBE`` for a head only) for the transfer
-    model, else the from-scratch recipe."""
+def recipe_for(model: str, train_layers: str | None = None) -> TrainConfig:
+    """The recipe of ``model``: for the transfer model ``TRANSFER_RECIPE`` (or, asked by ``train_layers``,
+    ``LINEAR_PROBE`` / ``FINE_TUNE``), else the from-scratch recipe."""
     if model != TRANSFER_RECIPE.model:
         return TrainConfig()
-    return LINEAR_PROBE if train_layers == "head" else TRANSFER_RECIPE
+    return {None: TRANSFER_RECIPE, "head": LINEAR_PROBE, "all": FINE_TUNE}[train_layers]

@@ -228,14 +228,15 @@ def _add_setting_flag(parser: argparse.ArgumentParser, item: dataclasses.Field) 
     default, choices = item.default, recipe.setting_choices().get(item.name)
     shown = "off" if default is None else default
     help_text = f"{recipe.SETTING_HELP.get(item.name, item.name)} (default: {shown})"
+    # default None: a flag not given takes the model's own recipe (config_from_args), a given one always wins.
     if isinstance(default, bool):  # --compile alone means true, as before; --compile false too
-        parser.add_argument(*flags, dest=item.name, type=parse_bool, nargs="?", const=True, default=default,
+        parser.add_argument(*flags, dest=item.name, type=parse_bool, nargs="?", const=True, default=None,
                             metavar="true|false", help=help_text)
     elif choices:
-        parser.add_argument(*flags, dest=item.name, choices=choices, default=default, help=help_text)
+        parser.add_argument(*flags, dest=item.name, choices=choices, default=None, help=help_text)
     else:
         kind = int if default is None else type(default)
-        parser.add_argument(*flags, dest=item.name, type=kind, default=default,
+        parser.add_argument(*flags, dest=item.name, type=kind, default=None,
                             metavar="N" if kind is int else "X", help=help_text)
 
 
@@ -268,17 +269,16 @@ def format_history(history: list[dict]) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> recipe.TrainConfig:
-    """The ``TrainConfig`` of ``train``'s flags (a bad value named by its flag; defaults: the model's own)."""
-    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(recipe.TrainConfig)}
-    scratch = recipe.TrainConfig().to_dict()
-    own = recipe.recipe_for(values["model"], values["train_layers"]).to_dict()
-    values = {name: own.get(name, value) if value == scratch[name] else value
-              for name, value in values.items()}
+    """The ``TrainConfig`` of ``train``'s flags: the model's own recipe (``recipe.recipe_for``) with every
+    flag given on top; a bad value named by its flag."""
+    given = {item.name: getattr(args, item.name) for item in dataclasses.fields(recipe.TrainConfig)
+             if getattr(args, item.name) is not None}
+    own = recipe.recipe_for(given.get("model", recipe.TrainConfig().model), given.get("train_layers"))
     try:
-        return recipe.TrainConfig(**values)
+        return own.replace(**given)
     except MuffinError as error:
         name, _, rest = str(error).partition(": ")
-        raise MuffinError(f"--{name.replace('_', '-')}: {rest}" if name in values else str(error)) from None
+        raise MuffinError(f"--{name.replace('_', '-')}: {rest}" if name in given else str(error)) from None
 
 
 def train_command(args: argparse.Namespace) -> int:
