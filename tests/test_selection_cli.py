@@ -71,4 +71,5 @@ def test_cv_of_the_transfer_model_defaults_to_its_recipes_epochs():
     from muffin_lib.training.recipe import TRANSFER_RECIPE
 
     base, grid, _ = _search_space(build_parser("cv").parse_args(["cv", "--model", "transfer"]))
-    assert grid["epochs"] == [TRANSFER_RECIPE.epochs] and base.replace(epochs=6) == TRANSFER_RECIPE
+    assert grid["epochs"] == [TRANSFER_RECIPE.epochs] and grid["image_size"] == [TRANSFER_RECIPE.image_size]
+    assert base.replace(epochs=TRANSFER_RECIPE.epochs) == TRANSFER_RECIPE

@@ -12,7 +12,7 @@ from muffin_lib.selection.budget import FULL, QUICK, SELECTION, budget_for, sett
 from muffin_lib.study import notebook, runner
 from muffin_lib.study.report import selection as report_selection
 from muffin_lib.study.summary import format_summary
-from muffin_lib.training.recipe import TrainConfig
+from muffin_lib.training.recipe import TRANSFER_RECIPE, TrainConfig
 
 
 def test_the_full_budget_is_the_recipe_notebooks_03_05_train():
@@ -52,10 +52,8 @@ def test_07_cross_validates_the_transfer_model_that_08_trains_in_each_profile(pr
     deployed = notebook.apply_profile(profile, name, _selection_defaults(name))
     assert "transfer" in cv["models"]
     assert notebook.transfer_config(cv) == notebook.train_config(deployed, "transfer")
-    if profile != "smoke":
-        assert notebook.transfer_config(cv) == {"full": FULL, "quick": QUICK}[profile].transfer
-    if profile == "quick":  # the probe, marked in 08's parameters table
-        assert deployed["train_layers"] == "head" and "was `'all'`" in deployed._repr_markdown_()
+    if profile != "smoke":  # the smoke profile caps its size and epochs
+        assert notebook.transfer_config(cv) == TRANSFER_RECIPE
 
 
 @pytest.mark.parametrize("name", ["06_grid_search", "07_cv_risk"])
@@ -123,10 +121,9 @@ def test_best_by_cv_counts_only_risks_at_the_candidates_recipe(tmp_path):
 
 def test_summary_names_the_settings_of_each_cv_number_and_of_models_trained_off_their_recipe():
     from muffin_lib.study.report.models import off_recipe
-    from muffin_lib.training.recipe import TRANSFER_RECIPE
 
     assert off_recipe(TrainConfig(model="deeper_cnn")) is None and off_recipe(TRANSFER_RECIPE) is None
-    assert off_recipe(TRANSFER_RECIPE.replace(epochs=1)) == "128 px, 1 epoch (not its recipe's 128 px / 6)"
+    assert off_recipe(TRANSFER_RECIPE.replace(epochs=1)) == "224 px, 1 epoch (not its recipe's 224 px / 30)"
     short = off_recipe(TrainConfig(model="deeper_cnn", epochs=5))  # e.g. `run -p epochs 5`
     assert short == "128 px, 5 epochs (not the deployed 128 px / 15 epochs)"
     summary = {
@@ -152,7 +149,7 @@ def test_07_names_its_transfer_row_as_08_does_with_its_own_settings_and_the_imag
             self.losses, self.config = [mean] * 5, config
 
     cv = {"deeper_cnn": Result(0.10, TrainConfig(model="deeper_cnn", image_size=64, epochs=8)),
-          "transfer": Result(0.02, QUICK.transfer)}
+          "transfer": Result(0.02, TRANSFER_RECIPE)}
     text = report.cv_finding(cv, 5)
     probe = "risk at 224 px, a linear probe on the frozen network (ImageNet weights; 30 epochs of its head) ("
     assert probe in text

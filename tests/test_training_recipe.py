@@ -25,8 +25,10 @@ def _config(**changes) -> TrainConfig:
 def test_keys_of_existing_configs_do_not_move():
     # Trial stores and checkpoints on disk are found by these keys.
     assert TrainConfig().key() == "8de977572b32"
-    # was 6a8b2ecd09d6 for the ResNet-18 (ARCHITECTURE_VERSIONS)
-    assert TRANSFER_RECIPE.key() == "0a8cbc8b1ed5"
+    # 08's fine-tuning of 2026-12-04 (was 6a8b2ecd09d6 for the ResNet-18: ARCHITECTURE_VERSIONS)
+    assert TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
+                       label_smoothing=0.0).key() == "0a8cbc8b1ed5"
+    assert TRANSFER_RECIPE.key() == "1d99e0e01c64"  # the linear probe at 224 px (issue 27)
     assert TrainConfig(model="deeper_cnn", epochs=30, seed=2).key() == "099788c94454"
     assert _config(label_smoothing=0.0).key() == "599724095518"  # test_training_engine's _config()
 

@@ -220,10 +220,13 @@ def test_linear_probe_settings_are_checked_before_training():
 
 
 def test_train_layers_leaves_earlier_keys_and_separates_the_probe():
-    # "all" is every key before the field existed; the probe is another result.
-    assert recipe.TRANSFER_RECIPE.key() == "0a8cbc8b1ed5"
+    # "all" is every key before the field existed (08's recipe of that day); the probe is another result.
+    before = TrainConfig(model="transfer", pretrained=True, epochs=6, lr=3e-4, augment="flip_rotate",
+                         label_smoothing=0.0)
+    assert before.key() == "0a8cbc8b1ed5"
     assert recipe.LINEAR_PROBE.key() != recipe.LINEAR_PROBE.replace(train_layers="all",
                                                                       augment="none").key()
-    assert recipe.recipe_for("transfer", "head") is recipe.LINEAR_PROBE
+    assert recipe.recipe_for("transfer", "head") is recipe.LINEAR_PROBE is recipe.TRANSFER_RECIPE
+    assert recipe.recipe_for("transfer", "all") is recipe.FINE_TUNE
     assert recipe.recipe_for("transfer") is recipe.TRANSFER_RECIPE
     assert recipe.recipe_for("deeper_cnn", "head") == TrainConfig()

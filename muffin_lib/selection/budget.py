@@ -4,8 +4,8 @@
 CV risks are those of the models 03-05 train; successive halving (every configuration first at 3 epochs,
 the best third then the full schedule) keeps the grid affordable, and nested CV repeats it with 5 inner
 folds. ``QUICK`` (profile ``quick``: 64 px, 8 epochs, 2 inner folds) fits about an hour on a 2-core CPU;
-its tables say so (``SelectionBudget.label``). The other training settings are the recipe's in both. Each
-budget also names the transfer model's recipe, which 07 cross-validates and 08 deploys (``transfer``).
+its tables say so (``SelectionBudget.label``). The other training settings are the recipe's in both. The
+transfer model has one recipe in both, ``recipe.TRANSFER_RECIPE``: a linear probe costs seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from muffin_lib.data.splits import N_SPLITS
 from muffin_lib.text import plural
-from muffin_lib.training.recipe import LINEAR_PROBE, TRANSFER_RECIPE, TrainConfig
+from muffin_lib.training.recipe import TrainConfig
 
 _RECIPE = TrainConfig()
 
@@ -29,7 +29,6 @@ class SelectionBudget:
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # peak learning rates of the one-cycle schedule
     batch_sizes: tuple[int, ...] = (64, 128)  # 32 costs twice the steps on a CPU
     n_splits: int = N_SPLITS
-    transfer: TrainConfig = TRANSFER_RECIPE  # the transfer model's recipe, by CV (benchmarks/README.md)
 
     @property
     def deployed(self) -> bool:
@@ -46,7 +45,7 @@ class SelectionBudget:
 
 
 FULL = SelectionBudget("full", _RECIPE.image_size, _RECIPE.epochs, rung_epochs=(3,), inner_splits=N_SPLITS)
-QUICK = SelectionBudget("quick", 64, 8, rung_epochs=(2,), inner_splits=2, transfer=LINEAR_PROBE)
+QUICK = SelectionBudget("quick", 64, 8, rung_epochs=(2,), inner_splits=2)
 BUDGETS = {budget.profile: budget for budget in (FULL, QUICK)}
 SELECTION = FULL  # the default of the notebooks' parameters and of the cv CLI
 

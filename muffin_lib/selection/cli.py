@@ -106,8 +106,9 @@ def _search_space(args) -> tuple:
         raise MuffinError("--model: the transfer model trains at its own recipe (pretrained, fewer epochs, a "
                           "lower lr); cross-validate it alone: --model transfer")
     own = recipe.recipe_for(args.model[0])  # the transfer model starts from its pretrained recipe
-    if own.pretrained and args.epochs == [SELECTION.epochs]:
-        args.epochs = [own.epochs]  # the CNNs' default epochs are not its recipe's
+    if own.pretrained:  # the CNNs' default size and epochs are not its recipe's
+        args.epochs = [own.epochs] if args.epochs == [SELECTION.epochs] else args.epochs
+        args.image_size = [own.image_size] if args.image_size == [SELECTION.image_size] else args.image_size
     base = own.replace(model=args.model[0], image_size=args.image_size[0], color_mode=args.color_mode[0],
                        seed=args.seed)
     grid: dict[str, list] = {"model": args.model, "image_size": args.image_size,

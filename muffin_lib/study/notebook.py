@@ -20,11 +20,10 @@ from muffin_lib.results import load_all_results, require_results, results_path  
 from muffin_lib.study.report import format_ci  # noqa: F401  (notebooks call notebook.format_ci)
 
 PROFILES = ("full", "quick", "smoke")
-# The quick profile (a laptop CPU) gives 06-07 selection.budget.QUICK's selection settings and 08 its
-# transfer recipe, and only where a parameter is still at the full budget's default.
+# The quick profile (a laptop CPU) gives only 06-07 selection.budget.QUICK, and only where a parameter is
+# still at the full budget's default.
 QUICK_NOTEBOOKS = ("06_grid_search", "07_cv_risk")
 QUICK_KEYS = ("image_size", "epochs", "rung_epochs", "inner_splits")
-TRANSFER_NOTEBOOK = "08_transfer_learning"
 # The smoke profile only caps sizes (a smaller value a user passes survives; None, "auto" are capped too).
 # Trials of a few seconds take one worker: starting worker processes would cost more than it saves.
 SMOKE_CAPS = {"image_size": 32, "epochs": 1, "loop_epochs": 1, "n_splits": 2, "inner_splits": 2,
@@ -81,8 +80,11 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
         if key in values:
             values[key] = Path(values[key]).expanduser().resolve()
     changed: dict[str, Any] = {}
-    if profile == "quick":
-        for key, (full, quick) in _quick_changes(name).items():
+    if profile == "quick" and name in QUICK_NOTEBOOKS:
+        from muffin_lib.selection.budget import FULL, QUICK
+
+        for key in QUICK_KEYS:
+            full, quick = getattr(FULL, key), getattr(QUICK, key)
             if key in values and _same(values[key], full) and not _same(values[key], quick):
                 changed[key], values[key] = values[key], (list(quick) if isinstance(quick, tuple) else quick)
     if profile == "smoke":
@@ -96,24 +98,11 @@ def apply_profile(profile: str, name: str, params: dict[str, Any]) -> Settings:
     return Settings(name, profile, values, changed)
 
 
-def _quick_changes(name: str) -> dict[str, tuple[Any, Any]]:
-    """What the quick profile changes in notebook ``name``: parameter -> (full's value, quick's)."""
-    from muffin_lib.selection.budget import FULL, QUICK
-
-    if name in QUICK_NOTEBOOKS:
-        return {key: (getattr(FULL, key), getattr(QUICK, key)) for key in QUICK_KEYS}
-    if name == TRANSFER_NOTEBOOK:
-        full, quick = FULL.transfer.to_dict(), QUICK.transfer.to_dict()
-        return {key: (full[key], quick[key]) for key in full if full[key] != quick[key]}
-    return {}
-
-
 def transfer_config(settings: Settings):
-    """The transfer model's recipe under ``settings``' profile (``budget.transfer``: what 08 trains), with
-    their seed and colour mode; the smoke profile caps its image size and epochs as it caps 08's."""
-    from muffin_lib.selection.budget import BUDGETS, FULL
+    """The transfer model's recipe (``recipe.TRANSFER_RECIPE``: what 08 trains) with ``settings``' seed and
+    colour mode; the smoke profile caps its image size and epochs as it caps 08's."""
+    from muffin_lib.training.recipe import TRANSFER_RECIPE as recipe
 
-    recipe = BUDGETS.get(settings.profile, FULL).transfer
     changes = {"seed": settings["seed"], "color_mode": settings["color_mode"]}
     if settings.profile == "smoke":
         changes.update({key: min(getattr(recipe, key), SMOKE_CAPS[key]) for key in ("image_size", "epochs")})

@@ -114,13 +114,13 @@ def settings_of(config) -> str:
 
 
 def _deployed(config) -> bool:
-    """Whether ``config`` is a recipe the study deploys: a budget's transfer recipe, or the CNNs' size and
-    epochs (selection.budget)."""
-    from muffin_lib.selection.budget import BUDGETS, budget_for
+    """Whether ``config`` is a recipe the study deploys: the transfer recipe, or the CNNs' size and epochs
+    (selection.budget)."""
+    from muffin_lib.selection.budget import budget_for
+    from muffin_lib.training.recipe import TRANSFER_RECIPE as deployed
 
     if config.model == "transfer":
-        return any(config.replace(seed=b.transfer.seed, color_mode=b.transfer.color_mode) == b.transfer
-                   for b in BUDGETS.values())
+        return config.replace(seed=deployed.seed, color_mode=deployed.color_mode) == deployed
     named = budget_for(config.image_size, config.epochs)
     return bool(named and named.deployed)
 
