@@ -42,9 +42,8 @@ def auto_profile(data_dir: Path) -> tuple[str, str]:
         return "smoke", "the data are the synthetic fallback"
     if torch.cuda.is_available():
         return "full", f"a CUDA GPU is available ({torch.cuda.get_device_name(0)})"
-    return "quick", ("no CUDA GPU: selection (06-07) runs at 64 px / 8 epochs and the pretrained network "
-                     "is a linear probe, to fit about half an hour; --profile full runs them at the deployed "
-                     "recipes (hours on a CPU, resumable)")
+    return "quick", ("no CUDA GPU: selection (06-07) runs at 64 px / 8 epochs to fit about half an hour; "
+                     "--profile full runs it at the deployed 128 px / 15 epochs (hours on a CPU, resumable)")
 
 
 def default_notebooks_dir() -> Path:
@@ -279,9 +278,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", choices=RUNNER_PROFILES, default="auto",
         help="full: the study at the deployed recipe (hours on a CPU); quick: selection (06-07) at 64 px / 8 "
-        "epochs and a linear probe of the pretrained network (under an hour on 2 cores); smoke: tiny and "
-        "fast; auto (default): smoke on the synthetic "
-        "fallback, full with a CUDA GPU, quick otherwise",
+        "epochs (about half an hour on 2 cores); smoke: tiny and fast; auto (default): smoke on the "
+        "synthetic fallback, full with a CUDA GPU, quick otherwise",
     )
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"dataset folder (default: {DEFAULT_DATA_DIR})")
