@@ -98,9 +98,11 @@ def test_the_real_probe_measures_agreement_and_speed():
 def test_a_pretrained_network_is_probed_from_its_pretrained_weights(cpu, monkeypatch):
     verdict = bf16_probe.Bf16Verdict(True, "bf16: probe 1.50x bf16 vs fp32, parity ok", 1.5, 0.0, 0.05)
     probes = cpu(XEON_AMX, verdict)
-    runtime.resolve_amp("auto", torch.device("cpu"), recipe.TRANSFER_RECIPE)
-    runtime.resolve_amp("auto", torch.device("cpu"), recipe.TRANSFER_RECIPE.replace(pretrained=False))
+    runtime.resolve_amp("auto", torch.device("cpu"), recipe.FINE_TUNE)
+    runtime.resolve_amp("auto", torch.device("cpu"), recipe.FINE_TUNE.replace(pretrained=False))
     assert [p[-1] for p in probes] == [True, False]  # two workloads, two verdicts
+    # A linear probe trains only a linear head on features: fp32, nothing to probe.
+    assert runtime.resolve_amp("auto", torch.device("cpu"), recipe.LINEAR_PROBE) is None and len(probes) == 2
     built = []
     monkeypatch.setattr(bf16_probe, "build_model", lambda *a, **k: built.append(k["pretrained"]) or
                         torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1),

@@ -311,8 +311,12 @@ def test_recipe_shortfall():
     assert predict.recipe_shortfall(stored("simple_cnn", 128, 15)) is None
     assert predict.recipe_shortfall(stored("deeper_cnn", 160, 20)) is None  # beyond the recipe is no warning
     assert predict.recipe_shortfall(stored("simple_cnn", 96, 15)).startswith("96 px, 15 epochs")
-    assert predict.recipe_shortfall(stored("transfer", 128, 6)) is None  # its own recipe: 6 epochs
-    assert predict.recipe_shortfall(stored("transfer", 128, 3)) == (
-        "128 px, 3 epochs where its recipe has 128 px, 6 epochs"
+    # A transfer checkpoint is held to the recipe of its train_layers (none stored: fine-tuning).
+    probe = {"model_name": "transfer", "image_size": 224, "config": {"image_size": 224, "epochs": 30,
+                                                                     "train_layers": "head"}}
+    assert predict.recipe_shortfall(probe) is None
+    assert predict.recipe_shortfall(stored("transfer", 224, 3)) is None
+    assert predict.recipe_shortfall(stored("transfer", 128, 6)) == (
+        "128 px, 6 epochs where its recipe has 224 px, 3 epochs"
     )
     assert predict.checkpoint_warnings({**stored("simple_cnn", 128, 15), "extra": {"synthetic": False}}) == []
