@@ -282,6 +282,13 @@ def _summary(history: list[dict], best_epoch: int | None) -> str:
             + (f"; restored the weights of epoch {best_epoch}" if best_epoch is not None else ""))
 
 
+def _epoch_record(epoch: int, trained: dict, lr: float, scores: dict | None) -> dict:
+    """One epoch's history row: its training figures, the lr, and its validation ``scores`` (or None)."""
+    scores = scores or {}
+    return {"epoch": epoch, **trained, "val_loss": scores.get("loss"), "val_accuracy": scores.get("accuracy"),
+            "val_zero_one_loss": scores.get("zero_one_loss"), "lr": lr}
+
+
 def _epochs(config: TrainConfig, model: nn.Module, train, val, normalization: dict, device, progress: bool):
     """Every layer trains (from scratch, or fine-tuning): one ``TrainStep`` per batch; yields each epoch."""
     images, labels = place_images(train[0], device), train[1].to(device)
@@ -293,12 +300,10 @@ def _epochs(config: TrainConfig, model: nn.Module, train, val, normalization: di
         started = time.perf_counter()
         batches = progress_bar(epoch_batches(images.shape[0], config.batch_size, order), enabled=progress,
                                desc=f"epoch {epoch}", unit="batch", leave=False)
-        record = {"epoch": epoch, **train_one_epoch(step, images, labels, batches), "val_loss": None,
-                  "val_accuracy": None, "val_zero_one_loss": None, "lr": step.optimizer.param_groups[0]["lr"]}
-        if val is not None:
-            scores = evaluate(model, *val, normalization, device=device, batch_size=2 * config.batch_size)
-            record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"],
-                          val_zero_one_loss=scores["zero_one_loss"])
+        trained = train_one_epoch(step, images, labels, batches)
+        scores = None if val is None else evaluate(model, *val, normalization, device=device,
+                                                   batch_size=2 * config.batch_size)
+        record = _epoch_record(epoch, trained, step.optimizer.param_groups[0]["lr"], scores)
         yield {**record, "seconds": time.perf_counter() - started}
 
 
@@ -335,16 +340,14 @@ def _head_epochs(config: TrainConfig, model: nn.Module, train, val, normalizatio
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(dim=1) == labels[idx]).sum())
         seconds, n = time.perf_counter() - started, len(labels)
-        record = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
-                  "images_per_s": images_per_s, "val_loss": None, "val_accuracy": None,
-                  "val_zero_one_loss": None, "lr": optimizer.param_groups[0]["lr"]}
+        trained = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "images_per_s": images_per_s}
+        scores = None
         if val is not None:
             with torch.no_grad():
                 val_logits = head(val[0])
             errors = int((val_logits.argmax(dim=1) != val[1]).sum())
-            record.update(val_loss=F.cross_entropy(val_logits, val[1]).item(),
-                          val_accuracy=1 - errors / len(val[1]), val_zero_one_loss=errors / len(val[1]))
-        yield {**record, "seconds": seconds}
+            scores = scores_of(errors, len(val[1]), F.cross_entropy(val_logits, val[1]).item())
+        yield {**_epoch_record(epoch, trained, optimizer.param_groups[0]["lr"], scores), "seconds": seconds}
         started = time.perf_counter()
 
 
